@@ -1,0 +1,3 @@
+from vidaccel_train.train import main
+
+main()

@@ -1,0 +1,149 @@
+"""A generated Kinetics-style dataset whose classes can only be told apart by motion.
+
+Every clip shows a random coloured multi-scale noise texture seen through a moving window;
+the class is how the content moves (direction, rotation sense, approach or recede). A single
+frame carries no class information, so a model must use time. Files are real H.264 mp4s in
+the class-folder layout (``<split>/<class>/<clip>.mp4`` plus ``labels.txt``), read back by the
+same code that reads Kinetics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from vidaccel_train.data.video_io import write_video
+
+# Content velocity per class: (x, y) translation, rotation sense, zoom sense.
+MOTIONS: dict[str, tuple[float, float, float, float]] = {
+    "move_left": (-1, 0, 0, 0),
+    "move_right": (1, 0, 0, 0),
+    "move_up": (0, -1, 0, 0),
+    "move_down": (0, 1, 0, 0),
+    "rotate_cw": (0, 0, 1, 0),
+    "rotate_ccw": (0, 0, -1, 0),
+    "approach": (0, 0, 0, 1),
+    "recede": (0, 0, 0, -1),
+}
+SPLITS = ("train", "val", "test")
+DONE_MARKER = "spec.json"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    classes: tuple[str, ...] = tuple(MOTIONS)
+    clips_per_class: dict[str, int] = field(default_factory=lambda: {"train": 16, "val": 4, "test": 4})
+    height: int = 128
+    width: int = 160
+    duration_s: float = 2.0
+    fps: int = 30
+    speed: float = 0.35  # translation in frame shorts sides per second
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [c for c in self.classes if c not in MOTIONS]
+        if unknown:
+            raise ValueError(f"unknown synthetic classes {unknown}; choose from {sorted(MOTIONS)}")
+        if self.height % 2 or self.width % 2:
+            raise ValueError(f"synthetic height and width must be even for H.264, got {self.height}x{self.width}")
+        missing = [s for s in SPLITS if s not in self.clips_per_class]
+        if missing:
+            raise ValueError(f"synthetic clips_per_class needs a count for {missing}")
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _texture(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """Coloured noise summed over octaves: edges at every scale, so motion is visible."""
+    texture = torch.zeros(1, 3, size, size)
+    for cells, weight in ((4, 1.0), (8, 0.8), (16, 0.7), (32, 0.6), (64, 0.5)):
+        noise = torch.from_numpy(rng.standard_normal((1, 3, cells, cells)).astype(np.float32))
+        texture += weight * F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)
+    texture -= texture.amin(dim=(2, 3), keepdim=True)
+    texture /= texture.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return texture
+
+
+def render_clip(spec: SyntheticSpec, motion: str, rng: np.random.Generator) -> np.ndarray:
+    """Frames ``(N, H, W, 3)`` uint8 of one clip of class ``motion``."""
+    height, width = spec.height, spec.width
+    size = int(math.ceil(2.6 * max(height, width)))
+    texture = _texture(rng, size)
+    num_frames = max(1, int(round(spec.duration_s * spec.fps)))
+    t = torch.arange(num_frames, dtype=torch.float32) / spec.fps - spec.duration_s / 2
+    vx, vy, spin, zoom = MOTIONS[motion]
+    pace = float(rng.uniform(0.75, 1.25))
+    speed_px = spec.speed * min(height, width) * pace
+    # The window moves against the content: content going right means the window goes left.
+    shift_x = -vx * speed_px * t + float(rng.uniform(-0.1, 0.1)) * width
+    shift_y = -vy * speed_px * t + float(rng.uniform(-0.1, 0.1)) * height
+    angle = -spin * math.radians(70.0) * pace * t + float(rng.uniform(0, 2 * math.pi))
+    scale = torch.exp(-zoom * math.log(1.8) * pace * t / spec.duration_s)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    half = size / 2
+    theta = torch.zeros(num_frames, 2, 3)
+    theta[:, 0, 0] = cos * scale * (width / 2) / half
+    theta[:, 0, 1] = -sin * scale * (height / 2) / half
+    theta[:, 1, 0] = sin * scale * (width / 2) / half
+    theta[:, 1, 1] = cos * scale * (height / 2) / half
+    # The shift is along the frame's own axes, so directions hold whatever the texture's angle.
+    theta[:, 0, 2] = (cos * shift_x - sin * shift_y) / half
+    theta[:, 1, 2] = (sin * shift_x + cos * shift_y) / half
+    grid = F.affine_grid(theta, [num_frames, 3, height, width], align_corners=False)
+    frames = F.grid_sample(
+        texture.expand(num_frames, -1, -1, -1), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    gain = float(rng.uniform(0.7, 1.0))
+    offset = float(rng.uniform(0.0, 1.0 - gain))
+    frames = (frames * gain + offset).clamp(0, 1)
+    return (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def generate_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
+    """Write the dataset under ``root/<fingerprint>`` once; later calls return the cached copy.
+
+    The tree is built in a temporary sibling and renamed into place, so an interrupted run never
+    leaves a half-written dataset behind.
+    """
+    root = Path(root)
+    target = root / f"synthetic-{spec.fingerprint()}"
+    if (target / DONE_MARKER).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    total = sum(spec.clips_per_class[s] for s in SPLITS) * len(spec.classes)
+    with Progress(transient=False) as progress:
+        task = progress.add_task(f"Generating {total} synthetic clips", total=total)
+        for split_index, split in enumerate(SPLITS):
+            for class_index, name in enumerate(spec.classes):
+                folder = staging / split / name
+                folder.mkdir(parents=True)
+                for clip_index in range(spec.clips_per_class[split]):
+                    rng = np.random.default_rng([spec.seed, split_index, class_index, clip_index])
+                    write_video(folder / f"{name}_{clip_index:04d}.mp4", render_clip(spec, name, rng), spec.fps)
+                    progress.advance(task)
+    (staging / "labels.txt").write_text("\n".join(spec.classes) + "\n")
+    (staging / DONE_MARKER).write_text(json.dumps(asdict(spec), indent=2, default=list))
+    try:
+        if target.exists():  # a stale, unfinished copy: replace it
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except OSError:
+        # Another process finished the same dataset first; keep theirs.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / DONE_MARKER).is_file():
+            raise
+    return target

@@ -1,0 +1,136 @@
+"""Video decoding and encoding with PyAV.
+
+Decoding seeks to the keyframe before the first wanted timestamp and stops after the last
+one, so a clip of a long video costs only the frames it spans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import av
+import numpy as np
+import torch
+
+
+class VideoDecodeError(RuntimeError):
+    """A file that cannot be read as video; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoDecodeError(f"{path}: no video stream (audio-only or not a video file)")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _info(container, stream) -> VideoInfo:
+    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    elif stream.frames and fps:
+        duration = stream.frames / fps
+    else:
+        duration = math.nan
+    return VideoInfo(duration, fps, stream.width, stream.height)
+
+
+def probe(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            return _info(container, _video_stream(container, path))
+    except VideoDecodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise VideoDecodeError(f"{path}: cannot open as video ({err})") from err
+
+
+def read_clip(
+    path: str | Path, choose_timestamps: Callable[[VideoInfo], Sequence[float]]
+) -> tuple[torch.Tensor, VideoInfo]:
+    """Open ``path`` once, let ``choose_timestamps`` pick times from its info, decode them.
+
+    Returns uint8 ``(T, 3, H, W)``. Each timestamp takes the last frame shown at or before it;
+    timestamps past the end take the last frame.
+    """
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path)
+            info = _info(container, stream)
+            wanted = sorted(float(t) for t in choose_timestamps(info))
+            frames = _decode_span(container, stream, wanted)
+    except VideoDecodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
+        raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
+    if not frames or any(f is None for f in frames):
+        raise VideoDecodeError(f"{path}: no decodable frames")
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), info
+
+
+def read_frames_at(path: str | Path, timestamps_s: Sequence[float]) -> torch.Tensor:
+    """Decode the frames shown at fixed ``timestamps_s`` as uint8 ``(T, 3, H, W)``."""
+    return read_clip(path, lambda _info: timestamps_s)[0]
+
+
+def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | None]:
+    time_base = float(stream.time_base)
+    start_pts = int(max(wanted[0], 0.0) / time_base)
+    container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+    picked: list[np.ndarray | None] = [None] * len(wanted)
+    next_slot = 0
+    previous = None  # (frame, its rgb array once converted)
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        t = frame.pts * time_base
+        # Every wanted timestamp before this frame is shown by the previous frame.
+        while next_slot < len(wanted) and wanted[next_slot] < t:
+            source = previous if previous is not None else [frame, None]
+            if source[1] is None:
+                source[1] = source[0].to_ndarray(format="rgb24")
+            picked[next_slot] = source[1]
+            next_slot += 1
+        if next_slot == len(wanted):
+            return picked
+        previous = [frame, None]
+    if previous is not None:
+        array = previous[1] if previous[1] is not None else previous[0].to_ndarray(format="rgb24")
+        for slot in range(next_slot, len(wanted)):
+            picked[slot] = array
+    return picked
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: int = 20) -> None:
+    """Encode ``(H, W, 3)`` uint8 frames to H.264 (yuv420p, even sizes) with PyAV."""
+    path = Path(path)
+    iterator = iter(frames)
+    first = next(iterator)
+    height, width = first.shape[:2]
+    if height % 2 or width % 2:
+        raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(fps)}
+        for array in (first, *iterator):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

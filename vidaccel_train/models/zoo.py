@@ -1,0 +1,161 @@
+"""The model zoo: names, input clips, published checkpoints and checkpoint loading, in one place."""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidaccel_train.models.x3d import EfficientX3dNet, StageSpec, x3d_stages
+
+_ZOO_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+# Parameters that depend on the number of classes; a different num_classes re-initialises them.
+log = logging.getLogger(__name__)
+
+HEAD_KEYS = ("projection.model.weight", "projection.model.bias")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """An architecture, the clip it takes (30 fps source) and its published weights, if any."""
+
+    stages: tuple[StageSpec, ...]
+    num_frames: int
+    sampling_rate: int
+    crop_size: int
+    checkpoint_url: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)  # other EfficientX3dNet arguments
+
+    @property
+    def checkpoint_file(self) -> str | None:
+        return self.checkpoint_url.rsplit("/", 1)[-1] if self.checkpoint_url else None
+
+
+ZOO: dict[str, ZooEntry] = {
+    "x3d_xs": ZooEntry(tuple(x3d_stages("XS")), 4, 12, 160, f"{_ZOO_URL}/efficient_x3d_xs_original_form.pyth"),
+    "x3d_s": ZooEntry(tuple(x3d_stages("S")), 13, 6, 160, f"{_ZOO_URL}/efficient_x3d_s_original_form.pyth"),
+    "x3d_m": ZooEntry(tuple(x3d_stages("M")), 16, 5, 224),
+    "x3d_l": ZooEntry(tuple(x3d_stages("L")), 16, 5, 312),
+    # A narrow, shallow X3D of the same blocks: fast tests and smoke runs on a laptop CPU.
+    "x3d_tiny": ZooEntry(
+        (StageSpec(1, 24, 16), StageSpec(2, 48, 24), StageSpec(2, 96, 48), StageSpec(1, 144, 64)),
+        4,
+        6,
+        56,
+        arch={"stem_channels": 16, "head_channels": 144, "fc_channels": 256},
+    ),
+}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read, or matched to the model."""
+
+
+def list_models() -> list[str]:
+    return sorted(ZOO)
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise KeyError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return ZOO[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int = 400,
+    pretrained: bool = False,
+    checkpoint: str | None = None,
+    dropout: float = 0.5,
+    freeze_backbone: bool = False,
+    **arch: Any,
+) -> nn.Module:
+    """Build a zoo model in its original (train) form, optionally with weights.
+
+    ``pretrained`` loads the published Kinetics-400 checkpoint through the torch hub cache;
+    ``checkpoint`` loads a local ``.pyth`` state_dict or a ``.ckpt`` of ours. With a
+    ``num_classes`` other than the checkpoint's, the classifier head starts fresh. ``arch``
+    overrides the entry's architecture (``stages``, ``stem_channels``, ``head_channels``,
+    ``fc_channels``, ``se_ratio``, ``activations``) for a custom network.
+    """
+    entry = zoo_entry(name)
+    if pretrained and checkpoint:
+        raise ValueError("set either pretrained=true or checkpoint=<path>, not both")
+    settings = {"stages": entry.stages, **entry.arch, **{k: v for k, v in arch.items() if v is not None}}
+    model = EfficientX3dNet(num_classes=num_classes, dropout=dropout, **settings)
+    if pretrained:
+        load_weights(model, download_zoo_checkpoint(name))
+    elif checkpoint:
+        load_weights(model, read_state_dict(checkpoint))
+    if freeze_backbone:
+        for param_name, param in model.named_parameters():
+            param.requires_grad = param_name in HEAD_KEYS
+    return model
+
+
+def download_zoo_checkpoint(name: str) -> dict[str, torch.Tensor]:
+    """The published state_dict of ``name``, from the torch hub cache or downloaded into it."""
+    entry = zoo_entry(name)
+    if entry.checkpoint_url is None:
+        with_weights = [n for n in list_models() if ZOO[n].checkpoint_url]
+        raise CheckpointError(
+            f"no published checkpoint for '{name}' (published: {', '.join(with_weights)}); "
+            "train from scratch or pass model.checkpoint=/path/to/weights"
+        )
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.checkpoint_file
+    try:
+        return torch.hub.load_state_dict_from_url(entry.checkpoint_url, map_location="cpu", progress=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise CheckpointError(
+            f"could not download {entry.checkpoint_url} ({err}). Without network, put the file at "
+            f"{cached} (the torch hub cache, see TORCH_HOME), or pass model.checkpoint=/path/to/{entry.checkpoint_file}"
+        ) from err
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A network state_dict from a PyTorchVideo ``.pyth`` file or one of our Lightning ``.ckpt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+    if isinstance(blob, dict) and "state_dict" in blob:  # Lightning checkpoint of ours
+        return {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
+    if isinstance(blob, dict) and "model_state" in blob:  # PyTorchVideo / SlowFast training checkpoint
+        return blob["model_state"]
+    if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
+        return blob
+    raise CheckpointError(f"{path} holds no state_dict (expected a .pyth state_dict or a vidaccel_train .ckpt)")
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state_dict`` strictly, except head tensors whose shape differs (a new label set).
+
+    Returns the keys left at their fresh initialisation; any other mismatch raises, naming keys.
+    """
+    own = model.state_dict()
+    skipped = [k for k in HEAD_KEYS if k in state_dict and k in own and state_dict[k].shape != own[k].shape]
+    incoming = {k: v for k, v in state_dict.items() if k not in skipped}
+    missing = sorted(set(own) - set(incoming) - set(skipped))
+    unexpected = sorted(set(incoming) - set(own))
+    wrong_shape = sorted(k for k in set(incoming) & set(own) if incoming[k].shape != own[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            "checkpoint does not match the model: "
+            + "; ".join(
+                f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+                if keys
+            )
+        )
+    model.load_state_dict(incoming, strict=False)
+    if skipped:
+        log.warning("new label set: left %s freshly initialised", ", ".join(skipped))
+    return skipped

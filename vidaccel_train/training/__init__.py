@@ -1,0 +1,3 @@
+from vidaccel_train.training.module import VideoClassifier
+
+__all__ = ["VideoClassifier"]
