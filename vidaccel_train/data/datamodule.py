@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -50,7 +51,7 @@ class VideoDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
         self.hflip = hflip
         self.mean, self.std = tuple(mean), tuple(std)

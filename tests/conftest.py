@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny generated dataset (made once per session) and config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from vidaccel_train.config import CONFIG_DIR
+from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_SPEC = SyntheticSpec(
+    classes=("move_left", "move_right", "move_up", "move_down"),
+    clips_per_class={"train": 3, "val": 2, "test": 2},
+    height=48,
+    width=64,
+    duration_s=1.0,
+    fps=15,
+)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """The generated-data cache shared by every test of the session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(data_dir) -> Path:
+    return generate_dataset(data_dir / "tiny", TINY_SPEC)
+
+
+def compose_config(run_dir: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """The training config as the CLI composes it, with every path under the test's folders."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={run_dir}",
+                f"paths.data_dir={data_dir}",
+                f"paths.output_dir={run_dir}",
+                *overrides,
+            ],
+        )
+
+
+# Overrides that make any run tiny: x3d_tiny on the session's small generated dataset.
+TINY_RUN = [
+    "model=x3d_tiny",
+    "data.synthetic.classes=[move_left,move_right,move_up,move_down]",
+    "data.synthetic.clips_per_class={train:3,val:2,test:2}",
+    "data.synthetic.height=48",
+    "data.synthetic.width=64",
+    "data.synthetic.duration_s=1.0",
+    "data.synthetic.fps=15",
+    "data.num_workers=0",
+    "data.batch_size=4",
+    "model.clip.crop_size=32",
+    "model.clip.train_short_side=[36,40]",
+    "model.clip.eval_short_side=36",
+]

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip, read_frames_at, write_video
+
+
+def _numbered_frames(count: int, height: int = 32, width: int = 48):
+    """Frame i is a flat grey of brightness 7*i: decoded brightness tells which frame came back."""
+    return [np.full((height, width, 3), 7 * i, dtype=np.uint8) for i in range(count)]
+
+
+@pytest.fixture
+def numbered_video(tmp_path):
+    path = tmp_path / "numbered.mp4"
+    write_video(path, _numbered_frames(30), fps=10, crf=0)
+    return path
+
+
+def test_probe_reports_duration_fps_and_size(numbered_video):
+    info = probe(numbered_video)
+    assert info.fps == pytest.approx(10)
+    assert info.duration_s == pytest.approx(3.0, abs=0.11)
+    assert (info.width, info.height) == (48, 32)
+
+
+def test_frames_at_timestamps_are_the_frames_shown_then(numbered_video):
+    frames = read_frames_at(numbered_video, [0.0, 0.55, 1.0, 2.95])
+    assert frames.shape == (4, 3, 32, 48)
+    brightness = frames.float().mean(dim=(1, 2, 3)) / 7
+    np.testing.assert_allclose(brightness.numpy(), [0, 5, 10, 29], atol=0.5)
+
+
+def test_timestamps_past_the_end_repeat_the_last_frame(numbered_video):
+    frames = read_frames_at(numbered_video, [2.92, 5.0, 9.0])
+    brightness = frames.float().mean(dim=(1, 2, 3)) / 7
+    np.testing.assert_allclose(brightness.numpy(), [29, 29, 29], atol=0.5)
+
+
+def test_read_clip_hands_the_video_info_to_the_sampler(numbered_video):
+    seen = []
+    frames, info = read_clip(numbered_video, lambda info: seen.append(info) or [info.duration_s / 2])
+    assert seen == [info] and frames.shape[0] == 1
+    assert frames.float().mean() / 7 == pytest.approx(15, abs=0.5)
+
+
+def test_a_file_that_is_not_video_is_named_in_the_error(tmp_path):
+    bogus = tmp_path / "notes.mp4"
+    bogus.write_text("not a video")
+    with pytest.raises(VideoDecodeError, match="notes.mp4"):
+        read_frames_at(bogus, [0.0])
+
+
+def test_odd_frame_sizes_are_refused_before_encoding(tmp_path):
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "odd.mp4", _numbered_frames(2, height=31), fps=10)
