@@ -1,0 +1,129 @@
+"""The deploy form equals the train form, has no 3-D operator, and lowers whole to XNNPACK."""
+
+import pytest
+import torch
+from pytorchvideo.layers.accelerator.mobile_cpu.attention import SqueezeExcitation
+from pytorchvideo.layers.accelerator.mobile_cpu.convolutions import (
+    Conv3d3x3x3DwBnAct,
+    Conv3d5x1x1BnAct,
+    Conv3dPwBnAct,
+    Conv3dTemporalKernel1BnAct,
+)
+from pytorchvideo.layers.accelerator.mobile_cpu.pool import AdaptiveAvgPool3dOutSize1
+from pytorchvideo.models.accelerator.mobile_cpu.residual_blocks import X3dBottleneckBlock
+from torch import nn
+
+from vidaccel_train.export import ExecuTorchModel, LoweringError, lower_to_executorch, write_atomic
+from vidaccel_train.models import create_model
+from vidaccel_train.models.deploy import FoldTime, UnsupportedBlockError, to_deploy_form
+from vidaccel_train.models.zoo import ZOO
+
+
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """Trained-looking BatchNorm statistics and affine terms, so folding them is exercised."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((module.running_mean, -0.3, 0.3), (module.running_var, 0.5, 1.5),
+                                      (module.weight.data, 0.5, 1.5), (module.bias.data, -0.3, 0.3)):
+                tensor.copy_(torch.empty_like(tensor).uniform_(low, high, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_deploy_form_equals_train_form_for_every_zoo_model_at_any_batch(name):
+    torch.manual_seed(0)
+    frames = ZOO[name].num_frames
+    model = _randomise_norms(create_model(name, num_classes=11))
+    deployed = to_deploy_form(model, frames)
+    for batch in (1, 3):
+        clip = torch.randn(batch, 3, frames, 48, 48)
+        with torch.no_grad():
+            assert (deployed(clip) - model(clip)).abs().max() <= 1e-4, (name, batch)
+    assert not any(isinstance(m, (nn.Conv3d, nn.BatchNorm3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d))
+                   for m in deployed.modules())
+
+
+BLOCKS = {
+    "pointwise": lambda: Conv3dPwBnAct(8, 12, activation="relu"),
+    "pointwise_swish": lambda: Conv3dPwBnAct(8, 8, activation="swish"),
+    "depthwise_3x3x3": lambda: Conv3d3x3x3DwBnAct(8, activation="hswish"),
+    "depthwise_3x3x3_stride2": lambda: Conv3d3x3x3DwBnAct(8, spatial_stride=2, activation="identity"),
+    "temporal_5x1x1": lambda: Conv3d5x1x1BnAct(8, 8, groups=8, activation="relu"),
+    "stem_1x3x3": lambda: Conv3dTemporalKernel1BnAct(8, 16, spatial_kernel=3, spatial_stride=2, spatial_padding=1, use_bn=False, activation="identity"),
+    "squeeze_excite": lambda: SqueezeExcitation(8, 4, is_3d=True),
+    "bottleneck_projected": lambda: X3dBottleneckBlock(8, 20, 12, spatial_stride=2, se_ratio=0.25, act_functions=("relu", "swish", "relu")),
+    "bottleneck_identity": lambda: X3dBottleneckBlock(8, 20, 8, se_ratio=0, act_functions=("hswish", "relu", "identity")),
+    "bottleneck_no_residual": lambda: X3dBottleneckBlock(8, 20, 8, use_residual=False),
+    "conv3d": lambda: nn.Conv3d(8, 6, (3, 3, 3), padding=1),
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_every_block_deploys_to_the_same_numbers(block):
+    torch.manual_seed(1)
+    frames = 5
+    train_form = _randomise_norms(BLOCKS[block]())
+    deployed = to_deploy_form(train_form, frames)
+    for batch in (1, 3):
+        clip = torch.randn(batch, 8, frames, 14, 14)
+        with torch.no_grad():
+            expected = train_form(clip)
+            folded = deployed(FoldTime()(clip))
+        _, channels, height, width = folded.shape
+        unfolded = folded.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+        assert (unfolded - expected).abs().max() <= 1e-4, (block, batch)
+
+
+def test_clip_pool_is_a_mean_over_time_and_space():
+    clip = torch.randn(3, 8, 5, 7, 7)
+    pooled = to_deploy_form(AdaptiveAvgPool3dOutSize1(), 5)(FoldTime()(clip))
+    assert (pooled - clip.mean(dim=(2, 3, 4), keepdim=True)[..., 0]).abs().max() <= 1e-6
+
+
+def test_blocks_without_a_deploy_form_are_named():
+    with pytest.raises(UnsupportedBlockError, match="LSTM"):
+        to_deploy_form(nn.Sequential(nn.LSTM(4, 4)), 4)
+    with pytest.raises(UnsupportedBlockError, match="temporal stride"):
+        to_deploy_form(nn.Conv3d(4, 4, 3, stride=2, padding=1), 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    torch.manual_seed(2)
+    model = _randomise_norms(create_model("x3d_tiny", num_classes=5))
+    return model, to_deploy_form(model, 4)
+
+
+def test_tiny_deploy_form_lowers_whole_to_xnnpack_and_runs_in_executorch(tiny_pair, tmp_path):
+    model, deployed = tiny_pair
+    clip = torch.randn(1, 3, 4, 56, 56)
+    lowered = lower_to_executorch(deployed, clip)
+    assert lowered.undelegated == {} and lowered.delegate_calls >= 1
+    program = ExecuTorchModel(write_atomic(tmp_path / "tiny.pte", lowered.buffer))
+    with torch.no_grad():
+        assert (program(clip) - model(clip)).abs().max() <= 1e-4
+
+
+def test_the_train_form_does_not_lower_and_the_error_names_the_operators(tiny_pair):
+    model, _ = tiny_pair
+    with pytest.raises(LoweringError, match="convolution"):
+        lower_to_executorch(model, torch.randn(1, 3, 4, 56, 56))
+
+
+def test_full_size_x3d_xs_lowers_whole_and_matches_in_executorch(tmp_path):
+    torch.manual_seed(3)
+    model = _randomise_norms(create_model("x3d_xs", num_classes=400))
+    clip = torch.randn(1, 3, 4, 160, 160)
+    lowered = lower_to_executorch(to_deploy_form(model, 4), clip)
+    assert lowered.undelegated == {}
+    program = ExecuTorchModel(write_atomic(tmp_path / "x3d_xs_fp32.pte", lowered.buffer))
+    with torch.no_grad():
+        assert (program(clip) - model(clip)).abs().max() <= 1e-4
+
+
+def test_a_damaged_program_is_refused_with_its_path(tmp_path):
+    broken = tmp_path / "broken.pte"
+    broken.write_bytes(b"not a program")
+    with pytest.raises(LoweringError, match="broken.pte"):
+        ExecuTorchModel(broken)

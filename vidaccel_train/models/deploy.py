@@ -1,0 +1,296 @@
+"""The deploy form: every block rewritten as 2-D operators on clips with time folded into batch.
+
+The train form (PyTorchVideo's efficient blocks) runs Conv3d on ``(B, C, T, H, W)``. Mobile
+runtimes have no fast Conv3d (XNNPACK has none at all), so the deploy form carries a clip as
+``(B*T, C, H, W)``:
+
+- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps": pad T, slice the tap's frames, fold
+  them into batch, convolve, sum; BatchNorm is folded into the weights;
+- pooling over a clip is a 4-D mean over ``(H, W)`` then one over T (after a permute), the
+  only ``mean`` XNNPACK takes;
+- per-clip scales (squeeze-excite) broadcast over a ``(B, T, C, H, W)`` view.
+
+The batch size is never baked in (``-1`` in every reshape), and there is no per-frame Python
+loop, so one converted model serves any batch and exports with a dynamic batch dimension.
+Each train-form block type has a converter registered with :func:`deploy_form`; a block
+without one is an error that names it.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import singledispatch
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn.squeeze_excitation import SqueezeExcitation as FvcoreSqueezeExcitation
+from pytorchvideo.layers.accelerator.mobile_cpu import activation_functions as pv_act
+from pytorchvideo.layers.accelerator.mobile_cpu.attention import SqueezeExcitation
+from pytorchvideo.layers.accelerator.mobile_cpu.convolutions import (
+    Conv3d3x3x3DwBnAct,
+    Conv3d5x1x1BnAct,
+    Conv3dPwBnAct,
+    Conv3dTemporalKernel1BnAct,
+)
+from pytorchvideo.layers.accelerator.mobile_cpu.fully_connected import FullyConnected
+from pytorchvideo.layers.accelerator.mobile_cpu.pool import AdaptiveAvgPool3dOutSize1
+from pytorchvideo.models.accelerator.mobile_cpu.residual_blocks import X3dBottleneckBlock
+from torch import nn
+
+from vidaccel_train.models.x3d import EfficientX3dNet
+
+
+class UnsupportedBlockError(TypeError):
+    """A train-form module with no registered deploy form."""
+
+
+# ----------------------------------------------------------------------------- deploy modules
+
+
+class FoldTime(nn.Module):
+    """``(B, C, T, H, W)`` -> ``(B*T, C, H, W)``: the deploy form's entry."""
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        _, channels, _, height, width = clip.shape
+        return clip.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
+
+
+def clip_mean(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Mean over T, H and W of each clip: ``(B*T, C, H, W)`` -> ``(B, C, 1, 1)``."""
+    pooled = x.mean(dim=(2, 3), keepdim=True)  # (B*T, C, 1, 1)
+    pooled = pooled.reshape(-1, num_frames, x.shape[1], 1).permute(0, 2, 1, 3)  # (B, C, T, 1)
+    return pooled.mean(dim=(2, 3), keepdim=True)
+
+
+class Swish(nn.Module):
+    """``x * sigmoid(x)`` as plain operators (the train form uses a custom autograd op)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class TemporalConv(nn.Module):
+    """A Conv3d with temporal stride 1 as ``kt`` Conv2d taps over time folded into batch."""
+
+    def __init__(self, taps: list[nn.Conv2d], temporal_padding: int, num_frames: int):
+        super().__init__()
+        self.taps = nn.ModuleList(taps)
+        self.temporal_padding = temporal_padding
+        self.num_frames = num_frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.taps) == 1 and self.temporal_padding == 0:
+            return self.taps[0](x)
+        _, channels, height, width = x.shape
+        frames = self.num_frames
+        clip = x.reshape(-1, frames, channels, height, width)
+        if self.temporal_padding:
+            clip = F.pad(clip, (0, 0, 0, 0, 0, 0, self.temporal_padding, self.temporal_padding))
+        total = None
+        for offset, tap in enumerate(self.taps):
+            window = clip[:, offset : offset + frames].reshape(-1, channels, height, width)
+            out = tap(window)
+            total = out if total is None else total + out
+        return total
+
+
+class ClipSqueezeExcite(nn.Module):
+    """Squeeze-excite with the squeeze over each whole clip, as the 3-D train form."""
+
+    def __init__(self, reduce: nn.Conv2d, activation: nn.Module, expand: nn.Conv2d, num_frames: int):
+        super().__init__()
+        self.reduce, self.activation, self.expand = reduce, activation, expand
+        self.num_frames = num_frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, channels, height, width = x.shape
+        scale = torch.sigmoid(self.expand(self.activation(self.reduce(clip_mean(x, self.num_frames)))))
+        clip = x.reshape(-1, self.num_frames, channels, height, width) * scale.reshape(-1, 1, channels, 1, 1)
+        return clip.reshape(-1, channels, height, width)
+
+
+class ClipPool(nn.Module):
+    """Global average pool per clip: ``(B*T, C, H, W)`` -> ``(B, C, 1, 1)``."""
+
+    def __init__(self, num_frames: int):
+        super().__init__()
+        self.num_frames = num_frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clip_mean(x, self.num_frames)
+
+
+class ResidualBottleneck(nn.Module):
+    """X3D bottleneck: ``act(branch(x) + shortcut(x))``."""
+
+    def __init__(self, branch: nn.Module, shortcut: nn.Module | None, activation: nn.Module):
+        super().__init__()
+        self.branch = branch
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.branch(x) + self.shortcut(x))
+
+
+class Classifier(nn.Module):
+    """``(B, C, 1, 1)`` -> logits ``(B, classes)``."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.reshape(-1, self.linear.in_features))
+
+
+# ---------------------------------------------------------------------------------- converters
+
+
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm | None):
+    """Weights and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics)."""
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias
+    if bn is None:
+        return weight, bias
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return weight * scale.reshape(shape), (bias - bn.running_mean) * scale + bn.bias
+
+
+@torch.no_grad()
+def temporal_conv(conv: nn.Conv3d, bn: nn.Module | None, num_frames: int) -> TemporalConv:
+    """The deploy form of ``bn(conv(x))`` for a Conv3d with temporal stride 1 and 'same' padding."""
+    kt, kh, kw = conv.kernel_size
+    if conv.stride[0] != 1 or conv.dilation[0] != 1 or conv.padding[0] * 2 != kt - 1:
+        raise UnsupportedBlockError(
+            f"{conv}: only temporal stride 1, dilation 1 and padding (kt-1)/2 keep T; got stride "
+            f"{conv.stride}, dilation {conv.dilation}, padding {conv.padding}"
+        )
+    weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
+    taps = []
+    for index in range(kt):
+        tap = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            (kh, kw),
+            stride=conv.stride[1:],
+            padding=conv.padding[1:],
+            dilation=conv.dilation[1:],
+            groups=conv.groups,
+            bias=index == kt // 2,
+        )
+        tap.weight.copy_(weight[:, :, index])
+        if tap.bias is not None:
+            tap.bias.copy_(bias)
+        taps.append(tap)
+    return TemporalConv(taps, conv.padding[0], num_frames)
+
+
+@singledispatch
+def deploy_form(module: nn.Module, num_frames: int) -> nn.Module:
+    """The deploy form of a train-form module, for clips of ``num_frames`` frames."""
+    raise UnsupportedBlockError(
+        f"no deploy form for {type(module).__module__}.{type(module).__name__}; "
+        "register one with @vidaccel_train.models.deploy.deploy_form.register"
+    )
+
+
+@deploy_form.register
+def _(module: nn.Sequential, num_frames: int) -> nn.Module:
+    return nn.Sequential(*(deploy_form(child, num_frames) for child in module.children()))
+
+
+@deploy_form.register(nn.Identity)
+@deploy_form.register(nn.ReLU)
+@deploy_form.register(nn.Hardswish)
+@deploy_form.register(nn.Sigmoid)
+def _(module: nn.Module, num_frames: int) -> nn.Module:
+    return copy.deepcopy(module)
+
+
+@deploy_form.register(nn.Dropout)
+def _(module: nn.Module, num_frames: int) -> nn.Module:
+    return nn.Identity()
+
+
+@deploy_form.register(pv_act.Swish)
+def _(module: nn.Module, num_frames: int) -> nn.Module:
+    return Swish()
+
+
+@deploy_form.register(pv_act.ReLU)
+@deploy_form.register(pv_act.HardSwish)
+@deploy_form.register(pv_act.Identity)
+def _(module: nn.Module, num_frames: int) -> nn.Module:
+    return deploy_form(module.act, num_frames)
+
+
+@deploy_form.register(nn.Conv3d)
+def _(module: nn.Conv3d, num_frames: int) -> nn.Module:
+    return temporal_conv(module, None, num_frames)
+
+
+@deploy_form.register(Conv3dPwBnAct)
+@deploy_form.register(Conv3d3x3x3DwBnAct)
+@deploy_form.register(Conv3d5x1x1BnAct)
+@deploy_form.register(Conv3dTemporalKernel1BnAct)
+def _(module: nn.Module, num_frames: int) -> nn.Module:
+    kernel = module.kernel
+    conv = temporal_conv(kernel.conv, getattr(kernel, "bn", None), num_frames)
+    return nn.Sequential(conv, deploy_form(kernel.act, num_frames))
+
+
+@deploy_form.register
+def _(module: SqueezeExcitation, num_frames: int) -> nn.Module:
+    return deploy_form(module.se, num_frames)
+
+
+@deploy_form.register
+@torch.no_grad()
+def _(module: FvcoreSqueezeExcitation, num_frames: int) -> nn.Module:
+    reduce3d, activation, expand3d, _sigmoid = module.block
+    reduce, expand = (
+        nn.Conv2d(c.in_channels, c.out_channels, 1, bias=c.bias is not None) for c in (reduce3d, expand3d)
+    )
+    for conv2d, conv3d in ((reduce, reduce3d), (expand, expand3d)):
+        conv2d.weight.copy_(conv3d.weight[:, :, 0])
+        if conv3d.bias is not None:
+            conv2d.bias.copy_(conv3d.bias)
+    return ClipSqueezeExcite(reduce, copy.deepcopy(activation), expand, num_frames)
+
+
+@deploy_form.register
+def _(module: X3dBottleneckBlock, num_frames: int) -> nn.Module:
+    branch = deploy_form(module.layers, num_frames)
+    if not module._use_residual:
+        return nn.Sequential(branch, deploy_form(module.final_act, num_frames))
+    shortcut = deploy_form(module._res_proj, num_frames) if module._res_proj is not None else None
+    return ResidualBottleneck(branch, shortcut, deploy_form(module.final_act, num_frames))
+
+
+@deploy_form.register
+def _(module: AdaptiveAvgPool3dOutSize1, num_frames: int) -> nn.Module:
+    return ClipPool(num_frames)
+
+
+@deploy_form.register
+@torch.no_grad()
+def _(module: FullyConnected, num_frames: int) -> nn.Module:
+    return Classifier(copy.deepcopy(module.model))
+
+
+@deploy_form.register
+def _(module: EfficientX3dNet, num_frames: int) -> nn.Module:
+    stages = [getattr(module, f"s{i}") for i in range(1, module.num_stages + 2)]
+    return nn.Sequential(
+        FoldTime(),
+        *(deploy_form(stage, num_frames) for stage in stages),
+        deploy_form(module.head, num_frames),  # ends in a per-clip pool: (B, C, 1, 1)
+        deploy_form(module.projection, num_frames),
+    )
+
+
+def to_deploy_form(model: nn.Module, num_frames: int) -> nn.Module:
+    """A deploy-form copy of ``model`` in eval mode; ``model`` itself is left untouched."""
+    model = copy.deepcopy(model).eval()
+    return deploy_form(model, num_frames).eval()
