@@ -127,3 +127,26 @@ def test_a_damaged_program_is_refused_with_its_path(tmp_path):
     broken.write_bytes(b"not a program")
     with pytest.raises(LoweringError, match="broken.pte"):
         ExecuTorchModel(broken)
+
+
+def test_transmuted_vanilla_x3d_computes_the_same_with_efficient_blocks():
+    import copy
+
+    from pytorchvideo.models.x3d import create_x3d
+
+    from vidaccel_train.models.transmute import transmute
+
+    torch.manual_seed(4)
+    vanilla = _randomise_norms(create_x3d(input_clip_length=4, input_crop_size=64, model_num_class=10,
+                                          head_activation=None))
+    original = copy.deepcopy(vanilla)
+    convs_before = [name for name, m in original.named_modules() if isinstance(m, nn.Conv3d)]
+    swapped = transmute(vanilla)
+    assert {"Conv3dPwBnAct", "Conv3d3x3x3DwBnAct", "Conv3d5x1x1BnAct", "Conv3dTemporalKernel1BnAct"} <= set(swapped)
+    # Every Conv3d now sits inside an efficient block, one block per original layer.
+    loose = [name for name, m in vanilla.named_modules() if isinstance(m, nn.Conv3d) and not name.endswith("kernel.conv")]
+    assert loose == []
+    assert sum(swapped.values()) == len(convs_before)
+    clip = torch.randn(2, 3, 4, 64, 64)
+    with torch.no_grad():
+        assert (vanilla(clip) - original(clip)).abs().max() <= 1e-4
