@@ -65,3 +65,17 @@ TINY_RUN = [
     "model.clip.train_short_side=[36,40]",
     "model.clip.eval_short_side=36",
 ]
+
+
+class StopAfterEpoch:
+    """A Lightning callback that stops fit cleanly after ``epoch``: a run cut off at that point."""
+
+    def __new__(cls, epoch: int):
+        import lightning as L
+
+        class _Stop(L.Callback):
+            def on_train_epoch_end(self, trainer, pl_module):
+                if trainer.current_epoch == epoch:
+                    trainer.should_stop = True
+
+        return _Stop()

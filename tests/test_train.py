@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vidaccel_train.models import create_model
+from vidaccel_train.models import CheckpointError, create_model
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 
@@ -40,9 +40,13 @@ def smoke_run(tmp_path_factory, data_dir):
     return run_dir
 
 
-def test_smoke_experiment_learns_motion_well_above_chance(smoke_run):
-    metrics = json.loads((smoke_run / "metrics.json").read_text())["metrics"]
-    assert metrics["test/top1"] >= 0.6  # 4 classes: chance is 0.25
+def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(smoke_run):
+    written = json.loads((smoke_run / "metrics.json").read_text())
+    metrics = written["metrics"]
+    assert written["tested_checkpoint"].endswith("last.ckpt")  # the QAT model at the end of training
+    assert metrics["test_fp32/top1"] >= 0.6  # 4 classes: chance is 0.25
+    # The converted int8 model loses at most one point against the same weights in fp32.
+    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 0.01
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
     assert (smoke_run / "csv" / "metrics.csv").is_file()
     assert (smoke_run / "smoke.log").is_file()
@@ -53,13 +57,20 @@ def test_checkpoints_carry_config_and_label_names(smoke_run):
     assert ckpt["class_names"] == ["move_left", "move_right", "move_up", "move_down"]
     assert ckpt["run_config"]["model"]["name"] == "x3d_tiny"
     assert ckpt["run_config"]["data"]["synthetic"]["height"] == 64
+    assert ckpt["quantization"]["mode"] == "qat" and ckpt["quantization"]["observers_frozen"]
 
 
-def test_our_checkpoint_loads_through_the_zoo(smoke_run):
-    path = smoke_run / "checkpoints" / "last.ckpt"
+def test_an_fp32_checkpoint_of_ours_loads_through_the_zoo(tmp_path, data_dir):
+    run(compose_config(tmp_path, data_dir, [*TINY_RUN, "trainer.max_epochs=1", "test=false"]))
+    path = tmp_path / "checkpoints" / "last.ckpt"
     net = create_model("x3d_tiny", num_classes=4, checkpoint=str(path)).eval()
     module = VideoClassifier.load_from_checkpoint(path, net=create_model("x3d_tiny", num_classes=4),
                                                   optimizer=torch.optim.SGD).eval()
-    clip = torch.randn(2, 3, 4, 56, 56)
+    clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(clip), module(clip))
+
+
+def test_a_quantized_checkpoint_is_not_mistaken_for_train_form_weights(smoke_run):
+    with pytest.raises(CheckpointError, match="quantized"):
+        create_model("x3d_tiny", num_classes=4, checkpoint=str(smoke_run / "checkpoints" / "last.ckpt"))

@@ -34,9 +34,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     net = instantiate(cfg.model.net)
     module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")), logger=instantiate_group(cfg.get("logger")) or False
-    )
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("quant"):
+        callbacks.append(instantiate(cfg.quant))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)
@@ -44,14 +45,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if cfg.get("train") and not best:
-            log.warning("No best checkpoint was saved; testing the current weights")
-        ckpt = best or (None if cfg.get("train") else cfg.get("ckpt_path"))
-        log.info("Testing %s", ckpt or "current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        metrics_file = {"best_checkpoint": best or None, "metrics": metrics}
+        # After a fit: its best or last checkpoint (test_ckpt), or the weights in memory when no
+        # checkpoint was written (fast_dev_run); without a fit: the checkpoint given, if any.
+        if cfg.get("train"):
+            tested = None if trainer.fast_dev_run else cfg.get("test_ckpt", "best")
+        else:
+            tested = cfg.get("ckpt_path")
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
+        metrics_file = {"tested_checkpoint": trainer.ckpt_path, "metrics": metrics}
     else:
         metrics_file = {"metrics": metrics}
 

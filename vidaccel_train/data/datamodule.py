@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
 from vidaccel_train.data.layouts import DatasetLayoutError, index_class_folders
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
@@ -40,6 +40,7 @@ class VideoDataModule(L.LightningDataModule):
         std: Sequence[float] = KINETICS_STD,
         splits: dict[str, str] | None = None,
         synthetic: dict[str, Any] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.root = Path(root)
@@ -57,6 +58,7 @@ class VideoDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
+        self.seed = seed or 0
         self.class_names: list[str] | None = None
         self.datasets: dict[str, ClipDataset] = {}
 
@@ -97,25 +99,27 @@ class VideoDataModule(L.LightningDataModule):
                 f"set data.num_classes={len(self.class_names)}"
             )
 
-    def _loader(self, role: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, role: str, batch_size: int) -> DataLoader:
+        dataset = self.datasets[role]
+        train = role == "train"
         return DataLoader(
-            self.datasets[role],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[role]) > batch_size,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self._loader("val", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self._loader("test", self.eval_batch_size)
 
 
 def _plain(config: Any) -> dict:

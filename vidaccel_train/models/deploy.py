@@ -4,8 +4,8 @@ The train form (PyTorchVideo's efficient blocks) runs Conv3d on ``(B, C, T, H, W
 runtimes have no fast Conv3d (XNNPACK has none at all), so the deploy form carries a clip as
 ``(B*T, C, H, W)``:
 
-- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps": pad T, slice the tap's frames, fold
-  them into batch, convolve, sum; BatchNorm is folded into the weights;
+- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps": pad T with zero frames, slice the
+  tap's frames, fold them into batch, convolve, sum; BatchNorm is folded into the weights;
 - pooling over a clip is a 4-D mean over ``(H, W)`` then one over T (after a permute), the
   only ``mean`` XNNPACK takes;
 - per-clip scales (squeeze-excite) broadcast over a ``(B, T, C, H, W)`` view.
@@ -22,7 +22,6 @@ import copy
 from functools import singledispatch
 
 import torch
-import torch.nn.functional as F
 from fvcore.nn.squeeze_excitation import SqueezeExcitation as FvcoreSqueezeExcitation
 from pytorchvideo.layers.accelerator.mobile_cpu import activation_functions as pv_act
 from pytorchvideo.layers.accelerator.mobile_cpu.attention import SqueezeExcitation
@@ -85,7 +84,10 @@ class TemporalConv(nn.Module):
         frames = self.num_frames
         clip = x.reshape(-1, frames, channels, height, width)
         if self.temporal_padding:
-            clip = F.pad(clip, (0, 0, 0, 0, 0, 0, self.temporal_padding, self.temporal_padding))
+            # Zero frames made from the input (batch size stays symbolic) and joined with cat:
+            # XNNPACK rejects an int8 constant_pad over time, and takes cat in fp32 and int8.
+            zeros = clip[:, : self.temporal_padding] * 0.0
+            clip = torch.cat([zeros, clip, zeros], dim=1)
         total = None
         for offset, tap in enumerate(self.taps):
             window = clip[:, offset : offset + frames].reshape(-1, channels, height, width)

@@ -126,6 +126,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+    if isinstance(blob, dict) and blob.get("quantization"):
+        raise CheckpointError(
+            f"{path} holds a quantized ({blob['quantization']['mode']}) deploy-form model, not train-form "
+            "weights: export it with python -m vidaccel_train.export, or resume it with ckpt_path"
+        )
     if isinstance(blob, dict) and "state_dict" in blob:  # Lightning checkpoint of ours
         return {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
     if isinstance(blob, dict) and "model_state" in blob:  # PyTorchVideo / SlowFast training checkpoint

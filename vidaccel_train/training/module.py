@@ -1,15 +1,17 @@
-"""LightningModule for clip classification."""
+"""LightningModule for clip classification, in fp32 or quantized (PT2E) form."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from vidaccel_train.quantization import pt2e
 
 
 class VideoClassifier(L.LightningModule):
@@ -18,6 +20,11 @@ class VideoClassifier(L.LightningModule):
     ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters. The learning
     rate warms up linearly for ``warmup_epochs`` then follows a cosine down to
     ``min_lr_ratio`` of its peak, stepped per batch.
+
+    Once quantized (:meth:`enter_quantization`), ``net`` is the exported deploy form with
+    fake quantization or observers; validation then logs the quantized model as ``val/*`` and
+    the same weights without quantization as ``val_fp32/*``, and testing runs the converted
+    int8 model as ``test/*`` beside ``test_fp32/*``.
     """
 
     def __init__(
@@ -41,47 +48,110 @@ class VideoClassifier(L.LightningModule):
                 "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
             }
         )
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        # Keyed "<stage>_metrics": nn.ModuleDict may not hold a key named "train".
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_metrics": metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "val_fp32", "test", "test_fp32")}
+        )
         self.class_names: list[str] | None = None
         # The resolved run config, saved in every checkpoint so it can be resumed or exported alone.
         self.run_config: dict[str, Any] | None = None
+        # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale"}.
+        self.quant_state: dict[str, Any] | None = None
+        # The converted int8 model, kept out of the state_dict; rebuilt when the weights may change.
+        self._int8_cache: dict[str, nn.Module] = {}
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.net(video)
+    # ------------------------------------------------------------------ quantization
+
+    def enter_quantization(self, mode: str, input_shape, start_step: int = 0, lr_scale: float = 1.0) -> None:
+        """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device)."""
+        self.net = pt2e.prepare(self.net, tuple(input_shape), mode)
+        self.quant_state = {
+            "mode": mode,
+            "input_shape": list(input_shape),
+            "observers_frozen": False,
+            "start_step": start_step,
+            "lr_scale": lr_scale,
+        }
+        self.train(self.training)
+
+    def freeze_observers(self) -> None:
+        self.quant_state["observers_frozen"] = True
+        pt2e.set_observers(self.net, False)
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[dict], count: int) -> None:
+        """Post-training calibration: run ``count`` batches through the observers, then freeze."""
+        pt2e.set_observers(self.net, True)
+        for index, batch in enumerate(batches):
+            if index == count:
+                break
+            self.net(batch["video"].to(self.device))
+        self.freeze_observers()
+
+    def int8_net(self) -> nn.Module:
+        """The converted int8 model of the current quantized state (cached until it changes)."""
+        if self.quant_state is None:
+            raise RuntimeError("the model is not quantized: run with quant=qat or quant=ptq")
+        if "net" not in self._int8_cache:
+            self._int8_cache["net"] = pt2e.convert_int8(self.net)
+        return self._int8_cache["net"]
 
     def train(self, mode: bool = True):
-        """Keeps BatchNorm statistics frozen when asked, whatever Lightning toggles."""
+        """Keeps BatchNorm statistics frozen when asked, and observers only where they may learn."""
         super().train(mode)
         if mode and self.hparams.freeze_bn_stats:
             for module in self.net.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if self.quant_state is not None:
+            learning = mode and self.quant_state["mode"] == "qat" and not self.quant_state["observers_frozen"]
+            pt2e.set_observers(self.net, learning)
+            self._int8_cache.clear()
         return self
+
+    # ------------------------------------------------------------------ steps
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net(video)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "class_names", None):
             self.class_names = list(datamodule.class_names)
 
-    def _step(self, batch: dict, metrics: MetricCollection, stage: str) -> torch.Tensor:
-        logits = self(batch["video"])
-        loss = self.criterion(logits, batch["label"])
-        metrics.update(logits.detach(), batch["label"])
+    def _measure(self, logits: torch.Tensor, labels: torch.Tensor, stage: str) -> torch.Tensor:
+        loss = self.criterion(logits, labels)
+        metrics = self.metrics[f"{stage}_metrics"]
+        metrics.update(logits.detach(), labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(logits))
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "val_fp32", batch_size=len(logits))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage in ("val", "test"))
         return loss
 
+    def _float_logits(self, video: torch.Tensor) -> torch.Tensor:
+        """The quantized model's weights without quantization."""
+        pt2e.set_fake_quant(self.net, False)
+        try:
+            return self.net(video)
+        finally:
+            pt2e.set_fake_quant(self.net, True)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.train_metrics, "train")
+        return self._measure(self(batch["video"]), batch["label"], "train")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, self.val_metrics, "val")
+        self._measure(self(batch["video"]), batch["label"], "val")
+        if self.quant_state is not None:
+            self._measure(self._float_logits(batch["video"]), batch["label"], "val_fp32")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, self.test_metrics, "test")
+        if self.quant_state is None:
+            self._measure(self(batch["video"]), batch["label"], "test")
+            return
+        self._measure(self.int8_net()(batch["video"]), batch["label"], "test")
+        self._measure(self._float_logits(batch["video"]), batch["label"], "test_fp32")
+
+    # ------------------------------------------------------------------ optimization
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -90,20 +160,39 @@ class VideoClassifier(L.LightningModule):
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup_steps = int(self.hparams.warmup_epochs * total_steps / epochs)
         floor = self.hparams.min_lr_ratio
+        # A QAT phase restarts the optimizer mid-run: keep the schedule's place, scale the rate.
+        offset = self.quant_state["start_step"] if self.quant_state else 0
+        scale = self.quant_state["lr_scale"] if self.quant_state else 1.0
 
         def lr_factor(step: int) -> float:
+            step += offset
             if step < warmup_steps:
-                return (step + 1) / warmup_steps
+                return scale * (step + 1) / warmup_steps
             progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            return scale * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ------------------------------------------------------------------ checkpoints
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["class_names"] = self.class_names
         checkpoint["run_config"] = self.run_config
+        checkpoint["quantization"] = dict(self.quant_state) if self.quant_state else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Rebuilds the quantized graph a checkpoint was saved from, so its weights fit."""
         self.class_names = checkpoint.get("class_names")
         self.run_config = self.run_config or checkpoint.get("run_config")
+        state = checkpoint.get("quantization")
+        if state and self.quant_state is None:
+            self.enter_quantization(state["mode"], state["input_shape"], state["start_step"], state["lr_scale"])
+        elif not state and self.quant_state is not None:
+            raise RuntimeError(
+                "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "
+                "checkpoint without quant=..., or a checkpoint saved during quantization"
+            )
+        if state:
+            self.quant_state.update(state)
+            self.train(self.training)

@@ -1,0 +1,84 @@
+"""Lightning callbacks that decide when a run quantizes; the module does the quantizing."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+log = logging.getLogger(__name__)
+
+
+def clip_shape(trainer: L.Trainer) -> tuple[int, int, int, int]:
+    """``(C, T, H, W)`` of the model input, from the datamodule's clip settings."""
+    datamodule = trainer.datamodule
+    return (3, datamodule.clip.num_frames, datamodule.crop_size, datamodule.crop_size)
+
+
+class QuantizationAwareTraining(L.Callback):
+    """Fine-tune in fp32, then switch to QAT at ``start_epoch`` and freeze observers later.
+
+    At ``start_epoch`` the network is replaced by its exported deploy form with fake
+    quantization (BatchNorm folded into the convolutions, so its statistics are frozen from
+    there on), and the optimizer restarts on the new parameters with the learning rate scaled
+    by ``lr_scale``. From ``freeze_observer_epoch`` on, quantization ranges stop moving.
+    ``start_epoch=0`` quantizes before training starts, which also works under DDP.
+    """
+
+    def __init__(self, start_epoch: int = 1, freeze_observer_epoch: int | None = None, lr_scale: float = 0.1):
+        if freeze_observer_epoch is not None and freeze_observer_epoch < start_epoch:
+            raise ValueError(
+                f"freeze_observer_epoch ({freeze_observer_epoch}) comes before start_epoch ({start_epoch})"
+            )
+        self.start_epoch = start_epoch
+        self.freeze_observer_epoch = freeze_observer_epoch
+        self.lr_scale = lr_scale
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.start_epoch >= (trainer.max_epochs or 0):
+            raise MisconfigurationException(
+                f"quant.start_epoch={self.start_epoch} but trainer.max_epochs={trainer.max_epochs}: "
+                "QAT would never start; lower quant.start_epoch or raise trainer.max_epochs"
+            )
+        if self.start_epoch == 0 and pl_module.quant_state is None:
+            pl_module.enter_quantization("qat", clip_shape(trainer), start_step=0, lr_scale=self.lr_scale)
+        elif self.start_epoch > 0 and trainer.world_size > 1:
+            raise MisconfigurationException(
+                "switching to QAT in the middle of a multi-process run is not supported: set "
+                "quant.start_epoch=0 (QAT from the first epoch, e.g. from a trained model.checkpoint)"
+            )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        epoch = trainer.current_epoch
+        if pl_module.quant_state is None and epoch >= self.start_epoch:
+            log.info("Epoch %d: switching to quantization-aware training", epoch)
+            pl_module.enter_quantization("qat", clip_shape(trainer), start_step=trainer.global_step, lr_scale=self.lr_scale)
+            trainer.strategy.setup_optimizers(trainer)
+        if (
+            self.freeze_observer_epoch is not None
+            and epoch >= self.freeze_observer_epoch
+            and not pl_module.quant_state["observers_frozen"]
+        ):
+            log.info("Epoch %d: freezing quantization observers", epoch)
+            pl_module.freeze_observers()
+
+
+class PostTrainingQuantization(L.Callback):
+    """Calibrate int8 ranges on ``calibration_batches`` training batches before testing.
+
+    Runs on the checkpoint being tested (after fit: the best one), so the test metrics and the
+    exported int8 program come from the same calibrated model.
+    """
+
+    def __init__(self, calibration_batches: int = 16):
+        self.calibration_batches = calibration_batches
+
+    def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
+        if pl_module.quant_state is not None:
+            return
+        pl_module.enter_quantization("ptq", clip_shape(trainer))
+        loader = trainer.datamodule.train_dataloader()
+        pl_module.calibrate(loader, self.calibration_batches)

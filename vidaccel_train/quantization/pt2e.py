@@ -1,0 +1,78 @@
+"""PT2E quantization of the deploy form with ExecuTorch's XNNPACK quantizer.
+
+What is trained or calibrated is the exported deploy form itself, so the int8 program lowered
+later is the very graph whose accuracy was measured. Weights are symmetric per-channel int8,
+activations int8, as the XNNPACK delegate runs them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from vidaccel_train.models.deploy import to_deploy_form
+
+MODES = ("qat", "ptq")
+
+
+def xnnpack_quantizer(qat: bool):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+
+def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int]) -> GraphModule:
+    """The deploy form of ``net`` exported for clips ``(C, T, H, W)`` with a dynamic batch."""
+    channels, frames, height, width = input_shape
+    deployed = to_deploy_form(net, frames)
+    device = next(net.parameters()).device
+    # Batch 2 in the example: an example batch of 1 would be specialised to a constant.
+    example = torch.zeros(2, channels, frames, height, width, device=device)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(deployed.to(device), (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def prepare(net: nn.Module, input_shape: tuple[int, int, int, int], mode: str) -> GraphModule:
+    """``net``'s deploy form with observers (``ptq``) or fake quantization (``qat``) inserted.
+
+    The result follows ``.train()``/``.eval()`` like a module (Lightning toggles it).
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    if mode not in MODES:
+        raise ValueError(f"quantization mode must be one of {MODES}, got '{mode}'")
+    graph = export_deploy_form(net, input_shape)
+    quantizer = xnnpack_quantizer(qat=mode == "qat")
+    prepared = prepare_qat_pt2e(graph, quantizer) if mode == "qat" else prepare_pt2e(graph, quantizer)
+    return allow_exported_model_train_eval(prepared)
+
+
+def set_observers(prepared: nn.Module, enabled: bool) -> None:
+    """Let observers keep updating quantization ranges, or freeze them."""
+    from torchao.quantization.pt2e import disable_observer, enable_observer
+
+    prepared.apply(enable_observer if enabled else disable_observer)
+
+
+def set_fake_quant(prepared: nn.Module, enabled: bool) -> None:
+    """Switch fake quantization on (int8 numbers) or off (the same weights in fp32)."""
+    from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
+
+    prepared.apply(enable_fake_quant if enabled else disable_fake_quant)
+
+
+def convert_int8(prepared: GraphModule) -> GraphModule:
+    """A converted copy (quantize/dequantize around int8 kernels) of a prepared model."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    converted = allow_exported_model_train_eval(convert_pt2e(copy.deepcopy(prepared)))
+    converted.eval()  # the patched eval() returns None, not the model
+    return converted
