@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,19 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(data_dir) -> Path:
     return generate_dataset(data_dir / "tiny", TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_dir) -> Path:
+    """`python -m vidaccel_train experiment=smoke` run once per session (fit, QAT, test, export)."""
+    run_dir = tmp_path_factory.mktemp("smoke")
+    result = subprocess.run(
+        [sys.executable, "-m", "vidaccel_train", "experiment=smoke", f"hydra.run.dir={run_dir}",
+         f"paths.data_dir={data_dir}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
 
 
 def compose_config(run_dir: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:
@@ -79,3 +94,6 @@ class StopAfterEpoch:
                     trainer.should_stop = True
 
         return _Stop()
+
+# A tiny fit with checkpoints but without the export (tests of the export ask for it).
+TINY_FIT = [*TINY_RUN, "callbacks.export.enabled=false", "callbacks.rich_progress_bar=null"]

@@ -7,10 +7,10 @@ import torch
 
 from vidaccel_train.train import run
 
-from conftest import TINY_RUN, compose_config
+from conftest import TINY_FIT, compose_config
 
-QAT_RUN = [*TINY_RUN, "quant=qat", "quant.start_epoch=1", "quant.freeze_observer_epoch=2", "trainer.max_epochs=4",
-           "callbacks.rich_progress_bar=null", "optim=adamw"]
+QAT_RUN = [*TINY_FIT, "quant=qat", "quant.start_epoch=1", "quant.freeze_observer_epoch=2", "trainer.max_epochs=4",
+           "optim=adamw"]
 
 
 def _last_state(run_dir):
@@ -52,8 +52,8 @@ def test_qat_that_would_never_start_is_refused_before_training(tmp_path, data_di
 
 
 def test_ptq_calibrates_the_tested_checkpoint_and_tests_int8(tmp_path, data_dir):
-    metrics = run(compose_config(tmp_path, data_dir, [*TINY_RUN, "quant=ptq", "quant.calibration_batches=2",
-                                                      "trainer.max_epochs=1", "callbacks.rich_progress_bar=null"]))
+    metrics = run(compose_config(tmp_path, data_dir, [*TINY_FIT, "quant=ptq", "quant.calibration_batches=2",
+                                                      "trainer.max_epochs=1"]))
     assert {"test/top1", "test_fp32/top1"} <= set(metrics)
     assert "val_fp32/top1" not in metrics  # fp32 fit, quantized only for the test
     written = json.loads((tmp_path / "metrics.json").read_text())

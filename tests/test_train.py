@@ -1,11 +1,6 @@
 """Runs of the real pipeline: Lightning fast_dev_run, and the smoke experiment from the CLI."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,10 +8,7 @@ from vidaccel_train.models import CheckpointError, create_model
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 
-from conftest import TINY_RUN, compose_config
-
-REPO = Path(__file__).resolve().parents[1]
-
+from conftest import TINY_FIT, TINY_RUN, compose_config
 
 @pytest.mark.parametrize("model", ["x3d_tiny", "x3d_xs", "x3d_s"])
 def test_fast_dev_run_trains_validates_and_tests(tmp_path, data_dir, model):
@@ -26,18 +18,6 @@ def test_fast_dev_run_trains_validates_and_tests(tmp_path, data_dir, model):
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["metrics"]["test/top1"] == metrics["test/top1"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_dir):
-    run_dir = tmp_path_factory.mktemp("smoke")
-    result = subprocess.run(
-        [sys.executable, "-m", "vidaccel_train", "experiment=smoke", f"hydra.run.dir={run_dir}",
-         f"paths.data_dir={data_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
 
 
 def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(smoke_run):
@@ -61,7 +41,7 @@ def test_checkpoints_carry_config_and_label_names(smoke_run):
 
 
 def test_an_fp32_checkpoint_of_ours_loads_through_the_zoo(tmp_path, data_dir):
-    run(compose_config(tmp_path, data_dir, [*TINY_RUN, "trainer.max_epochs=1", "test=false"]))
+    run(compose_config(tmp_path, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
     path = tmp_path / "checkpoints" / "last.ckpt"
     net = create_model("x3d_tiny", num_classes=4, checkpoint=str(path)).eval()
     module = VideoClassifier.load_from_checkpoint(path, net=create_model("x3d_tiny", num_classes=4),

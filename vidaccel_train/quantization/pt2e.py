@@ -13,18 +13,25 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from vidaccel_train.models.deploy import to_deploy_form
+from vidaccel_train.models.deploy import Classifier, to_deploy_form
 
 MODES = ("qat", "ptq")
 
 
 def xnnpack_quantizer(qat: bool):
+    """Per-channel symmetric int8 everywhere but the final classifier.
+
+    The classifier is a tiny share of the work, and int8 logits are coarse enough that
+    near-tied classes come out exactly tied; kept in fp32, the int8 program ranks classes
+    like the model it came from.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return quantizer.set_module_type(Classifier, None)
 
 
 def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int]) -> GraphModule:

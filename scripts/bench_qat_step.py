@@ -1,0 +1,78 @@
+"""QAT training-step time over fp32 step time, same model, batch and device, measured side by side.
+
+    python scripts/bench_qat_step.py --model x3d_xs --batch 8 [--device cuda] [--threads 2]
+
+fp32 is the train form (Conv3d + BatchNorm) as in the fp32 phase; QAT is the exported deploy
+form with fake quantization, as in the QAT phase. Steps alternate between the two so that
+machine noise hits both alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from vidaccel_train.models import create_model
+from vidaccel_train.models.zoo import zoo_entry
+from vidaccel_train.quantization import pt2e
+
+
+def step_timer(model: torch.nn.Module, clip: torch.Tensor, labels: torch.Tensor):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> float:
+        if clip.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(clip), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if clip.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="x3d_xs")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=None, help="default: the model's crop")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    entry = zoo_entry(args.model)
+    crop = args.crop or entry.crop_size
+    shape = (3, entry.num_frames, crop, crop)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    clip = torch.randn(args.batch, *shape, device=device)
+    labels = torch.randint(0, 400, (args.batch,), device=device)
+
+    fp32 = create_model(args.model, num_classes=400).to(device).train()
+    qat = pt2e.prepare(create_model(args.model, num_classes=400).to(device).eval(), shape, "qat")
+    qat.train()
+    timers = {"fp32": step_timer(fp32, clip, labels), "qat": step_timer(qat, clip, labels)}
+    for timer in timers.values():  # warm-up
+        timer(), timer()
+    times = {name: [] for name in timers}
+    for _ in range(args.steps):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"model={args.model} batch={args.batch} clip={shape} device={device} threads={torch.get_num_threads()}")
+    for name, value in median.items():
+        print(f"  {name:5s} step  median {value * 1000:8.1f} ms   ({args.batch / value:6.1f} clips/s)")
+    print(f"  QAT / fp32 step time: {median['qat'] / median['fp32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Export after training: verified fp32 and int8 ExecuTorch artifacts, predict, tamper checks."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torchvision import tv_tensors
+
+from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.transforms import build_transform
+from vidaccel_train.data.video_io import read_clip
+from vidaccel_train.export import ExecuTorchModel
+from vidaccel_train.export.__main__ import export_checkpoint
+from vidaccel_train.export.artifacts import export_artifacts, sha256_of
+from vidaccel_train.export.callback import net_builder
+from vidaccel_train.models import create_model
+from vidaccel_train.predict import ArtifactError, load_verified, predict
+from vidaccel_train.train import run
+from vidaccel_train.training import VideoClassifier
+
+from conftest import TINY_FIT, compose_config
+
+
+@pytest.fixture(scope="module")
+def export_dir(smoke_run):
+    return smoke_run / "export"
+
+
+def test_run_leaves_both_programs_manifest_and_report(export_dir):
+    names = {p.name for p in export_dir.iterdir()}
+    assert {"model_fp32.pte", "model_int8.pte", "manifest.json", "report.md", "accuracy_latency.png"} <= names
+    assert not [n for n in names if "staging" in n or n.endswith(".partial")]
+    assert "![accuracy against latency](accuracy_latency.png)" in (export_dir / "report.md").read_text()
+
+
+def test_manifest_describes_verified_artifacts(export_dir, smoke_run):
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    assert manifest["classes"] == ["move_left", "move_right", "move_up", "move_down"]
+    assert manifest["input_shape"] == [1, 3, 4, 56, 56] and manifest["int8_source"] == "qat model"
+    test_metrics = json.loads((smoke_run / "metrics.json").read_text())["metrics"]
+    by_precision = {a["precision"]: a for a in manifest["artifacts"]}
+    for precision, artifact in by_precision.items():
+        path = export_dir / artifact["file"]
+        assert artifact["sha256"] == sha256_of(path) and artifact["bytes"] == path.stat().st_size
+        assert artifact["latency_ms"] > 0 and artifact["threads"] >= 1
+    # The int8 program agrees with the fake-quant model clip by clip, and scores what the test did.
+    assert by_precision["int8"]["agreement"] >= 0.99
+    assert by_precision["fp32"]["agreement"] >= 0.99
+    assert by_precision["int8"]["top1"] == pytest.approx(test_metrics["test/top1"], abs=0.02)
+    assert by_precision["int8"]["bytes"] < by_precision["fp32"]["bytes"] * 0.6
+
+
+def test_both_programs_run_in_the_executorch_runtime(export_dir):
+    clip = torch.randn(1, 3, 4, 56, 56)
+    outputs = [ExecuTorchModel(export_dir / name)(clip) for name in ("model_fp32.pte", "model_int8.pte")]
+    assert all(out.shape == (1, 4) and torch.isfinite(out).all() for out in outputs)
+
+
+def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data_dir):
+    video = next(data_dir.glob("synthetic/synthetic-*/test/move_right/*.mp4"))
+    result = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(export_dir / "model_int8.pte"),
+                             str(video), "--topk", "2", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    predictions = json.loads(result.stdout)["predictions"]
+    assert len(predictions) == 2 and predictions[0]["score"] >= predictions[1]["score"]
+
+    module = VideoClassifier.load_from_checkpoint(smoke_run / "checkpoints" / "last.ckpt",
+                                                  net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD)
+    module.eval()
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    spec = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+    frames, _ = read_clip(video, lambda info: spec.timestamps(spec.centre_start(info)))
+    batch = build_transform(False, 56, manifest["short_side"])(tv_tensors.Video(frames)).unsqueeze(0)
+    with torch.no_grad():
+        expected = manifest["classes"][int(module.int8_net()(batch).argmax())]
+    assert predictions[0]["label"] == expected
+
+
+def test_a_tampered_artifact_is_refused(export_dir, tmp_path, data_dir):
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    data = bytearray((copy / "model_int8.pte").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "model_int8.pte").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        load_verified(copy / "model_int8.pte")
+    video = next(data_dir.glob("synthetic/synthetic-*/test/move_up/*.mp4"))
+    result = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(copy / "model_int8.pte"), str(video)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "sha256" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("fp32")
+    run(compose_config(run_dir, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
+    return run_dir
+
+
+def _test_video(run_dir, class_name):
+    """A test-split video of the dataset a run trained on (its root is in the checkpoint's config)."""
+    config = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["run_config"]
+    return next(Path(config["data"]["root"]).glob(f"synthetic-*/test/{class_name}/*.mp4"))
+
+
+def test_export_cli_from_an_fp32_checkpoint_calibrates_int8(fp32_run, tmp_path):
+    out = tmp_path / "exported"
+    manifest = export_checkpoint(fp32_run / "checkpoints" / "last.ckpt",
+                                 [f"out_dir={out}", "callbacks.export.latency_repeats=3", "callbacks.export.threads=2"])
+    assert manifest["int8_source"].startswith("post-training calibration")
+    assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
+    label, score = predict(out / "model_int8.pte", _test_video(fp32_run, "move_left"), topk=1)[0]
+    assert label in manifest["classes"] and 0 <= score <= 1
+
+
+def test_a_failed_export_leaves_nothing_half_written(fp32_run, tmp_path, data_dir):
+    cfg = compose_config(fp32_run, data_dir, TINY_FIT)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    datamodule.datasets["test"].samples = []  # a test split with nothing left in it
+    checkpoint = torch.load(fp32_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    module = VideoClassifier.load_from_checkpoint(fp32_run / "checkpoints" / "last.ckpt",
+                                                  net=net_builder(checkpoint["run_config"])(), optimizer=torch.optim.SGD)
+    out = tmp_path / "export"
+    with pytest.raises(RuntimeError, match="test split is empty"):
+        export_artifacts(module, datamodule, out, net_builder(checkpoint["run_config"]), "x3d_tiny",
+                         threads=1, latency_repeats=1, calibration_batches=1)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder either

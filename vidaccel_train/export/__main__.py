@@ -1,0 +1,65 @@
+"""Export any checkpoint of ours: ``python -m vidaccel_train.export ckpt_path=<file.ckpt> [key=value ...]``.
+
+The checkpoint carries its run config, which rebuilds the model and data; ``key=value`` pairs
+override it (``out_dir=...``, ``callbacks.export.threads=2``, ``data.root=...``). The default
+output is ``<run dir>/export`` next to the checkpoint's ``checkpoints/`` folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import vidaccel_train.config  # noqa: F401 - registers config resolvers
+from vidaccel_train.export.callback import ExportCallback, net_builder
+
+log = logging.getLogger("vidaccel_train.export")
+
+
+def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+    run_config = checkpoint.get("run_config")
+    if not run_config:
+        raise RuntimeError(f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported")
+    cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
+    out_dir = cfg.get("out_dir") or ckpt_path.resolve().parent.parent / "export"
+    export_settings = {k: v for k, v in (cfg.get("callbacks", {}) or {}).get("export", {}).items() if k != "_target_"}
+    export_settings.update(enabled=True, out_dir=str(out_dir))
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module, net=net_builder(run_config)(), optimizer=instantiate(cfg.optim))
+    module.run_config = run_config
+    callback = ExportCallback(**export_settings)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback])
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    return callback.manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    ckpt = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
+    if len(ckpt) != 1 or any("=" not in a for a in args):
+        print(__doc__, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
+    for artifact in manifest["artifacts"]:
+        print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agreement {artifact['agreement']:.3f}, "
+              f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
