@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,7 +12,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
-from vidaccel_train.data.video_io import VideoInfo, read_clip
+from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, read_clip
+
+log = logging.getLogger(__name__)
 
 # Half a millisecond past the wanted instant so that rounding never picks the previous frame.
 _EPSILON_S = 5e-4
@@ -69,18 +73,57 @@ class EpochShuffleSampler(Sampler):
         return iter(zip(order, seeds))
 
 
+class BadFileLog:
+    """Where undecodable files are reported: one line each, ``<path>\t<reason>``.
+
+    Workers append (each file once per process); :meth:`compact` leaves one line per file.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._seen: set[str] = set()
+
+    def record(self, file: str, reason: str) -> None:
+        if file in self._seen:
+            return
+        self._seen.add(file)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as stream:  # one short write per line: appends do not interleave
+            stream.write(f"{file}\t{reason.replace(chr(10), ' ')}\n")
+        log.warning("skipping unreadable video %s (%s)", file, reason)
+
+    def compact(self) -> dict[str, str]:
+        if not self.path.is_file():
+            return {}
+        entries = dict(line.split("\t", 1) for line in self.path.read_text().splitlines() if "\t" in line)
+        self.path.write_text("".join(f"{file}\t{reason}\n" for file, reason in sorted(entries.items())))
+        return entries
+
+
 class ClipDataset(Dataset):
     """One clip per video: a random one in training, the centre one otherwise.
 
     Items are indices, or ``(index, seed)`` pairs from :class:`EpochShuffleSampler`, which make
-    the random clip and augmentation of that item reproducible.
+    the random clip and augmentation of that item reproducible. A file that cannot be decoded
+    is reported to ``bad_files`` and the next file in the list stands in for it, so a run goes
+    on; ``max_consecutive_failures`` bad files in a row mean the split itself is broken.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], clip: ClipSpec, train: bool, transform):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        clip: ClipSpec,
+        train: bool,
+        transform,
+        bad_files: BadFileLog | None = None,
+        max_consecutive_failures: int = 16,
+    ):
         self.samples = list(samples)
         self.clip = clip
         self.train = train
         self.transform = transform
+        self.bad_files = bad_files
+        self.max_consecutive_failures = max_consecutive_failures
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -90,8 +133,25 @@ class ClipDataset(Dataset):
             index, seed = item
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self._load(index)
-        return self._load(item)
+                return self._load_or_substitute(index)
+        return self._load_or_substitute(item)
+
+    def _load_or_substitute(self, index: int) -> dict:
+        failures = []
+        for attempt in range(min(self.max_consecutive_failures, len(self.samples))):
+            candidate = (index + attempt) % len(self.samples)
+            path = self.samples[candidate][0]
+            try:
+                return self._load(candidate)
+            except VideoDecodeError as err:
+                failures.append(path)
+                if self.bad_files is not None:
+                    self.bad_files.record(path, str(err).removeprefix(f"{path}: "))
+        raise VideoDecodeError(
+            f"{len(failures)} videos in a row could not be decoded ({failures[0]} ... {failures[-1]}); "
+            "the split looks broken: check the files or the data.root"
+            + (f", and {self.bad_files.path}" if self.bad_files is not None else "")
+        )
 
     def _load(self, index: int) -> dict:
         path, label = self.samples[index]

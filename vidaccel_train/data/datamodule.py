@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,10 +11,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler
 from vidaccel_train.data.layouts import DatasetLayoutError, index_class_folders
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
+
+log = logging.getLogger(__name__)
 
 
 class VideoDataModule(L.LightningDataModule):
@@ -41,6 +44,7 @@ class VideoDataModule(L.LightningDataModule):
         splits: dict[str, str] | None = None,
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
+        bad_files_report: str | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -59,6 +63,8 @@ class VideoDataModule(L.LightningDataModule):
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
         self.seed = seed or 0
+        # Unreadable videos are skipped and named here (the run directory by default).
+        self.bad_files = BadFileLog(bad_files_report) if bad_files_report else None
         self.class_names: list[str] | None = None
         self.datasets: dict[str, ClipDataset] = {}
 
@@ -92,12 +98,18 @@ class VideoDataModule(L.LightningDataModule):
                 self.std,
                 self.hflip,
             )
-            self.datasets[role] = ClipDataset(samples, self.clip, train, transform)
+            self.datasets[role] = ClipDataset(samples, self.clip, train, transform, self.bad_files)
         if len(self.class_names) != self.num_classes:
             raise DatasetLayoutError(
                 f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes; "
                 f"set data.num_classes={len(self.class_names)}"
             )
+
+    def teardown(self, stage: str) -> None:
+        if self.bad_files is not None:
+            bad = self.bad_files.compact()
+            if bad:
+                log.warning("%d unreadable videos were skipped; see %s", len(bad), self.bad_files.path)
 
     def _loader(self, role: str, batch_size: int) -> DataLoader:
         dataset = self.datasets[role]

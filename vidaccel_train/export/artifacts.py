@@ -168,14 +168,13 @@ def _build(module, datamodule, staging: Path, build_net, model_name, threads, la
         source = f"post-training calibration on {calibration_batches} training batches"
 
     started = time.perf_counter()
-    programs = {}
+    paths = {}
     for precision, model in (("fp32", float_model), ("int8", int8_model)):
-        lowered = lower_to_executorch(model, example)
-        path = write_atomic(staging / f"model_{precision}.pte", lowered.buffer)
-        programs[precision] = (path, ExecuTorchModel(path))
+        paths[precision] = write_atomic(staging / f"model_{precision}.pte", lower_to_executorch(model, example).buffer)
     lowering_s = time.perf_counter() - started
 
-    set_runtime_threads(threads)
+    set_runtime_threads(threads)  # before loading: XNNPACK takes its thread pool at load time
+    programs = {precision: (path, ExecuTorchModel(path)) for precision, path in paths.items()}
     predictors = {
         "eager": module.net if module.quant_state is None else float_model,
         "fp32": programs["fp32"][1],

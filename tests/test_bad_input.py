@@ -1,0 +1,91 @@
+"""Broken, missing and odd files never stop a run: each is skipped and named once."""
+
+import shutil
+
+import av
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec
+from vidaccel_train.data.transforms import build_transform
+from vidaccel_train.data.video_io import VideoDecodeError
+from vidaccel_train.train import run
+
+from conftest import TINY_FIT, compose_config
+
+
+def _write_audio_only(path):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+
+
+@pytest.fixture
+def broken_dataset(tiny_dataset, tmp_path):
+    """The tiny dataset plus one file of each broken kind in the train split and one in val."""
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, root)
+    good = next((root / "train" / "move_left").glob("*.mp4"))
+    planted = {
+        root / "train" / "move_left" / "zero_bytes.mp4": lambda p: p.write_bytes(b""),
+        root / "train" / "move_right" / "truncated.mp4": lambda p: p.write_bytes(good.read_bytes()[:900]),
+        root / "train" / "move_up" / "not_a_video.mp4": lambda p: p.write_text("hello"),
+        root / "train" / "move_down" / "audio_only.mp4": _write_audio_only,
+        root / "val" / "move_up" / "garbage.webm": lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+    }
+    for path, make in planted.items():
+        make(path)
+    return root, sorted(str(p) for p in planted)
+
+
+def _dataset(samples, log_path):
+    transform = build_transform(False, 32, 36)
+    return ClipDataset(samples, ClipSpec(4, 3, 30), train=False, transform=transform, bad_files=BadFileLog(log_path))
+
+
+def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_path, data_dir):
+    root, planted = broken_dataset
+    run_dir = tmp_path / "run"
+    overrides = ["data=kinetics", f"data.root={root}", "data.num_classes=4", "trainer.max_epochs=2", "data.num_workers=2",
+                 *(o for o in TINY_FIT if not o.startswith(("data.synthetic", "data.num_workers")))]
+    metrics = run(compose_config(run_dir, data_dir, overrides))
+    assert "test/top1" in metrics
+    report = (run_dir / "bad_files.txt").read_text().splitlines()
+    named = sorted(line.split("\t")[0] for line in report)
+    assert named == planted  # every broken file, once, although read in several epochs and workers
+    reasons = dict(line.split("\t") for line in report)
+    assert "no video stream" in reasons[next(p for p in planted if "audio_only" in p)]
+
+
+def test_a_missing_file_is_skipped_with_a_reason(tiny_dataset, tmp_path):
+    real = next((tiny_dataset / "test" / "move_up").glob("*.mp4"))
+    dataset = _dataset([(str(tmp_path / "gone.mp4"), 0), (str(real), 2)], tmp_path / "bad.txt")
+    item = dataset[0]
+    assert item["label"] == 2 and item["video"].shape == (3, 4, 32, 32)
+    assert "gone.mp4" in (tmp_path / "bad.txt").read_text()
+
+
+def test_a_wholly_broken_split_is_a_clear_error(tmp_path):
+    samples = []
+    for index in range(3):
+        path = tmp_path / f"broken_{index}.mp4"
+        path.write_bytes(b"\x00" * 100)
+        samples.append((str(path), 0))
+    with pytest.raises(VideoDecodeError, match="3 videos in a row could not be decoded"):
+        _dataset(samples, tmp_path / "bad.txt")[0]
+
+
+def test_a_video_shorter_than_the_clip_repeats_its_last_frame(tiny_dataset, tmp_path):
+    from vidaccel_train.data.video_io import write_video
+
+    short = tmp_path / "short.mp4"
+    write_video(short, [np.full((36, 36, 3), 40 * i, dtype=np.uint8) for i in range(3)], fps=30)
+    dataset = _dataset([(str(short), 1)], tmp_path / "bad.txt")
+    clip = dataset[0]["video"]  # 4 frames 0.1 s apart from a 0.1 s video
+    assert clip.shape == (3, 4, 32, 32) and torch.equal(clip[:, 2], clip[:, 3])
+    assert not (tmp_path / "bad.txt").exists()
