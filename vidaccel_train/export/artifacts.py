@@ -55,10 +55,14 @@ def sha256_of(path: Path) -> str:
 
 
 def set_runtime_threads(threads: int) -> None:
-    """Threads for XNNPACK inside the ExecuTorch runtime and for eager PyTorch alike."""
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    """Threads for XNNPACK inside the ExecuTorch runtime and for eager PyTorch alike.
 
-    _unsafe_reset_threadpool(threads)
+    Load programs after this call: running a program loaded before the pool changed can hang.
+    """
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    if _threadpool_get_thread_count() != threads:
+        _unsafe_reset_threadpool(threads)
     torch.set_num_threads(threads)
 
 
