@@ -12,7 +12,7 @@ def _numbered_frames(count: int, height: int = 32, width: int = 48):
 @pytest.fixture
 def numbered_video(tmp_path):
     path = tmp_path / "numbered.mp4"
-    write_video(path, _numbered_frames(30), fps=10, crf=0)
+    write_video(path, _numbered_frames(30), fps=10, qp=0)
     return path
 
 

@@ -117,8 +117,8 @@ def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | No
     return picked
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: int = 20) -> None:
-    """Encode ``(H, W, 3)`` uint8 frames to H.264 (yuv420p, even sizes) with PyAV."""
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, qp: int = 20) -> None:
+    """Encode ``(H, W, 3)`` uint8 frames to H.264 (yuv420p, even sizes) with PyAV, deterministically."""
     path = Path(path)
     iterator = iter(frames)
     first = next(iterator)
@@ -128,7 +128,8 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, crf: i
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(fps)}
+        # Constant quantizer: x264's rate-control lookahead (mbtree) makes crf output vary run to run.
+        stream.options = {"qp": str(qp), "preset": "veryfast", "g": str(fps)}
         for array in (first, *iterator):
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
