@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -82,18 +83,16 @@ TINY_RUN = [
 ]
 
 
-class StopAfterEpoch:
-    """A Lightning callback that stops fit cleanly after ``epoch``: a run cut off at that point."""
+class StopAfterEpoch(L.Callback):
+    """Stops fit cleanly after ``epoch`` (its checkpoints written): a run cut off at that point."""
 
-    def __new__(cls, epoch: int):
-        import lightning as L
+    def __init__(self, epoch: int):
+        self.epoch = epoch
 
-        class _Stop(L.Callback):
-            def on_train_epoch_end(self, trainer, pl_module):
-                if trainer.current_epoch == epoch:
-                    trainer.should_stop = True
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
 
-        return _Stop()
 
 # A tiny fit with checkpoints but without the export (tests of the export ask for it).
 TINY_FIT = [*TINY_RUN, "callbacks.export.enabled=false", "callbacks.rich_progress_bar=null"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -31,13 +32,14 @@ class ExportCallback(L.Callback):
         self,
         enabled: bool = True,
         out_dir: str | None = None,
-        threads: int = 4,
+        threads: int | None = None,
         latency_repeats: int = 20,
         calibration_batches: int = 16,
     ):
         self.enabled = enabled
         self.out_dir = out_dir
-        self.threads = threads
+        # Never more threads than cores: an oversubscribed eager reference would flatter the programs.
+        self.threads = threads or min(4, os.cpu_count() or 1)
         self.latency_repeats = latency_repeats
         self.calibration_batches = calibration_batches
         self.manifest: dict | None = None
