@@ -65,11 +65,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
-    # A sweeper (hparams_search) optimises the metric this returns.
-    target = cfg.get("optimized_metric")
-    return metrics.get(target) if target else None
+def main(cfg: DictConfig) -> None:
+    run(cfg)
 
 
 if __name__ == "__main__":
