@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler
 from vidaccel_train.data.layouts import DatasetLayoutError, index_class_folders
-from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
+from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class VideoDataModule(L.LightningDataModule):
     def dataset_dir(self) -> Path:
         if self.synthetic is None:
             return self.root
-        return self.root / f"synthetic-{self.synthetic.fingerprint()}"
+        return dataset_dir(self.root, self.synthetic)
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:

@@ -111,6 +111,11 @@ def render_clip(spec: SyntheticSpec, motion: str, rng: np.random.Generator) -> n
     return (frames.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
+def dataset_dir(root: str | Path, spec: SyntheticSpec) -> Path:
+    """Where the dataset of ``spec`` lives under ``root``: one folder per parameter set."""
+    return Path(root) / f"synthetic-{spec.fingerprint()}"
+
+
 def generate_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
     """Write the dataset under ``root/<fingerprint>`` once; later calls return the cached copy.
 
@@ -118,7 +123,7 @@ def generate_dataset(root: str | Path, spec: SyntheticSpec) -> Path:
     leaves a half-written dataset behind.
     """
     root = Path(root)
-    target = root / f"synthetic-{spec.fingerprint()}"
+    target = dataset_dir(root, spec)
     if (target / DONE_MARKER).is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
