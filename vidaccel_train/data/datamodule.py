@@ -69,6 +69,11 @@ class VideoDataModule(L.LightningDataModule):
         self.datasets: dict[str, ClipDataset] = {}
 
     @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)`` of one model input."""
+        return (3, self.clip.num_frames, self.crop_size, self.crop_size)
+
+    @property
     def dataset_dir(self) -> Path:
         if self.synthetic is None:
             return self.root

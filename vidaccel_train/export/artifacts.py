@@ -98,11 +98,7 @@ def float_deploy_form(module, num_frames: int, build_net: Callable[[], nn.Module
 def calibrate_int8(net: nn.Module, input_shape, batches, count: int) -> tuple[nn.Module, nn.Module]:
     """Post-training calibration of a copy of ``net``: (observed model, converted int8 model)."""
     prepared = pt2e.prepare(net, input_shape, "ptq")
-    for index, batch in enumerate(batches):
-        if index == count:
-            break
-        prepared(batch["video"])
-    pt2e.set_observers(prepared, False)
+    pt2e.calibrate(prepared, batches, count)
     return prepared, pt2e.convert_int8(prepared)
 
 
@@ -160,7 +156,7 @@ def export_artifacts(
 def _build(module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats, calibration_batches) -> dict:
     module = module.cpu().eval()
     clip = datamodule.clip
-    shape = (1, 3, clip.num_frames, datamodule.crop_size, datamodule.crop_size)
+    shape = (1, *datamodule.clip_shape)
     example = torch.randn(shape)
 
     float_model = float_deploy_form(module, clip.num_frames, build_net)

@@ -10,12 +10,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 log = logging.getLogger(__name__)
 
 
-def clip_shape(trainer: L.Trainer) -> tuple[int, int, int, int]:
-    """``(C, T, H, W)`` of the model input, from the datamodule's clip settings."""
-    datamodule = trainer.datamodule
-    return (3, datamodule.clip.num_frames, datamodule.crop_size, datamodule.crop_size)
-
-
 class QuantizationAwareTraining(L.Callback):
     """Fine-tune in fp32, then switch to QAT at ``start_epoch`` and freeze observers later.
 
@@ -44,7 +38,7 @@ class QuantizationAwareTraining(L.Callback):
                 "QAT would never start; lower quant.start_epoch or raise trainer.max_epochs"
             )
         if self.start_epoch == 0 and pl_module.quant_state is None:
-            pl_module.enter_quantization("qat", clip_shape(trainer), start_step=0, lr_scale=self.lr_scale)
+            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale)
         elif self.start_epoch > 0 and trainer.world_size > 1:
             raise MisconfigurationException(
                 "switching to QAT in the middle of a multi-process run is not supported: set "
@@ -55,7 +49,7 @@ class QuantizationAwareTraining(L.Callback):
         epoch = trainer.current_epoch
         if pl_module.quant_state is None and epoch >= self.start_epoch:
             log.info("Epoch %d: switching to quantization-aware training", epoch)
-            pl_module.enter_quantization("qat", clip_shape(trainer), start_step=trainer.global_step, lr_scale=self.lr_scale)
+            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step, lr_scale=self.lr_scale)
             trainer.strategy.setup_optimizers(trainer)
         if (
             self.freeze_observer_epoch is not None
@@ -79,6 +73,6 @@ class PostTrainingQuantization(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
         if pl_module.quant_state is not None:
             return
-        pl_module.enter_quantization("ptq", clip_shape(trainer))
+        pl_module.enter_quantization("ptq", trainer.datamodule.clip_shape)
         loader = trainer.datamodule.train_dataloader()
         pl_module.calibrate(loader, self.calibration_batches)

@@ -68,6 +68,17 @@ def set_observers(prepared: nn.Module, enabled: bool) -> None:
     prepared.apply(enable_observer if enabled else disable_observer)
 
 
+@torch.no_grad()
+def calibrate(prepared: nn.Module, batches, count: int, device: torch.device | str = "cpu") -> None:
+    """Run ``count`` batches through a prepared model's observers, then freeze its ranges."""
+    set_observers(prepared, True)
+    for index, batch in enumerate(batches):
+        if index == count:
+            break
+        prepared(batch["video"].to(device))
+    set_observers(prepared, False)
+
+
 def set_fake_quant(prepared: nn.Module, enabled: bool) -> None:
     """Switch fake quantization on (int8 numbers) or off (the same weights in fp32)."""
     from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant

@@ -78,14 +78,9 @@ class VideoClassifier(L.LightningModule):
         self.quant_state["observers_frozen"] = True
         pt2e.set_observers(self.net, False)
 
-    @torch.no_grad()
     def calibrate(self, batches: Iterable[dict], count: int) -> None:
         """Post-training calibration: run ``count`` batches through the observers, then freeze."""
-        pt2e.set_observers(self.net, True)
-        for index, batch in enumerate(batches):
-            if index == count:
-                break
-            self.net(batch["video"].to(self.device))
+        pt2e.calibrate(self.net, batches, count, self.device)
         self.freeze_observers()
 
     def int8_net(self) -> nn.Module:
