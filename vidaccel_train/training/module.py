@@ -77,6 +77,7 @@ class VideoClassifier(L.LightningModule):
     def freeze_observers(self) -> None:
         self.quant_state["observers_frozen"] = True
         pt2e.set_observers(self.net, False)
+        self._int8_cache.clear()  # the ranges the cached conversion used may have moved since
 
     def calibrate(self, batches: Iterable[dict], count: int) -> None:
         """Post-training calibration: run ``count`` batches through the observers, then freeze."""
