@@ -96,3 +96,58 @@ class StopAfterEpoch(L.Callback):
 
 # A tiny fit with checkpoints but without the export (tests of the export ask for it).
 TINY_FIT = [*TINY_RUN, "callbacks.export.enabled=false", "callbacks.rich_progress_bar=null"]
+
+
+class KillAt(L.Callback):
+    """Kills its own process with ``signal`` at one point of a fit: after training batch
+    ``batch`` of ``epoch`` (``stage=train``), after validation batch ``batch`` of ``epoch``
+    (``stage=validation``), or ``delay_s`` seconds after the final test's last batch, that is,
+    during the export (``stage=export``)."""
+
+    def __init__(self, stage: str, epoch: int = 0, batch: int = 0, signal: str = "SIGKILL", delay_s: float = 1.0):
+        import signal as signals
+
+        self.stage, self.epoch, self.batch, self.delay_s = stage, epoch, batch, delay_s
+        self.signal = getattr(signals, signal)
+
+    def _kill(self):
+        os.kill(os.getpid(), self.signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.stage == "train" and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self._kill()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.stage == "validation" and not trainer.sanity_checking and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self._kill()
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        if self.stage == "export":
+            import threading
+
+            threading.Timer(self.delay_s, self._kill).start()
+
+
+def run_cli(run_dir: Path, data_dir: Path, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m vidaccel_train` in its own process (this folder importable, for KillAt);
+    flags such as ``-m`` may come anywhere in ``overrides``."""
+    tests = Path(__file__).resolve().parent
+    flags = [o for o in overrides if o.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("-")]
+    return subprocess.run(
+        [sys.executable, "-m", "vidaccel_train", *flags, f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
+        cwd=tests.parent, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(tests), "HYDRA_FULL_ERROR": "1"},
+    )
+
+
+class RecordTrainIndices(L.Callback):
+    """Writes the dataset indices each rank trained on, per epoch: ``<out_dir>/rank<r>_epoch<e>.txt``."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.txt", "a") as stream:
+            stream.write("".join(f"{i}\n" for i in batch["index"].tolist()))

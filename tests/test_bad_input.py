@@ -1,6 +1,10 @@
 """Broken, missing and odd files never stop a run: each is skipped and named once."""
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -89,3 +93,63 @@ def test_a_video_shorter_than_the_clip_repeats_its_last_frame(tiny_dataset, tmp_
     clip = dataset[0]["video"]  # 4 frames 0.1 s apart from a 0.1 s video
     assert clip.shape == (3, 4, 32, 32) and torch.equal(clip[:, 2], clip[:, 3])
     assert not (tmp_path / "bad.txt").exists()
+
+
+def _transcode(source, target, codec, rate, audio: bool):
+    """``source`` re-encoded as ``codec`` at ``rate`` fps in ``target``'s container, with a silent
+    audio track when asked (as clips cut from YouTube carry)."""
+    frames = [f.to_ndarray(format="rgb24") for f in av.open(str(source)).decode(video=0)]
+    with av.open(str(target), "w") as container:
+        video = container.add_stream(codec, rate=rate)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream("libopus" if target.suffix == ".webm" else "aac", rate=48000) if audio else None
+        for array in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(video.encode())
+        if sound is not None:
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 48000
+            container.mux([*sound.encode(frame), *sound.encode()])
+
+
+@pytest.mark.parametrize(
+    "name,codec,rate,audio",
+    [("clip.webm", "libvpx-vp9", 25, True), ("clip.mkv", "libx264", 24, True), ("clip.avi", "mpeg4", 30, False),
+     ("clip.mp4", "libx264", 60, True)],
+)
+def test_common_containers_codecs_and_frame_rates_decode_to_clips(tiny_dataset, tmp_path, name, codec, rate, audio):
+    source = next((tiny_dataset / "test" / "move_up").glob("*.mp4"))
+    _transcode(source, tmp_path / name, codec, rate, audio)
+    item = _dataset([(str(tmp_path / name), 2)], tmp_path / "bad.txt")[0]
+    assert item["video"].shape == (3, 4, 32, 32) and item["video"].std() > 0.2
+    assert not (tmp_path / "bad.txt").exists()
+
+
+def test_the_check_script_writes_a_clean_index_that_trains(broken_dataset, tmp_path, data_dir):
+    root, planted = broken_dataset
+    index = tmp_path / "index"
+    result = subprocess.run(
+        [sys.executable, "scripts/check_dataset.py", str(root), "--out", str(index), "--workers", "2"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    named = sorted(line.split("\t")[0] for line in (index / "bad_files.txt").read_text().splitlines())
+    assert named == planted
+    summary = json.loads((index / "summary.json").read_text())
+    assert summary["splits"]["train"] == {"readable": 12, "bad": 4, "missing": 0}
+    assert (index / "labels.txt").read_text() == (root / "labels.txt").read_text()
+
+    run_dir = tmp_path / "run"
+    overrides = ["data=kinetics", f"data.root={index}", "data.layout=list_file", "data.num_classes=4",
+                 "+trainer.fast_dev_run=true", *(o for o in TINY_FIT if not o.startswith("data.synthetic"))]
+    run(compose_config(run_dir, data_dir, overrides))
+    assert not (run_dir / "bad_files.txt").exists()  # the clean index holds no bad file
+
+
+def test_the_check_script_explains_an_unknown_layout(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "scripts/check_dataset.py", str(tmp_path), "--out", str(tmp_path / "out")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "cannot tell the layout" in result.stderr and "Traceback" not in result.stderr

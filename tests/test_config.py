@@ -67,3 +67,51 @@ def test_unknown_group_option_lists_the_valid_ones():
     message = result.stdout + result.stderr
     assert "Could not find 'model/nope'" in message
     assert "x3d_xs" in message and "x3d_s" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.max_epochs=abc"], "trainer.max_epochs must be a positive integer, got 'abc'"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer"),
+        (["optim.lr=-1"], "optim.lr must be a positive number"),
+        (["data=kinetics"], "data.root is not set"),
+        (["model.clip.num_frames=40"], "spans 16.00 s but the generated videos last"),
+        (["model.clip.crop_size=400"], "data.crop_size=400 is larger than data.eval_short_side"),
+        (["test_ckpt=first"], "test_ckpt must be best or last"),
+        (["trainer=ddp", "trainer.accelerator=cpu"], "trainer.sync_batchnorm works on GPUs only"),
+    ],
+)
+def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):
+    from vidaccel_train.config import ConfigError
+    from vidaccel_train.train import run
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(compose_config(tmp_path, data_dir, overrides))
+    assert not list(tmp_path.iterdir())  # nothing was generated, trained or written
+
+
+def test_the_cli_prints_the_mistake_without_a_traceback(tmp_path):
+    result = _cli("trainer.max_epochs=abc", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "error: trainer.max_epochs must be a positive integer" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_clip_longer_than_the_real_videos_is_named_before_training(tmp_path, data_dir, tiny_dataset):
+    from vidaccel_train.config import ConfigError
+    from vidaccel_train.train import run
+
+    from conftest import TINY_FIT
+
+    overrides = [o for o in TINY_FIT if not o.startswith("data.synthetic")]
+    cfg = compose_config(tmp_path, data_dir, [*overrides, "data=kinetics", f"data.root={tiny_dataset}", "data.num_classes=4",
+                                              "model.clip.num_frames=16"])  # 16 x 6 frames at 30 fps > 1 s videos
+    with pytest.raises(ConfigError, match=r"spans 3.20 s but the videos of .* last about 1.0"):
+        run(cfg)
+
+
+def test_the_slurm_launcher_composes_for_cluster_sweeps():
+    result = _cli("--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout

@@ -12,7 +12,9 @@ from conftest import TINY_FIT, TINY_RUN, compose_config
 
 @pytest.mark.parametrize("model", ["x3d_tiny", "x3d_xs", "x3d_s"])
 def test_fast_dev_run_trains_validates_and_tests(tmp_path, data_dir, model):
-    overrides = [*TINY_RUN, f"model={model}", "model.clip.crop_size=32", "debug=fdr", "data.batch_size=2"]
+    # Videos as long as X3D-S's clip (13 x 6 frames at 30 fps): a longer clip is a config error.
+    overrides = [*TINY_RUN, f"model={model}", "model.clip.crop_size=32", "debug=fdr", "data.batch_size=2",
+                 "data.synthetic.duration_s=2.8"]
     metrics = run(compose_config(tmp_path, data_dir, overrides))
     assert {"train/loss", "val/top1", "test/top1", "test/top5"} <= set(metrics)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))

@@ -10,3 +10,48 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and a value that would."""
+
+
+def _positive_int(cfg, key: str) -> None:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _positive_number(cfg, key: str) -> None:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+
+
+def validate(cfg) -> None:
+    """Catch the config mistakes that would otherwise surface minutes into a run."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError("data.root is not set: pass data.root=/path/to/dataset (or run on the generated data with data=synthetic)")
+    for key in ("data.batch_size", "data.num_frames", "data.sampling_rate", "data.crop_size", "data.eval_short_side",
+                "data.test_views.clips", "data.test_views.crops", "trainer.max_epochs", "data.num_classes"):
+        _positive_int(cfg, key)
+    for key in ("optim.lr", "data.target_fps"):
+        _positive_number(cfg, key)
+    num_workers = cfg.data.get("num_workers")
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers!r}")
+    if cfg.data.crop_size > cfg.data.eval_short_side:
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
+    synthetic = cfg.data.get("synthetic")
+    if synthetic:
+        span = cfg.data.num_frames * cfg.data.sampling_rate / cfg.data.target_fps
+        if span > synthetic.duration_s:
+            raise ConfigError(
+                f"a clip of {cfg.data.num_frames} frames every {cfg.data.sampling_rate} at {cfg.data.target_fps} fps spans "
+                f"{span:.2f} s but the generated videos last {synthetic.duration_s} s: raise data.synthetic.duration_s "
+                "or lower model.clip.num_frames / model.clip.sampling_rate"
+            )
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
+        raise ConfigError("trainer.sync_batchnorm works on GPUs only: add trainer.sync_batchnorm=false to run DDP on CPU")
+    if cfg.get("test_ckpt") not in ("best", "last"):
+        raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")

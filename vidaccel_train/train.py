@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vidaccel_train.config import CONFIG_DIR
+from vidaccel_train.config import CONFIG_DIR, ConfigError, validate
+from vidaccel_train.data.layouts import DatasetLayoutError
+from vidaccel_train.data.video_io import VideoDecodeError
+from vidaccel_train.export.executorch import LoweringError
+from vidaccel_train.models.zoo import CheckpointError
+from vidaccel_train.training.resilience import resolve_checkpoint
 
 log = logging.getLogger(__name__)
+
+# Mistakes in the config, the data or a checkpoint: their message says what to do, a traceback adds nothing.
+USER_ERRORS = (ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -26,9 +39,11 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
+    validate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir / "checkpoints")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     net = instantiate(cfg.model.net)
@@ -41,7 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test"):
@@ -50,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("train"):
             tested = None if trainer.fast_dev_run else cfg.get("test_ckpt", "best")
         else:
-            tested = cfg.get("ckpt_path")
+            tested = ckpt_path
         trainer.test(module, datamodule=datamodule, ckpt_path=tested)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
         metrics_file = {"tested_checkpoint": trainer.ckpt_path, "metrics": metrics}
@@ -64,9 +79,41 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def run_search(cfg: DictConfig) -> None:
+    """``hparams_search=<name>``: an Optuna study whose trials are whole runs, each composed
+    from this command's overrides plus the trial's, in ``<run dir>/<trial number>``."""
+    from hydra import compose
+
+    from vidaccel_train.sweep import search
+
+    task_overrides = list(HydraConfig.get().overrides.task)
+    sweep_dir = Path(cfg.paths.output_dir)
+
+    def run_trial(overrides: list[str], job_dir: Path) -> dict[str, float]:
+        (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+        trial_cfg = compose("train", overrides=[*task_overrides, *overrides, f"paths.output_dir={job_dir}"])
+        return run(trial_cfg)
+
+    search(cfg.hparams_search, sweep_dir, run_trial)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run_search(cfg) if cfg.get("hparams_search") else run(cfg)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and goes on with the sweep
+        sys.exit(2)
+    except SIGTERMException:
+        print(
+            f"stopped by SIGTERM; checkpoints in {Path(cfg.paths.output_dir) / 'checkpoints'}. "
+            f"Resume with: ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

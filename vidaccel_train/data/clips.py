@@ -42,35 +42,65 @@ class ClipSpec:
     def centre_start(self, info: VideoInfo) -> float:
         return self._slack(info) / 2
 
+    def uniform_starts(self, info: VideoInfo, count: int) -> list[float]:
+        """``count`` clips spread evenly over the video (one: the centre clip)."""
+        slack = self._slack(info)
+        return [slack * (i + 0.5) / count for i in range(count)]
+
     def _slack(self, info: VideoInfo) -> float:
         duration = info.duration_s if math.isfinite(info.duration_s) else self.span_s
         return max(0.0, duration - self.span_s)
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class EpochShuffleSampler(Sampler):
-    """Shuffles by ``(seed, epoch)`` and hands each index its own augmentation seed.
+    """Shuffles by ``(seed, epoch)``, shards across DDP ranks, and hands each index its own
+    augmentation seed.
 
     Clip choice and augmentation then depend only on the seed, the epoch and the index, not on
     worker count or RNG history, so a run resumed from a checkpoint sees the very clips an
-    unstopped run would. Lightning calls ``set_epoch`` (and shards it under DDP).
+    unstopped run would; :meth:`resume_after` skips what a run cut off mid-epoch had already
+    trained on. Under DDP each rank takes every ``world``-th item of the same order, so every
+    clip is used once per epoch across ranks; in training the order is cut to a multiple of
+    the world size so ranks step together. Lightning calls ``set_epoch``.
     """
 
-    def __init__(self, size: int, seed: int = 0):
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
         self.size = size
         self.seed = seed or 0
+        self.shuffle = shuffle
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_after(self, items: int) -> None:
+        """Leave out this rank's first ``items`` items of the next pass (one pass only)."""
+        self._skip = items
+
+    def _shard_size(self) -> int:
+        rank, world = _rank_and_world()
+        if self.shuffle:
+            return self.size // world
+        return len(range(rank, self.size, world))
+
     def __len__(self) -> int:
-        return self.size
+        return self._shard_size()
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator).tolist()
-        return iter(zip(order, seeds))
+        rank, world = _rank_and_world()
+        mine = list(zip(order, seeds))[rank::world][: self._shard_size()]
+        skip, self._skip = self._skip, 0
+        return iter(mine[skip:])
 
 
 class BadFileLog:
@@ -83,14 +113,15 @@ class BadFileLog:
         self.path = Path(path)
         self._seen: set[str] = set()
 
-    def record(self, file: str, reason: str) -> None:
+    def record(self, file: str, reason: str, announce: bool = True) -> None:
         if file in self._seen:
             return
         self._seen.add(file)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as stream:  # one short write per line: appends do not interleave
             stream.write(f"{file}\t{reason.replace(chr(10), ' ')}\n")
-        log.warning("skipping unreadable video %s (%s)", file, reason)
+        if announce:
+            log.warning("skipping unreadable video %s (%s)", file, reason)
 
     def compact(self) -> dict[str, str]:
         if not self.path.is_file():
@@ -101,7 +132,12 @@ class BadFileLog:
 
 
 class ClipDataset(Dataset):
-    """One clip per video: a random one in training, the centre one otherwise.
+    """One clip per video in training (a random one); in evaluation ``clips_per_video`` clips
+    spread evenly over it (one: the centre clip).
+
+    With ``clips_per_video`` > 1 the transform must return ``(crops, C, T, H, W)`` views of a
+    clip; an item's ``video`` is then all views of the video, ``(clips * crops, C, T, H, W)``,
+    decoded in one pass over the file.
 
     Items are indices, or ``(index, seed)`` pairs from :class:`EpochShuffleSampler`, which make
     the random clip and augmentation of that item reproducible. A file that cannot be decoded
@@ -117,10 +153,12 @@ class ClipDataset(Dataset):
         transform,
         bad_files: BadFileLog | None = None,
         max_consecutive_failures: int = 16,
+        clips_per_video: int | None = None,
     ):
         self.samples = list(samples)
         self.clip = clip
         self.train = train
+        self.clips_per_video = clips_per_video
         self.transform = transform
         self.bad_files = bad_files
         self.max_consecutive_failures = max_consecutive_failures
@@ -155,7 +193,16 @@ class ClipDataset(Dataset):
 
     def _load(self, index: int) -> dict:
         path, label = self.samples[index]
-        pick_start = self.clip.random_start if self.train else self.clip.centre_start
-        frames, _ = read_clip(path, lambda info: self.clip.timestamps(pick_start(info)))
-        video = self.transform(tv_tensors.Video(frames))
+        if self.train:
+            frames, _ = read_clip(path, lambda info: self.clip.timestamps(self.clip.random_start(info)))
+            return self._item(self.transform(tv_tensors.Video(frames)), label, index)
+        count = self.clips_per_video or 1
+        frames, _ = read_clip(
+            path, lambda info: [t for start in self.clip.uniform_starts(info, count) for t in self.clip.timestamps(start)]
+        )
+        views = [self.transform(tv_tensors.Video(clip)) for clip in frames.split(self.clip.num_frames)]
+        return self._item(views[0] if self.clips_per_video is None else torch.cat(views), label, index)
+
+    @staticmethod
+    def _item(video: torch.Tensor, label: int, index: int) -> dict:
         return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index)}

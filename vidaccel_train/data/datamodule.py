@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,17 +12,25 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from vidaccel_train.config import ConfigError
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler
-from vidaccel_train.data.layouts import DatasetLayoutError, index_class_folders
+from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
+from vidaccel_train.data.video_io import VideoDecodeError, probe
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
 
 log = logging.getLogger(__name__)
 
 
 class VideoDataModule(L.LightningDataModule):
-    """Clips from ``root`` in the class-folder layout; with ``synthetic`` set, the dataset is
-    generated under ``root`` first (once, cached by its parameters)."""
+    """Clips from ``root`` in any layout of :mod:`~vidaccel_train.data.layouts` (``auto``
+    detects it); with ``synthetic`` set, the dataset is generated under ``root`` first (once,
+    cached by its parameters) and read by the same code.
+
+    Training takes one random clip per video, validation the centre clip and centre crop, and
+    testing ``test_views.clips`` clips spread over each video times ``test_views.crops`` crops,
+    whose predictions the model averages per video.
+    """
 
     def __init__(
         self,
@@ -45,6 +54,8 @@ class VideoDataModule(L.LightningDataModule):
         synthetic: dict[str, Any] | None = None,
         seed: int = 0,
         bad_files_report: str | None = None,
+        layout: str = "auto",
+        test_views: dict[str, int] | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -62,6 +73,9 @@ class VideoDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
+        self.layout = layout
+        views = {"clips": 1, "crops": 1, **(test_views or {})}
+        self.test_clips, self.test_crops = int(views["clips"]), int(views["crops"])
         self.seed = seed or 0
         # Unreadable videos are skipped and named here (the run directory by default).
         self.bad_files = BadFileLog(bad_files_report) if bad_files_report else None
@@ -84,17 +98,23 @@ class VideoDataModule(L.LightningDataModule):
             generate_dataset(self.root, self.synthetic)
         elif not self.root.is_dir() or not any(self.root.iterdir()):
             raise DatasetLayoutError(
-                f"data.root={self.root} is missing or empty. Expected <root>/<split>/<class name>/<clip>.mp4 "
-                "with splits train/val/test. To try the pipeline without Kinetics, run with data=synthetic."
+                f"data.root={self.root} is missing or empty; {EXPECTED_LAYOUTS}, with splits "
+                f"{'/'.join(self.splits.values())}. To try the pipeline without Kinetics, run with data=synthetic."
             )
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         for role, split in self.splits.items():
-            samples, names = index_class_folders(self.dataset_dir, split, self.class_names)
-            self.class_names = names
-            train = role == "train"
+            index = index_split(self.dataset_dir, split, self.layout, self.class_names)
+            self.class_names = index.class_names
+            if index.missing:
+                log.warning("%d clips of split '%s' are listed but missing (named in %s)", len(index.missing), split,
+                            self.bad_files.path if self.bad_files else "no report: data.bad_files_report is unset")
+                for path, reason in index.missing.items():
+                    if self.bad_files is not None:
+                        self.bad_files.record(path, reason, announce=False)
+            train, test = role == "train", role == "test"
             transform = build_transform(
                 train,
                 self.crop_size,
@@ -102,12 +122,34 @@ class VideoDataModule(L.LightningDataModule):
                 self.mean,
                 self.std,
                 self.hflip,
+                crops=self.test_crops if test else None,
             )
-            self.datasets[role] = ClipDataset(samples, self.clip, train, transform, self.bad_files)
+            if train:
+                self._check_clip_fits(index.samples)
+            self.datasets[role] = ClipDataset(
+                index.samples, self.clip, train, transform, self.bad_files, clips_per_video=self.test_clips if test else None
+            )
         if len(self.class_names) != self.num_classes:
             raise DatasetLayoutError(
                 f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes; "
                 f"set data.num_classes={len(self.class_names)}"
+            )
+
+    def _check_clip_fits(self, samples, probes: int = 8) -> None:
+        """A clip longer than the videos themselves is a config mistake: say so before training
+        on frozen last frames. Probes a few videos spread over the split."""
+        durations = []
+        for path, _ in samples[:: max(1, len(samples) // probes)][:probes]:
+            try:
+                durations.append(probe(path).duration_s)
+            except VideoDecodeError:
+                continue  # reported when the clip is read
+        durations = sorted(d for d in durations if math.isfinite(d))
+        if durations and durations[len(durations) // 2] < self.clip.span_s:
+            raise ConfigError(
+                f"a clip of {self.clip.num_frames} frames every {self.clip.sampling_rate} at {self.clip.target_fps:g} fps "
+                f"spans {self.clip.span_s:.2f} s but the videos of {self.dataset_dir} last about "
+                f"{durations[len(durations) // 2]:.2f} s: lower model.clip.num_frames or model.clip.sampling_rate"
             )
 
     def teardown(self, stage: str) -> None:
@@ -122,7 +164,7 @@ class VideoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
+            sampler=EpochShuffleSampler(len(dataset), self.seed, shuffle=train),
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -135,8 +177,13 @@ class VideoDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
 
+    @property
+    def test_views(self) -> int:
+        return self.test_clips * self.test_crops
+
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        """Batches of whole videos, each ``(views, C, T, H, W)``: about ``eval_batch_size`` clips."""
+        return self._loader("test", max(1, self.eval_batch_size // self.test_views))
 
 
 def _plain(config: Any) -> dict:

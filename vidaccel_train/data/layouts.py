@@ -1,38 +1,116 @@
-"""Dataset layouts: where the clips of a split are and which class each one is."""
+"""Dataset layouts: where the clips of a split are and which class each one is.
+
+Three layouts, as Kinetics is found on disk:
+
+- ``class_folders``: ``<root>/<split>/<class name>/<clip>.<ext>``.
+- ``annotations``: the official CSVs (``label,youtube_id,time_start,time_end,split``) as
+  ``<root>/[annotations/]<split>.csv``, with clips named
+  ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere under ``<root>/<split>/`` (else under
+  ``<root>``).
+- ``list_file``: PyTorchVideo's ``<path> <label index>`` lines in ``<root>/<split>.txt`` (or
+  ``.csv``), paths relative to the root or absolute.
+
+Class indices come from ``labels.txt`` in the root when present, else from the train split's
+annotations or folders (sorted names), so every split and every checkpoint agree on them.
+"""
 
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 LABELS_FILE = "labels.txt"
+LAYOUTS = ("class_folders", "annotations", "list_file")
+# The names a split goes by in the wild (Kinetics calls its validation split "validate").
+SPLIT_ALIASES = {"val": ("val", "validate", "validation"), "validate": ("validate", "val", "validation")}
+
+EXPECTED_LAYOUTS = (
+    "expected one of: <root>/<split>/<class name>/<clip>.mp4 (class folders); "
+    "<root>/[annotations/]<split>.csv with label,youtube_id,time_start,time_end rows and clips named "
+    "<youtube_id>_<start:06d>_<end:06d>.mp4 (Kinetics annotations); or <root>/<split>.txt with "
+    "'<path> <label index>' lines (PyTorchVideo list files)"
+)
 
 
 class DatasetLayoutError(ValueError):
     """The data root does not hold a dataset in the expected layout."""
 
 
+@dataclass
+class SplitIndex:
+    """The readable samples of a split, and the rows that named a file that is not there."""
+
+    samples: list[tuple[str, int]]
+    class_names: list[str]
+    missing: dict[str, str] = field(default_factory=dict)  # path or clip name -> why
+
+
 def read_class_names(root: Path) -> list[str] | None:
-    labels = root / LABELS_FILE
+    labels = Path(root) / LABELS_FILE
     if not labels.is_file():
         return None
     return [line.strip() for line in labels.read_text().splitlines() if line.strip()]
 
 
-def index_class_folders(root: str | Path, split: str, class_names: list[str] | None = None):
-    """Index ``<root>/<split>/<class name>/<clip>.<ext>``.
-
-    Class indices follow ``labels.txt`` in ``root`` when present, else the sorted folder names
-    of the split. Returns ``(samples, class_names)`` with samples as ``(path, label)``.
-    """
+def index_split(root: str | Path, split: str, layout: str = "auto", class_names: list[str] | None = None) -> SplitIndex:
+    """Index one split of ``root`` in ``layout`` (``auto`` detects it)."""
     root = Path(root)
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DatasetLayoutError(
-            f"no '{split}' split under {root}: expected <root>/{split}/<class name>/<clip>.mp4 "
-            "(or run on the generated data with data=synthetic)"
-        )
-    names = class_names or read_class_names(root) or sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    layout = detect_layout(root, split) if layout == "auto" else layout
+    names = class_names or read_class_names(root)
+    if layout == "class_folders":
+        return _index_class_folders(root, split, names)
+    if layout == "annotations":
+        return _index_annotations(root, split, names)
+    if layout == "list_file":
+        return _index_list_file(root, split, names)
+    raise DatasetLayoutError(f"unknown data.layout={layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
+
+
+def detect_layout(root: Path, split: str) -> str:
+    csv_file = _find_split_file(root, split, (".csv",))
+    if csv_file is not None:
+        return "annotations" if _is_annotation_csv(csv_file) else "list_file"
+    if _find_split_file(root, split, (".txt",)) is not None:
+        return "list_file"
+    folder = _find_split_dir(root, split)
+    if folder is not None and any(p.is_dir() for p in folder.iterdir()):
+        return "class_folders"
+    raise DatasetLayoutError(f"{root}: cannot tell the layout of split '{split}'; {EXPECTED_LAYOUTS}")
+
+
+def _aliases(split: str) -> tuple[str, ...]:
+    return SPLIT_ALIASES.get(split, (split,))
+
+
+def _find_split_file(root: Path, split: str, suffixes: tuple[str, ...]) -> Path | None:
+    for folder in (root / "annotations", root):
+        for name in _aliases(split):
+            for suffix in suffixes:
+                if (folder / f"{name}{suffix}").is_file():
+                    return folder / f"{name}{suffix}"
+    return None
+
+
+def _find_split_dir(root: Path, split: str) -> Path | None:
+    for name in _aliases(split):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _is_annotation_csv(path: Path) -> bool:
+    with open(path, newline="") as stream:
+        header = next(csv.reader(stream), [])
+    return "youtube_id" in [column.strip() for column in header]
+
+
+def _index_class_folders(root: Path, split: str, names: list[str] | None) -> SplitIndex:
+    split_dir = _find_split_dir(root, split)
+    if split_dir is None:
+        raise DatasetLayoutError(f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)")
+    names = names or _train_class_names(root, "class_folders") or sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     index = {name: i for i, name in enumerate(names)}
     samples: list[tuple[str, int]] = []
     for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
@@ -43,4 +121,83 @@ def index_class_folders(root: str | Path, split: str, class_names: list[str] | N
                 samples.append((str(clip), index[folder.name]))
     if not samples:
         raise DatasetLayoutError(f"{split_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
-    return samples, names
+    return SplitIndex(samples, names)
+
+
+def _read_annotations(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(stream)]
+    if rows and not {"youtube_id", "time_start", "time_end"} <= rows[0].keys():
+        raise DatasetLayoutError(f"{path}: needs the columns youtube_id,time_start,time_end (and label)")
+    return rows
+
+
+def clip_stem(row: dict[str, str]) -> str:
+    """Kinetics' clip name: ``<youtube_id>_<start:06d>_<end:06d>``."""
+    return f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+
+
+def _index_annotations(root: Path, split: str, names: list[str] | None) -> SplitIndex:
+    path = _find_split_file(root, split, (".csv",))
+    if path is None:
+        raise DatasetLayoutError(f"no annotation file for split '{split}' under {root} or {root / 'annotations'}; {EXPECTED_LAYOUTS}")
+    rows = _read_annotations(path)
+    if rows and not rows[0].get("label"):
+        raise DatasetLayoutError(f"{path} has no labels (Kinetics' unlabelled test list); use a labelled split such as validate")
+    names = names or _train_class_names(root, "annotations") or sorted({row["label"] for row in rows})
+    index = {name: i for i, name in enumerate(names)}
+    clips_dir = _find_split_dir(root, split) or root
+    on_disk = {p.stem: p for p in clips_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS}
+    samples, missing = [], {}
+    for row in rows:
+        if row["label"] not in index:
+            raise DatasetLayoutError(f"{path}: label '{row['label']}' is not in the class list of {root}")
+        stem = clip_stem(row)
+        if stem in on_disk:
+            samples.append((str(on_disk[stem]), index[row["label"]]))
+        else:
+            missing[str(clips_dir / stem)] = f"listed in {path.name} but no such clip under {clips_dir}"
+    if not samples:
+        raise DatasetLayoutError(f"{path}: none of its {len(rows)} clips were found under {clips_dir}")
+    return SplitIndex(samples, names, missing)
+
+
+def _index_list_file(root: Path, split: str, names: list[str] | None) -> SplitIndex:
+    path = _find_split_file(root, split, (".txt", ".csv"))
+    if path is None:
+        raise DatasetLayoutError(f"no list file for split '{split}' under {root}; {EXPECTED_LAYOUTS}")
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DatasetLayoutError(f"{path}:{number}: expected '<path> <label index>', got {line!r}")
+        entries.append((parts[0], int(parts[1])))
+    if not entries:
+        raise DatasetLayoutError(f"{path} lists no clips")
+    highest = max(label for _, label in entries)
+    names = names or [str(i) for i in range(highest + 1)]
+    if highest >= len(names) or min(label for _, label in entries) < 0:
+        raise DatasetLayoutError(f"{path}: label indices go up to {highest} but there are {len(names)} class names")
+    samples, missing = [], {}
+    for clip, label in entries:
+        clip_path = Path(clip) if Path(clip).is_absolute() else root / clip
+        if clip_path.is_file():
+            samples.append((str(clip_path), label))
+        else:
+            missing[str(clip_path)] = f"listed in {path.name} but missing"
+    if not samples:
+        raise DatasetLayoutError(f"{path}: none of its {len(entries)} clips exist")
+    return SplitIndex(samples, names, missing)
+
+
+def _train_class_names(root: Path, layout: str) -> list[str] | None:
+    """The class list as the train split defines it, so val/test indices match training."""
+    if layout == "class_folders":
+        folder = _find_split_dir(root, "train")
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder else None
+    path = _find_split_file(root, "train", (".csv",))
+    if path is None:
+        return None
+    return sorted({row["label"] for row in _read_annotations(path) if row.get("label")}) or None

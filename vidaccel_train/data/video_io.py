@@ -65,16 +65,21 @@ def read_clip(
 ) -> tuple[torch.Tensor, VideoInfo]:
     """Open ``path`` once, let ``choose_timestamps`` pick times from its info, decode them.
 
-    Returns uint8 ``(T, 3, H, W)``. Each timestamp takes the last frame shown at or before it;
-    timestamps past the end take the last frame.
+    Returns uint8 ``(T, 3, H, W)`` in the order the timestamps were given (they may repeat or
+    overlap, as the clips of a multi-view test do). Each timestamp takes the last frame shown at
+    or before it; timestamps past the end take the last frame.
     """
     path = Path(path)
     try:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
             info = _info(container, stream)
-            wanted = sorted(float(t) for t in choose_timestamps(info))
-            frames = _decode_span(container, stream, wanted)
+            requested = [float(t) for t in choose_timestamps(info)]
+            order = sorted(range(len(requested)), key=requested.__getitem__)
+            decoded = _decode_span(container, stream, [requested[i] for i in order])
+            frames = [None] * len(requested)
+            for slot, frame in zip(order, decoded):
+                frames[slot] = frame
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:

@@ -3,7 +3,7 @@
 Writes ``model_fp32.pte``, ``model_int8.pte``, ``manifest.json``, ``report.md`` and
 ``accuracy_latency.png``. Every artifact is run through the ExecuTorch runtime on the test
 split (accuracy, agreement with the in-framework model) and timed at batch 1. Everything is
-built in a staging folder and renamed into place only when all of it succeeded.
+built in a staging folder that replaces the export folder only when all of it succeeded.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch, write_atomic
 from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quantization import pt2e
+from vidaccel_train.training.module import aggregate_views
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,18 @@ def calibrate_int8(net: nn.Module, input_shape, batches, count: int) -> tuple[nn
 def _evaluate(
     loader, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]], reference: dict[str, str]
 ) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 of each predictor, one clip at a time, and top-1 agreement with its reference."""
+    """Video-level top-1/top-5 of each predictor, as the test step scores them (every view run
+    alone at batch 1, predictions averaged per video), and top-1 agreement with its reference."""
     stats = {name: {"top1": 0, "top5": 0, "agree": 0} for name in predictors}
     count = 0
     top1_of: dict[str, torch.Tensor] = {}
     for batch in loader:
-        for clip, label in zip(batch["video"], batch["label"]):
-            clip = clip.unsqueeze(0).contiguous()
+        for views, label in zip(batch["video"], batch["label"]):
             count += 1
             for name, predict in predictors.items():
-                logits = predict(clip).reshape(-1)
-                ranked = logits.topk(min(5, logits.numel())).indices
+                logits = torch.stack([predict(view.unsqueeze(0).contiguous()).reshape(-1) for view in views])
+                probabilities = aggregate_views(logits.unsqueeze(0)).reshape(-1)
+                ranked = probabilities.topk(min(5, probabilities.numel())).indices
                 top1_of[name] = ranked[0]
                 stats[name]["top1"] += int(ranked[0] == label)
                 stats[name]["top5"] += int(label in ranked)
@@ -138,16 +140,21 @@ def export_artifacts(
 ) -> dict:
     """Lower, verify, time and write the artifacts of ``module``; returns the manifest."""
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.*-*"):  # from an export that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    retired = out_dir.parent / f".{out_dir.name}.retired-{os.getpid()}"
+    staging.mkdir()
     try:
         manifest = _build(module, datamodule, staging, build_net, model_name, threads, latency_repeats, calibration_batches)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):  # manifest last
-            os.replace(path, out_dir / path.name)
+        # Whole folders change places: a reader sees the old export or the new one, never a mix.
+        if out_dir.exists():
+            os.replace(out_dir, retired)
+        os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     log.info("Exported %s", ", ".join(f"{a['file']} (top1 {a['top1']:.3f}, {a['latency_ms']:.1f} ms)" for a in manifest["artifacts"]))
     return manifest
 

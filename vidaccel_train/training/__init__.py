@@ -1,3 +1,4 @@
 from vidaccel_train.training.module import VideoClassifier
+from vidaccel_train.training.resilience import AtomicCheckpointIO, ResumableTraining
 
-__all__ = ["VideoClassifier"]
+__all__ = ["AtomicCheckpointIO", "ResumableTraining", "VideoClassifier"]

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vidaccel_train.quantization import pt2e
+from vidaccel_train.training.reports import write_confusion_matrix
+
+TEST_STAGES = ("test", "test_fp32")
+
+
+def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
+    """``(videos, views, classes)`` logits -> per-video class probabilities: the mean of the
+    views' softmax, as the X3D and SlowFast papers test."""
+    return logits.float().softmax(-1).mean(1)
 
 
 class VideoClassifier(L.LightningModule):
@@ -25,6 +35,11 @@ class VideoClassifier(L.LightningModule):
     fake quantization or observers; validation then logs the quantized model as ``val/*`` and
     the same weights without quantization as ``val_fp32/*``, and testing runs the converted
     int8 model as ``test/*`` beside ``test_fp32/*``.
+
+    Test batches hold every view of each video, ``(B, views, C, T, H, W)``: ``test/clip_top1``
+    scores views alone, ``test/top1``, ``test/top5`` and ``test/mean_class_accuracy`` score the
+    averaged video predictions, and a confusion matrix of those is written next to the run's
+    outputs (``confusion_matrix_<stage>.png`` and ``.csv``).
     """
 
     def __init__(
@@ -42,16 +57,21 @@ class VideoClassifier(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        metrics = MetricCollection(
-            {
-                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-            }
+        def accuracy(top_k: int, average: str = "micro") -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes, top_k=min(top_k, num_classes), average=average)
+
+        clip_metrics = MetricCollection({"top1": accuracy(1), "top5": accuracy(5)})
+        video_metrics = MetricCollection(
+            {"top1": accuracy(1), "top5": accuracy(5), "mean_class_accuracy": accuracy(1, "macro")}
         )
         # Keyed "<stage>_metrics": nn.ModuleDict may not hold a key named "train".
         self.metrics = nn.ModuleDict(
-            {f"{stage}_metrics": metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "val_fp32", "test", "test_fp32")}
+            {f"{stage}_metrics": clip_metrics.clone(prefix=f"{stage}/") for stage in ("train", "val", "val_fp32")}
         )
+        for stage in TEST_STAGES:
+            self.metrics[f"{stage}_metrics"] = video_metrics.clone(prefix=f"{stage}/")
+            self.metrics[f"{stage}_clip_metrics"] = clip_metrics.clone(prefix=f"{stage}/clip_")
+            self.metrics[f"{stage}_confusion"] = MulticlassConfusionMatrix(num_classes)
         self.class_names: list[str] | None = None
         # The resolved run config, saved in every checkpoint so it can be resumed or exported alone.
         self.run_config: dict[str, Any] | None = None
@@ -141,11 +161,34 @@ class VideoClassifier(L.LightningModule):
             self._measure(self._float_logits(batch["video"]), batch["label"], "val_fp32")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        video, labels = batch["video"], batch["label"]
+        videos, views = video.shape[:2]
+        clips = video.flatten(0, 1)
         if self.quant_state is None:
-            self._measure(self(batch["video"]), batch["label"], "test")
-            return
-        self._measure(self.int8_net()(batch["video"]), batch["label"], "test")
-        self._measure(self._float_logits(batch["video"]), batch["label"], "test_fp32")
+            predictors = {"test": self}
+        else:
+            predictors = {"test": self.int8_net(), "test_fp32": self._float_logits}
+        for stage, predict in predictors.items():
+            logits = predict(clips)
+            clip_labels = labels.repeat_interleave(views)
+            self.log(f"{stage}/loss", self.criterion(logits, clip_labels), on_epoch=True, batch_size=len(logits))
+            self.metrics[f"{stage}_clip_metrics"].update(logits, clip_labels)
+            probabilities = aggregate_views(logits.view(videos, views, -1))
+            self.metrics[f"{stage}_metrics"].update(probabilities, labels)
+            self.metrics[f"{stage}_confusion"].update(probabilities, labels)
+            self.log_dict(self.metrics[f"{stage}_clip_metrics"], on_epoch=True)
+            self.log_dict(self.metrics[f"{stage}_metrics"], on_epoch=True, prog_bar=stage == "test")
+
+    def on_test_epoch_end(self) -> None:
+        for stage in TEST_STAGES:
+            confusion = self.metrics[f"{stage}_confusion"]
+            if confusion.update_count == 0:
+                continue
+            matrix = confusion.compute().cpu()
+            confusion.reset()
+            if self.trainer.is_global_zero:
+                names = self.class_names or [str(i) for i in range(len(matrix))]
+                write_confusion_matrix(matrix, names, Path(self.trainer.default_root_dir) / f"confusion_matrix_{stage}")
 
     # ------------------------------------------------------------------ optimization
 

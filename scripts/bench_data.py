@@ -1,0 +1,106 @@
+"""Training clips per second: this project's data pipeline against stock
+``pytorchvideo.data.Kinetics`` on the same files, same transform, workers and batch, in one run.
+
+    python scripts/bench_data.py [--root /data/kinetics/train_root] [--model x3d_xs] [--workers 2]
+
+Without ``--root`` a generated dataset of longer, larger clips (6 s, 320x240, 30 fps) is made
+once under ``data/bench``. Both pipelines sample one random clip of the model's span per video,
+then run the same torchvision v2 train transform (scale, crop, normalise). PyTorchVideo decodes
+every frame of the span and subsamples afterwards; ours converts only the frames the clip uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.layouts import index_split
+from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
+from vidaccel_train.data.transforms import build_transform
+
+CLIPS = {"x3d_xs": (4, 12, 160, (182, 228)), "x3d_s": (13, 6, 160, (182, 228))}
+BENCH_SPEC = SyntheticSpec(
+    classes=("move_left", "move_right", "rotate_cw", "approach"),
+    clips_per_class={"train": 12, "val": 1, "test": 1},
+    height=240,
+    width=320,
+    duration_s=6.0,
+)
+
+
+class StockTransform:
+    """What a PyTorchVideo recipe does to a sample: uniform temporal subsample of the decoded
+    span, then the same spatial transform as ours."""
+
+    def __init__(self, num_frames: int, transform):
+        self.num_frames, self.transform = num_frames, transform
+
+    def __call__(self, sample: dict) -> dict:
+        video = sample["video"]  # (C, T_span, H, W) float in [0, 255]
+        picks = torch.linspace(0, video.shape[1] - 1, self.num_frames).round().long()
+        frames = video[:, picks].permute(1, 0, 2, 3).to(torch.uint8)
+        return {"video": self.transform(tv_tensors.Video(frames)), "label": sample["label"]}
+
+
+def clips_per_second(loader: DataLoader, batches: int) -> float:
+    """Clips/s over ``batches`` batches after a warm-up one, passing over the data as often as needed."""
+    def forever():
+        while True:
+            yield from loader
+
+    stream = forever()
+    next(stream)  # workers started and warm
+    started, clips = time.perf_counter(), 0
+    for _ in range(batches):
+        clips += len(next(stream)["video"])
+    return clips / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="a dataset root in any layout (its train split is read)")
+    parser.add_argument("--model", choices=sorted(CLIPS), default="x3d_xs")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=16)
+    args = parser.parse_args()
+
+    root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
+    index = index_split(root, "train")
+    num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
+    clip = ClipSpec(num_frames, sampling_rate)
+    transform = build_transform(True, crop, short_side)
+    loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
+
+    ours = ClipDataset(index.samples, clip, train=True, transform=transform)
+    sampler = EpochShuffleSampler(len(ours))
+    ours_rate = clips_per_second(DataLoader(ours, sampler=sampler, **loader_args), args.batches)
+
+    from pytorchvideo.data import Kinetics, make_clip_sampler
+    from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths
+
+    stock = Kinetics(
+        data_path=str(root / "train"),
+        clip_sampler=make_clip_sampler("random", clip.span_s),
+        decoder="pyav",
+        decode_audio=False,
+        transform=StockTransform(num_frames, transform),
+    )
+    assert isinstance(stock._labeled_videos, LabeledVideoPaths) and len(stock._labeled_videos) == len(index.samples)
+    stock_rate = clips_per_second(DataLoader(stock, **loader_args), args.batches)
+
+    print(f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
+          f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}")
+    print(f"  vidaccel_train ClipDataset        {ours_rate:8.1f} clips/s")
+    print(f"  pytorchvideo.data.Kinetics (PyAV) {stock_rate:8.1f} clips/s")
+    print(f"  ratio ours / stock                {ours_rate / stock_rate:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Multi-view testing: which clips and crops make the views, and how they become one video
+prediction, checked against hand-computed numbers."""
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+
+from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.transforms import SpatialCrops, build_transform, crop_offsets
+from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
+from vidaccel_train.training import VideoClassifier
+from vidaccel_train.training.module import aggregate_views
+
+from conftest import TINY_RUN, compose_config
+
+
+def test_clips_spread_evenly_and_crops_span_the_long_side():
+    spec = ClipSpec(num_frames=4, sampling_rate=5, target_fps=10)  # 2 s per clip
+    info = VideoInfo(duration_s=10.0, fps=10, width=64, height=48)
+    assert spec.uniform_starts(info, 4) == [1.0, 3.0, 5.0, 7.0]  # slack 8 s in 4 equal parts
+    assert spec.uniform_starts(info, 1) == [spec.centre_start(info)] == [4.0]
+    assert crop_offsets(64, 48, 3) == [0, 8, 16]
+    assert crop_offsets(64, 48, 1) == [8]
+    with pytest.raises(ValueError, match="does not fit"):
+        crop_offsets(40, 48, 3)
+
+    video = tv_tensors.Video(torch.arange(2 * 1 * 4 * 6, dtype=torch.uint8).view(2, 1, 4, 6))
+    crops = SpatialCrops(4, 3)(video)  # landscape: crops move along the width
+    assert crops.shape == (3, 2, 1, 4, 4)
+    assert torch.equal(crops[0], video[..., :, 0:4]) and torch.equal(crops[2], video[..., :, 2:6])
+    portrait = SpatialCrops(2, 3)(tv_tensors.Video(video.transpose(-1, -2)[..., :4, :]))  # 4 high, 4 wide
+    assert portrait.shape == (3, 2, 1, 2, 2)
+
+
+def test_view_averaging_matches_a_hand_computed_case():
+    """Two views lean to class 0, one is sure of class 1: the vote says 0, the averaged
+    probabilities say 1, as the papers' protocol (mean of softmax) does."""
+    logits = torch.tensor([[[2.0, 1.9, -5.0], [2.0, 1.9, -5.0], [-5.0, 5.0, -5.0]]])
+    lean = torch.tensor([2.0, 1.9, -5.0]).softmax(0)
+    sure = torch.tensor([-5.0, 5.0, -5.0]).softmax(0)
+    expected = (2 * lean + sure) / 3
+    assert torch.allclose(aggregate_views(logits)[0], expected)
+    assert expected.argmax() == 1 and lean.argmax() == 0
+
+
+class LookupNet(nn.Module):
+    """Answers each view with the logits stored for it: the view's first value is its row."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.register_buffer("table", table)
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.table[video.flatten(1)[:, 0].long()] + self.weight
+
+
+def test_test_metrics_score_videos_clips_and_classes(tmp_path):
+    # 3 videos x 2 views, 3 classes. Labels 1, 0, 2.
+    table = torch.tensor(
+        [
+            [2.0, 1.9, -5.0], [-5.0, 5.0, -5.0],  # video 0: views say 0 and 1; average says 1 (right)
+            [3.0, 0.0, 0.0], [3.0, 0.0, 0.0],     # video 1: both say 0 (right)
+            [0.0, 3.0, 0.0], [0.0, 2.0, 1.0],     # video 2: both say 1 (wrong; label 2)
+        ]
+    )
+    videos = torch.arange(6.0).view(3, 2, 1, 1, 1, 1).expand(3, 2, 1, 1, 1, 2).contiguous()
+    batches = DataLoader([{"video": videos, "label": torch.tensor([1, 0, 2])}], batch_size=None)
+    module = VideoClassifier(LookupNet(table), torch.optim.SGD, num_classes=3)
+    module.class_names = ["a", "b", "c"]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    metrics = trainer.test(module, dataloaders=batches, verbose=False)[0]
+    assert metrics["test/clip_top1"] == pytest.approx(3 / 6)  # views right: v0b, v1a, v1b
+    assert metrics["test/top1"] == pytest.approx(2 / 3)
+    assert metrics["test/mean_class_accuracy"] == pytest.approx((1 + 1 + 0) / 3)
+    assert metrics["test/top5"] == pytest.approx(1.0)  # top-3 of 3 classes
+    rows = (tmp_path / "confusion_matrix_test.csv").read_text().splitlines()
+    assert rows[1:] == ["a,1,0,0", "b,0,1,0", "c,0,1,0"]
+    assert (tmp_path / "confusion_matrix_test.png").stat().st_size > 0
+
+
+def test_test_items_hold_every_view_of_a_video_decoded_once(tmp_path, data_dir):
+    cfg = compose_config(tmp_path, data_dir, [*TINY_RUN, "data.test_views={clips:2,crops:3}"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    item = datamodule.datasets["test"][0]
+    assert item["video"].shape == (6, 3, 4, 32, 32)  # (clips x crops, C, T, H, W)
+
+    dataset = datamodule.datasets["test"]
+    path = dataset.samples[0][0]
+    info = probe(path)
+    centre_crop = build_transform(False, 32, 36, datamodule.mean, datamodule.std)
+    for clip, start in enumerate(dataset.clip.uniform_starts(info, 2)):
+        alone = centre_crop(tv_tensors.Video(read_frames_at(path, dataset.clip.timestamps(start))))
+        assert torch.equal(item["video"][clip * 3 + 1], alone)  # the middle crop of that clip
+
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch["video"].shape[1:] == (6, 3, 4, 32, 32)
+    assert len(batch["video"]) == max(1, datamodule.eval_batch_size // 6)

@@ -1,0 +1,121 @@
+"""A fit killed at any point resumes with `ckpt_path=last` in the same run directory and ends
+with the metrics and weights of a run that was never stopped; SIGTERM saves a checkpoint first."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+from conftest import TINY_FIT, run_cli
+
+# Two fp32 epochs, then QAT (observers frozen for the last epoch): 3 train batches an epoch.
+RUN = [*TINY_FIT, "quant=qat", "quant.start_epoch=2", "quant.freeze_observer_epoch=3", "trainer.max_epochs=4",
+       "optim=adamw"]
+COMPARED = ("val/top1", "val/loss", "val_fp32/loss", "test/top1", "test/loss", "test/clip_top1", "test_fp32/loss")
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def unstopped(tmp_path_factory, data_dir):
+    run_dir = tmp_path_factory.mktemp("unstopped")
+    result = run_cli(run_dir, data_dir, RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def _kill_then_resume(run_dir, data_dir, kill: list[str], extra: list[str] = ()):
+    killed = run_cli(run_dir, data_dir, [*RUN, *extra, "+callbacks.kill._target_=conftest.KillAt", *kill])
+    resumed = run_cli(run_dir, data_dir, [*RUN, *extra, "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return killed, resumed
+
+
+def _assert_same_end(run_dir, unstopped):
+    expected, got = _metrics(unstopped), _metrics(run_dir)
+    for key in COMPARED:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    reference, final = _weights(unstopped), _weights(run_dir)
+    assert final.keys() == reference.keys()
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_sigkill_inside_the_qat_phase_mid_epoch(tmp_path, data_dir, unstopped):
+    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2",
+                                                       "+callbacks.kill.batch=1"])
+    assert killed.returncode == -signal.SIGKILL
+    _assert_same_end(tmp_path, unstopped)
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path, data_dir, unstopped):
+    killed = run_cli(tmp_path, data_dir, [*RUN, "+callbacks.kill._target_=conftest.KillAt", "+callbacks.kill.stage=train",
+                                          "+callbacks.kill.epoch=3", "+callbacks.kill.batch=0", "+callbacks.kill.signal=SIGTERM"])
+    assert killed.returncode != 0 and not (tmp_path / "metrics.json").exists()
+    saved = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 3 and saved["global_step"] == 3 * 3 + 1  # one batch into the last epoch
+    resumed = run_cli(tmp_path, data_dir, [*RUN, "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after its first 1 batches" in resumed.stdout + resumed.stderr
+    _assert_same_end(tmp_path, unstopped)
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_first_epoch(tmp_path, data_dir, unstopped):
+    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=0",
+                                                       "+callbacks.kill.batch=1"])
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "checkpoints" / "last.ckpt").exists() is False
+    _assert_same_end(tmp_path, unstopped)
+
+
+@pytest.mark.slow
+def test_sigkill_during_validation(tmp_path, data_dir, unstopped):
+    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=validation", "+callbacks.kill.epoch=1",
+                                                       "+callbacks.kill.batch=0"])
+    assert killed.returncode == -signal.SIGKILL
+    _assert_same_end(tmp_path, unstopped)
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_redoes_it_whole(tmp_path, data_dir, unstopped):
+    with_export = ["callbacks.export.enabled=true"]
+    killed = run_cli(tmp_path, data_dir, [*RUN, *with_export, "+callbacks.kill._target_=conftest.KillAt",
+                                          "+callbacks.kill.stage=export"])
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "export" / "manifest.json").exists()  # cut off: no export that looks finished
+    resumed = run_cli(tmp_path, data_dir, [*RUN, *with_export, "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert {a["file"] for a in manifest["artifacts"]} == {"model_fp32.pte", "model_int8.pte"}
+    assert not list(tmp_path.glob(".export.*"))  # the killed export's staging folder is gone
+    _assert_same_end(tmp_path, unstopped)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage"])
+def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damage):
+    from vidaccel_train.models.zoo import CheckpointError
+    from vidaccel_train.train import run
+
+    from conftest import compose_config
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    path = checkpoints / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(10_000.0)}, "epoch": 1}, path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped":
+        data[len(data) // 3] ^= 0xFF  # inside the tensor data: only its checksum tells
+    else:
+        data = bytearray(b"not a checkpoint" * 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{path}: .*(truncated or corrupted|fails its checksum)"):
+        run(compose_config(tmp_path, data_dir, [*TINY_FIT, "ckpt_path=last"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # nothing else was written

@@ -1,0 +1,77 @@
+"""Scaling out with existing engines: Hydra multirun with a sweep summary, an Optuna search,
+Lightning DDP (2 CPU processes over gloo) with sharded data and one set of outputs."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from vidaccel_train.sweep import pareto_front
+
+from conftest import TINY_FIT, run_cli
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(10.0, 70.0), (5.0, 60.0), (12.0, 65.0), (5.0, 55.0), (20.0, 71.0)]  # (latency, top-1)
+    assert pareto_front(points) == [0, 1, 4]
+
+
+def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        tmp_path / "unused", data_dir,
+        ["-m", f"hydra.sweep.dir={sweep}", *TINY_FIT, "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3",
+         "trainer.max_epochs=1", "optim.lr=0.01,0.05"],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [row["job"] for row in rows] == ["0", "1"]
+    assert [row["overrides"].split()[-1] for row in rows] == ["optim.lr=0.01", "optim.lr=0.05"]
+    for row in rows:
+        assert row["status"] == "done"
+        assert 0 <= float(row["fp32_top1"]) <= 1 and 0 <= float(row["int8_top1"]) <= 1
+        assert float(row["int8_latency_ms"]) > 0 and float(row["int8_mb"]) > 0
+    assert "| job | overrides |" in (sweep / "sweep_summary.md").read_text()
+    assert (sweep / "sweep_pareto.png").stat().st_size > 0
+    for job in ("0", "1"):
+        assert (sweep / job / "export" / "manifest.json").is_file()
+
+
+def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
+    space = "[{name:optim.lr,type:float,low:0.001,high:0.05,log:true},{name:quant.lr_scale,type:categorical,choices:[0.1,1.0]}]"
+    result = run_cli(
+        tmp_path, data_dir,
+        ["hparams_search=qat_lr", f"hparams_search.params={space}", "hparams_search.n_trials=2", *TINY_FIT,
+         "trainer.max_epochs=2", "quant.start_epoch=1"],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["metric"] == "test/top1" and set(best["params"]) == {"optim.lr", "quant.lr_scale"}
+    rows = list(csv.DictReader(open(tmp_path / "sweep_summary.csv")))
+    assert len(rows) == 2 and all(row["status"] == "done" and row["int8_top1"] != "" for row in rows)
+    assert best["value"] == max(float(row["int8_top1"]) for row in rows)
+    assert (tmp_path / "study.db").is_file()
+
+
+def test_ddp_on_two_cpu_processes_shards_data_and_writes_once(tmp_path, data_dir):
+    indices = tmp_path / "indices"
+    result = run_cli(
+        tmp_path / "run", data_dir,
+        [*TINY_FIT, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
+         "trainer.max_epochs=2",
+         "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3", "data.batch_size=2",
+         "+callbacks.record._target_=conftest.RecordTrainIndices", f"+callbacks.record.out_dir={indices}"],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for epoch in (0, 1):
+        seen = [[int(i) for i in (indices / f"rank{rank}_epoch{epoch}.txt").read_text().split()] for rank in (0, 1)]
+        assert len(seen[0]) == len(seen[1]) == 6  # 12 train clips split over 2 ranks
+        assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(12))
+    run_dir = tmp_path / "run"
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and checkpoints[1] == "last.ckpt" and checkpoints[0].startswith("epoch_")
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == [
+        "accuracy_latency.png", "manifest.json", "model_fp32.pte", "model_int8.pte", "report.md"]
+    assert "test/top1" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert not list(tmp_path.glob("**/.export.*"))

@@ -1,0 +1,178 @@
+"""Sweeps: a summary of every job when a Hydra multirun ends, and an Optuna search driven from
+``hparams_search=<name>``.
+
+The summary reads what each job left in its directory (``.hydra/overrides.yaml``,
+``metrics.json``, ``export/manifest.json``) and writes ``sweep_summary.csv``,
+``sweep_summary.md`` and ``sweep_pareto.png`` (int8 top-1 against int8 latency, Pareto front
+marked) into the sweep directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("job", "overrides", "status", "fp32_top1", "int8_top1", "int8_latency_ms", "int8_mb", "fp32_latency_ms")
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    """One job's overrides, accuracies and int8 artifact figures (blank where it has none)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    row: dict[str, Any] = {column: "" for column in COLUMNS}
+    row.update(job=job_dir.name, overrides=" ".join(overrides or []))
+    metrics_file = job_dir / "metrics.json"
+    if not metrics_file.is_file():
+        row["status"] = "failed or unfinished"
+        return row
+    metrics = json.loads(metrics_file.read_text())["metrics"]
+    row["status"] = "done"
+    quantized = "test_fp32/top1" in metrics  # quantized runs test int8 as test/*, fp32 as test_fp32/*
+    row["fp32_top1"] = metrics.get("test_fp32/top1" if quantized else "test/top1", "")
+    if quantized:
+        row["int8_top1"] = metrics.get("test/top1", "")
+    manifest_file = job_dir / "export" / "manifest.json"
+    if manifest_file.is_file():
+        artifacts = {a["precision"]: a for a in json.loads(manifest_file.read_text())["artifacts"]}
+        int8, fp32 = artifacts.get("int8", {}), artifacts.get("fp32", {})
+        row["int8_top1"] = int8.get("top1", row["int8_top1"])
+        row["int8_latency_ms"] = int8.get("latency_ms", "")
+        row["int8_mb"] = round(int8["bytes"] / 1e6, 3) if "bytes" in int8 else ""
+        row["fp32_latency_ms"] = fp32.get("latency_ms", "")
+    return row
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    front = []
+    for i, (latency, accuracy) in enumerate(points):
+        dominated = any(
+            (l2 <= latency and a2 >= accuracy) and (l2 < latency or a2 > accuracy) for j, (l2, a2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def write_summary(sweep_dir: str | Path, job_dirs: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Summarise the jobs of ``sweep_dir`` (its numbered subfolders unless ``job_dirs`` is given)."""
+    sweep_dir = Path(sweep_dir)
+    if job_dirs is None:
+        job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    rows = [job_row(job) for job in job_dirs]
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    (sweep_dir / "sweep_summary.md").write_text(f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + "\n".join(lines) + "\n")
+    _plot(sweep_dir / "sweep_pareto.png", rows)
+    log.info("Sweep summary of %d jobs in %s", len(rows), sweep_dir / "sweep_summary.md")
+    return rows
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if r["int8_latency_ms"] != "" and r["int8_top1"] != ""]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    if measured:
+        points = [(float(r["int8_latency_ms"]), float(r["int8_top1"]) * 100) for r in measured]
+        front = pareto_front(points)
+        axes.scatter(*zip(*points), s=40, color="tab:blue", label="job")
+        for (latency, accuracy), row in zip(points, measured):
+            axes.annotate(row["job"], (latency, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        line = sorted(points[i] for i in front)
+        axes.plot(*zip(*line), color="tab:red", marker="o", label="Pareto front")
+        axes.legend()
+    else:
+        axes.text(0.5, 0.5, "no job has an int8 export yet", ha="center", va="center", transform=axes.transAxes)
+    axes.set_xlabel("int8 latency, batch 1 (ms)")
+    axes.set_ylabel("int8 test top-1 (%)")
+    axes.set_title("accuracy against latency over the sweep")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: writes the sweep summary when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write_summary(config.hydra.sweep.dir)
+
+
+# ---------------------------------------------------------------------------- search
+
+
+def _suggest(trial, space: dict[str, Any]):
+    name, kind = space["name"], space["type"]
+    if kind == "float":
+        return trial.suggest_float(name, float(space["low"]), float(space["high"]), log=bool(space.get("log", False)))
+    if kind == "int":
+        return trial.suggest_int(name, int(space["low"]), int(space["high"]), step=int(space.get("step", 1)))
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(space["choices"]))
+    raise ValueError(f"hparams_search.params ({name}): type must be float, int or categorical, got {kind!r}")
+
+
+def search(
+    search_cfg: DictConfig,
+    sweep_dir: str | Path,
+    run_trial: Callable[[list[str], Path], dict[str, float]],
+) -> Any:
+    """Optuna (TPE, seeded) over ``search_cfg.params`` (a list of ``{name, type, ...}`` spaces,
+    ``name`` a config key); each trial is a whole run in
+    ``<sweep_dir>/<trial number>`` given its overrides; returns the study.
+
+    The study lives in ``<sweep_dir>/study.db``: running the same search again in the same
+    folder continues it (``n_trials`` more trials).
+    """
+    import optuna
+
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    metric = search_cfg.metric
+    study = optuna.create_study(
+        study_name=search_cfg.get("study_name", "vidaccel"),
+        storage=f"sqlite:///{sweep_dir / 'study.db'}",
+        load_if_exists=True,
+        direction=search_cfg.direction,
+        sampler=optuna.samplers.TPESampler(seed=search_cfg.get("sampler_seed", 0)),
+    )
+
+    def objective(trial) -> float:
+        overrides = [f"{space.name}={_suggest(trial, space)}" for space in search_cfg.params]
+        job_dir = sweep_dir / str(trial.number)
+        metrics = run_trial(overrides, job_dir)
+        if metric not in metrics:
+            raise KeyError(f"hparams_search.metric={metric} was not logged; the run logged {sorted(metrics)}")
+        return metrics[metric]
+
+    study.optimize(objective, n_trials=search_cfg.n_trials, catch=(RuntimeError, ValueError))
+    job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    write_summary(sweep_dir, job_dirs)
+    best = study.best_trial
+    (sweep_dir / "best.yaml").write_text(
+        yaml.safe_dump({"metric": metric, "value": best.value, "trial": best.number, "params": best.params}, sort_keys=False)
+    )
+    log.info("Best %s = %.4f in trial %d: %s", metric, best.value, best.number, best.params)
+    return study

@@ -1,0 +1,97 @@
+"""What makes a stopped run resume to the numbers an unstopped one reaches."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from vidaccel_train.models.zoo import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint beside its target and renames it into place, so a run killed
+    while saving keeps the previous checkpoint whole instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote file systems: no rename to rely on
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        os.replace(staging, path)
+
+
+class ResumableTraining(L.Callback):
+    """Resumes mid-epoch where the run stopped, with the same randomness.
+
+    - Seeds PyTorch's global generator (dropout) from ``(seed, global step)`` before every
+      training step, so randomness does not depend on how the run got there.
+    - When a fit restarts from a checkpoint written mid-epoch (SIGTERM, see
+      ``OnExceptionCheckpoint`` in ``conf/callbacks/resume.yaml``), the train sampler skips the
+      batches that epoch already trained on, so every clip is still seen once per epoch.
+    Clip choice and augmentation are already seeded per ``(seed, epoch, clip)`` by the sampler.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed or 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.fit_loop.restarted_mid_epoch:
+            return
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        loader = trainer.train_dataloader
+        if not hasattr(loader.sampler, "resume_after"):
+            log.warning("the train sampler cannot skip batches: epoch %d restarts from its first batch", trainer.current_epoch)
+            return
+        loader.sampler.resume_after(done * loader.batch_size)
+        log.info("resuming epoch %d after its first %d batches", trainer.current_epoch, done)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
+
+
+# What `ckpt_path=last` resumes from: the epoch-end checkpoint or the one written on interruption.
+RESUME_CHECKPOINTS = ("last", "interrupted")
+
+
+def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+    """The checkpoint file a run starts from, checked before any work: ``last`` is the newest
+    of ``last.ckpt`` / ``interrupted.ckpt`` in ``checkpoint_dir`` (none yet: a fresh start)."""
+    if ckpt_path in (None, "best", "hpc"):
+        return ckpt_path
+    if ckpt_path == "last":
+        candidates = [p for p in Path(checkpoint_dir).glob("*.ckpt") if p.stem in RESUME_CHECKPOINTS]
+        if not candidates:
+            log.warning("ckpt_path=last: no checkpoint in %s yet, starting from the beginning", checkpoint_dir)
+            return None
+        path = max(candidates, key=lambda p: p.stat().st_mtime)
+    else:
+        path = Path(ckpt_path)
+    check_checkpoint_file(path)
+    log.info("starting from checkpoint %s", path)
+    return str(path)
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """A checkpoint is a zip archive with a checksum per entry: read them all (cheap, nothing
+    unpickled) so a truncated or rotten file is named before a run depends on it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    advice = f"resume from another checkpoint in {path.parent}, or start the run over in a new run directory"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err}); it is truncated or corrupted: {advice}") from err
+    if damaged is not None:
+        raise CheckpointError(f"{path}: corrupted (entry {damaged} fails its checksum): {advice}")
