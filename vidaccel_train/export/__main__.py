@@ -42,7 +42,9 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     module = instantiate(cfg.module, net=net_builder(run_config)(), optimizer=instantiate(cfg.optim))
     module.run_config = run_config
     callback = ExportCallback(**export_settings)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback])
+    # The test's confusion matrices go beside the export, in the run the checkpoint came from.
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback],
+                        default_root_dir=Path(out_dir).parent)
     trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
     return callback.manifest
 
