@@ -60,26 +60,30 @@ class LookupNet(nn.Module):
 
 
 def test_test_metrics_score_videos_clips_and_classes(tmp_path):
-    # 3 videos x 2 views, 3 classes. Labels 1, 0, 2.
+    # 4 videos x 2 views, 3 classes, in two batches. Labels 0 | 1, 0, 2.
     table = torch.tensor(
         [
-            [2.0, 1.9, -5.0], [-5.0, 5.0, -5.0],  # video 0: views say 0 and 1; average says 1 (right)
-            [3.0, 0.0, 0.0], [3.0, 0.0, 0.0],     # video 1: both say 0 (right)
-            [0.0, 3.0, 0.0], [0.0, 2.0, 1.0],     # video 2: both say 1 (wrong; label 2)
+            [3.0, 0.0, 1.0], [3.0, 1.0, 0.0],     # video 0: both views say 0 (right, and right at top-1 and top-3)
+            [2.0, 1.9, -5.0], [-5.0, 5.0, -5.0],  # video 1: views say 0 and 1; average says 1 (right)
+            [3.0, 0.0, 0.0], [3.0, 0.0, 0.0],     # video 2: both say 0 (right)
+            [0.0, 3.0, 0.0], [0.0, 2.0, 1.0],     # video 3: both say 1 (wrong; label 2 is second or third)
         ]
     )
-    videos = torch.arange(6.0).view(3, 2, 1, 1, 1, 1).expand(3, 2, 1, 1, 1, 2).contiguous()
-    batches = DataLoader([{"video": videos, "label": torch.tensor([1, 0, 2])}], batch_size=None)
+    videos = torch.arange(8.0).view(4, 2, 1, 1, 1, 1).expand(4, 2, 1, 1, 1, 2).contiguous()
+    labels = torch.tensor([0, 1, 0, 2])
+    # The first batch is right at top-1: top-1 and top-5 must still be kept apart afterwards.
+    batches = DataLoader([{"video": videos[:1], "label": labels[:1]}, {"video": videos[1:], "label": labels[1:]}],
+                         batch_size=None)
     module = VideoClassifier(LookupNet(table), torch.optim.SGD, num_classes=3)
     module.class_names = ["a", "b", "c"]
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     metrics = trainer.test(module, dataloaders=batches, verbose=False)[0]
-    assert metrics["test/clip_top1"] == pytest.approx(3 / 6)  # views right: v0b, v1a, v1b
-    assert metrics["test/top1"] == pytest.approx(2 / 3)
+    assert metrics["test/clip_top1"] == pytest.approx(5 / 8)  # v0a, v0b, v1b, v2a, v2b
+    assert metrics["test/top1"] == pytest.approx(3 / 4)
     assert metrics["test/mean_class_accuracy"] == pytest.approx((1 + 1 + 0) / 3)
     assert metrics["test/top5"] == pytest.approx(1.0)  # top-3 of 3 classes
     rows = (tmp_path / "confusion_matrix_test.csv").read_text().splitlines()
-    assert rows[1:] == ["a,1,0,0", "b,0,1,0", "c,0,1,0"]
+    assert rows[1:] == ["a,2,0,0", "b,0,1,0", "c,0,1,0"]
     assert (tmp_path / "confusion_matrix_test.png").stat().st_size > 0
 
 

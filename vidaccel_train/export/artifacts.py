@@ -106,8 +106,9 @@ def calibrate_int8(net: nn.Module, input_shape, batches, count: int) -> tuple[nn
 def _evaluate(
     loader, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]], reference: dict[str, str]
 ) -> dict[str, dict[str, float]]:
-    """Video-level top-1/top-5 of each predictor, as the test step scores them (every view run
-    alone at batch 1, predictions averaged per video), and top-1 agreement with its reference."""
+    """Video-level top-1/top-5 of each predictor, as the test step scores them (programs run
+    each view alone at batch 1; predictions averaged per video), and top-1 agreement with its
+    reference."""
     stats = {name: {"top1": 0, "top5": 0, "agree": 0} for name in predictors}
     count = 0
     top1_of: dict[str, torch.Tensor] = {}
@@ -115,7 +116,10 @@ def _evaluate(
         for views, label in zip(batch["video"], batch["label"]):
             count += 1
             for name, predict in predictors.items():
-                logits = torch.stack([predict(view.unsqueeze(0).contiguous()).reshape(-1) for view in views])
+                if isinstance(predict, nn.Module):  # eager models take every view at once
+                    logits = predict(views)
+                else:  # a program is exported for batch 1
+                    logits = torch.stack([predict(view.unsqueeze(0).contiguous()).reshape(-1) for view in views])
                 probabilities = aggregate_views(logits.unsqueeze(0)).reshape(-1)
                 ranked = probabilities.topk(min(5, probabilities.numel())).indices
                 top1_of[name] = ranked[0]

@@ -60,9 +60,11 @@ class VideoClassifier(L.LightningModule):
         def accuracy(top_k: int, average: str = "micro") -> MulticlassAccuracy:
             return MulticlassAccuracy(num_classes, top_k=min(top_k, num_classes), average=average)
 
-        clip_metrics = MetricCollection({"top1": accuracy(1), "top5": accuracy(5)})
+        # compute_groups=False: torchmetrics would otherwise merge top-1 and top-5 into one state
+        # whenever the first batch scores the same on both, and report top-1 as top-5 from then on.
+        clip_metrics = MetricCollection({"top1": accuracy(1), "top5": accuracy(5)}, compute_groups=False)
         video_metrics = MetricCollection(
-            {"top1": accuracy(1), "top5": accuracy(5), "mean_class_accuracy": accuracy(1, "macro")}
+            {"top1": accuracy(1), "top5": accuracy(5), "mean_class_accuracy": accuracy(1, "macro")}, compute_groups=False
         )
         # Keyed "<stage>_metrics": nn.ModuleDict may not hold a key named "train".
         self.metrics = nn.ModuleDict(

@@ -1,0 +1,102 @@
+"""Training clips/s: the full pipeline on real video files against in-memory tensors (the
+compute bound), same model, batch and device, for fp32 and QAT steps, in one run.
+
+    python scripts/bench_train_throughput.py [--model x3d_xs] [--batch 8] [--workers 2] [--device cuda]
+
+The pipeline is this project's (PyAV decode of the clip's frames, torchvision v2 train
+transform, DataLoader workers, pinned memory on GPU) over the generated benchmark dataset of
+``bench_data.py`` (or ``--root``). A ratio near 1 means the data path keeps up with the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench_data import BENCH_SPEC, CLIPS
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.layouts import index_split
+from vidaccel_train.data.synthetic import generate_dataset
+from vidaccel_train.data.transforms import build_transform
+from vidaccel_train.models import create_model
+from vidaccel_train.quantization import pt2e
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Tensor, labels: torch.Tensor) -> None:
+    loss = torch.nn.functional.cross_entropy(model(clips), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def clips_per_second(model, batches, steps: int, device: torch.device) -> float:
+    """Clips/s over ``steps`` steps after two warm-up steps."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    stream = iter(batches)
+    for _ in range(2):
+        clips, labels = next(stream)
+        train_step(model, optimizer, clips.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started, count = time.perf_counter(), 0
+    for _ in range(steps):
+        clips, labels = next(stream)
+        train_step(model, optimizer, clips.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        count += len(clips)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="a dataset root in any layout (its train split is read)")
+    parser.add_argument("--model", choices=sorted(CLIPS), default="x3d_xs")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
+    index = index_split(root, "train")
+    num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
+    dataset = ClipDataset(index.samples, ClipSpec(num_frames, sampling_rate), True, build_transform(True, crop, short_side))
+    loader = DataLoader(
+        dataset, batch_size=args.batch, sampler=EpochShuffleSampler(len(dataset)), num_workers=args.workers,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True,
+    )
+
+    def pipeline():
+        while True:
+            for batch in loader:
+                yield batch["video"], batch["label"]
+
+    def in_memory():
+        clips, labels = torch.randn(args.batch, 3, num_frames, crop, crop), torch.randint(0, 400, (args.batch,))
+        while True:
+            yield clips, labels
+
+    shape = (3, num_frames, crop, crop)
+    print(f"{args.model}: batch {args.batch}, {args.workers} workers, {device}, {len(dataset)} videos from {root}")
+    for mode in ("fp32", "qat"):
+        rates = {}
+        for source_name, source in (("in-memory", in_memory), ("pipeline", pipeline)):
+            torch.manual_seed(0)
+            model = create_model(args.model, num_classes=400)
+            if mode == "qat":
+                model = pt2e.prepare(model, shape, "qat")
+            model = model.to(device)
+            model.train()  # an exported QAT graph's train() returns None: no chaining
+            rates[source_name] = clips_per_second(model, source(), args.steps, device)
+        print(f"  {mode:5s} in-memory {rates['in-memory']:8.1f} clips/s   full pipeline {rates['pipeline']:8.1f} clips/s   "
+              f"ratio {rates['pipeline'] / rates['in-memory']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
