@@ -41,6 +41,8 @@ def broken_dataset(tiny_dataset, tmp_path):
         root / "train" / "move_up" / "not_a_video.mp4": lambda p: p.write_text("hello"),
         root / "train" / "move_down" / "audio_only.mp4": _write_audio_only,
         root / "val" / "move_up" / "garbage.webm": lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+        # A well-formed mp4 whose video codec FFmpeg has no decoder for (its sample entry renamed).
+        root / "val" / "move_down" / "unknown_codec.mp4": lambda p: p.write_bytes(good.read_bytes().replace(b"avc1", b"zzzz")),
     }
     for path, make in planted.items():
         make(path)
@@ -64,6 +66,7 @@ def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_p
     assert named == planted  # every broken file, once, although read in several epochs and workers
     reasons = dict(line.split("\t") for line in report)
     assert "no video stream" in reasons[next(p for p in planted if "audio_only" in p)]
+    assert "no decoder" in reasons[next(p for p in planted if "unknown_codec" in p)]
 
 
 def test_a_missing_file_is_skipped_with_a_reason(tiny_dataset, tmp_path):

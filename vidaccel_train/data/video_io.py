@@ -32,6 +32,8 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
     if not container.streams.video:
         raise VideoDecodeError(f"{path}: no video stream (audio-only or not a video file)")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for this stream's codec
+        raise VideoDecodeError(f"{path}: video codec not supported by this FFmpeg build (no decoder)")
     stream.thread_type = "AUTO"
     return stream
 
