@@ -170,6 +170,8 @@ def search(
     study.optimize(objective, n_trials=search_cfg.n_trials, catch=(RuntimeError, ValueError))
     job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     write_summary(sweep_dir, job_dirs)
+    if not any(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials):
+        raise RuntimeError(f"no trial completed; each failure is logged above and in {sweep_dir}/sweep_summary.md")
     best = study.best_trial
     (sweep_dir / "best.yaml").write_text(
         yaml.safe_dump({"metric": metric, "value": best.value, "trial": best.number, "params": best.params}, sort_keys=False)
