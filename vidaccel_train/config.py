@@ -44,7 +44,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
     synthetic = cfg.data.get("synthetic")
     if synthetic:
-        span = cfg.data.num_frames * cfg.data.sampling_rate / cfg.data.target_fps
+        from vidaccel_train.data.clips import ClipSpec
+
+        span = ClipSpec(cfg.data.num_frames, cfg.data.sampling_rate, cfg.data.target_fps).span_s
         if span > synthetic.duration_s:
             raise ConfigError(
                 f"a clip of {cfg.data.num_frames} frames every {cfg.data.sampling_rate} at {cfg.data.target_fps} fps spans "

@@ -40,7 +40,7 @@ class ClipSpec:
         return float(torch.rand(())) * self._slack(info)
 
     def centre_start(self, info: VideoInfo) -> float:
-        return self._slack(info) / 2
+        return self.uniform_starts(info, 1)[0]
 
     def uniform_starts(self, info: VideoInfo, count: int) -> list[float]:
         """``count`` clips spread evenly over the video (one: the centre clip)."""
@@ -84,21 +84,20 @@ class EpochShuffleSampler(Sampler):
         """Leave out this rank's first ``items`` items of the next pass (one pass only)."""
         self._skip = items
 
-    def _shard_size(self) -> int:
-        rank, world = _rank_and_world()
+    def _shard_size(self, rank: int, world: int) -> int:
         if self.shuffle:
             return self.size // world
         return len(range(rank, self.size, world))
 
     def __len__(self) -> int:
-        return self._shard_size()
+        return self._shard_size(*_rank_and_world())
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator).tolist()
         rank, world = _rank_and_world()
-        mine = list(zip(order, seeds))[rank::world][: self._shard_size()]
+        mine = list(zip(order, seeds))[rank::world][: self._shard_size(rank, world)]
         skip, self._skip = self._skip, 0
         return iter(mine[skip:])
 

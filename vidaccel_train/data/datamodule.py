@@ -111,8 +111,8 @@ class VideoDataModule(L.LightningDataModule):
             if index.missing:
                 log.warning("%d clips of split '%s' are listed but missing (named in %s)", len(index.missing), split,
                             self.bad_files.path if self.bad_files else "no report: data.bad_files_report is unset")
-                for path, reason in index.missing.items():
-                    if self.bad_files is not None:
+                if self.bad_files is not None:
+                    for path, reason in index.missing.items():
                         self.bad_files.record(path, reason, announce=False)
             train, test = role == "train", role == "test"
             transform = build_transform(

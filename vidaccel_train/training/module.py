@@ -165,14 +165,13 @@ class VideoClassifier(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         video, labels = batch["video"], batch["label"]
         videos, views = video.shape[:2]
-        clips = video.flatten(0, 1)
+        clips, clip_labels = video.flatten(0, 1), labels.repeat_interleave(views)
         if self.quant_state is None:
             predictors = {"test": self}
         else:
             predictors = {"test": self.int8_net(), "test_fp32": self._float_logits}
         for stage, predict in predictors.items():
             logits = predict(clips)
-            clip_labels = labels.repeat_interleave(views)
             self.log(f"{stage}/loss", self.criterion(logits, clip_labels), on_epoch=True, batch_size=len(logits))
             self.metrics[f"{stage}_clip_metrics"].update(logits, clip_labels)
             probabilities = aggregate_views(logits.view(videos, views, -1))
