@@ -71,8 +71,21 @@ def test_every_block_deploys_to_the_same_numbers(block):
             expected = train_form(clip)
             folded = deployed(FoldTime()(clip))
         _, channels, height, width = folded.shape
-        unfolded = folded.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+        unfolded = folded.reshape(frames, batch, channels, height, width).permute(1, 2, 0, 3, 4)
         assert (unfolded - expected).abs().max() <= 1e-4, (block, batch)
+
+
+def test_nothing_after_the_entry_is_five_dimensional(tiny_pair):
+    """A 5-D view costs XNNPACK two full-size transposes; the deploy form keeps to 4-D."""
+    _, deployed = tiny_pair
+    graph = torch.export.export(deployed, (torch.randn(2, 3, 4, 56, 56),)).graph
+    entry = [node for node in graph.nodes if node.op == "placeholder"][-1]  # the clip (after the weights)
+    five_d = [
+        node.name
+        for node in graph.nodes
+        if node.op == "call_function" and node.args and node.args[0] is not entry and node.meta["val"].dim() == 5
+    ]
+    assert five_d == []
 
 
 def test_clip_pool_is_a_mean_over_time_and_space():

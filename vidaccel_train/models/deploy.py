@@ -2,18 +2,22 @@
 
 The train form (PyTorchVideo's efficient blocks) runs Conv3d on ``(B, C, T, H, W)``. Mobile
 runtimes have no fast Conv3d (XNNPACK has none at all), so the deploy form carries a clip as
-``(B*T, C, H, W)``:
+``(T*B, C, H, W)``, time-major: rows ``t*B .. t*B+B-1`` hold frame ``t`` of every clip.
 
-- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps": pad T with zero frames, slice the
-  tap's frames, fold them into batch, convolve, sum; BatchNorm is folded into the weights;
-- pooling over a clip is a 4-D mean over ``(H, W)`` then one over T (after a permute), the
-  only ``mean`` XNNPACK takes;
-- per-clip scales (squeeze-excite) broadcast over a ``(B, T, C, H, W)`` view.
+- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps" over all frames at once; tap ``k``'s
+  output moves ``k - kt//2`` frames in time (a slice of whole ``B``-row blocks joined with zero
+  frames: the clip's temporal zero padding) and the taps are summed; BatchNorm is folded into
+  the weights. Time-major is what makes the move a plain 4-D slice: batch-major ``(B*T, ...)``
+  would need a 5-D view, which XNNPACK pays for with two full-size transposes per use;
+- pooling over a clip is a 4-D mean over ``(H, W)`` then one over T (after a permute of the
+  small pooled tensor), the only ``mean`` XNNPACK takes;
+- per-clip scales (squeeze-excite) are repeated over T on the small ``(B, C)`` tensor and
+  broadcast as ``(T*B, C, 1, 1)``.
 
-The batch size is never baked in (``-1`` in every reshape), and there is no per-frame Python
-loop, so one converted model serves any batch and exports with a dynamic batch dimension.
-Each train-form block type has a converter registered with :func:`deploy_form`; a block
-without one is an error that names it.
+The batch size is never baked in (it is read from the input's shape), and there is no
+per-frame Python loop, so one converted model serves any batch and exports with a dynamic
+batch dimension. Each train-form block type has a converter registered with
+:func:`deploy_form`; a block without one is an error that names it.
 """
 
 from __future__ import annotations
@@ -47,18 +51,30 @@ class UnsupportedBlockError(TypeError):
 
 
 class FoldTime(nn.Module):
-    """``(B, C, T, H, W)`` -> ``(B*T, C, H, W)``: the deploy form's entry."""
+    """``(B, C, T, H, W)`` -> ``(T*B, C, H, W)``, time-major: the deploy form's entry."""
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         _, channels, _, height, width = clip.shape
-        return clip.permute(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
+        return clip.permute(2, 0, 1, 3, 4).reshape(-1, channels, height, width)
 
 
-def clip_mean(x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Mean over T, H and W of each clip: ``(B*T, C, H, W)`` -> ``(B, C, 1, 1)``."""
-    pooled = x.mean(dim=(2, 3), keepdim=True)  # (B*T, C, 1, 1)
-    pooled = pooled.reshape(-1, num_frames, x.shape[1], 1).permute(0, 2, 1, 3)  # (B, C, T, 1)
-    return pooled.mean(dim=(2, 3), keepdim=True)
+def frame_means(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """Mean over H and W of every frame: ``(T*B, C, H, W)`` -> ``(T, B, C, 1)``."""
+    return x.mean(dim=(2, 3), keepdim=True).reshape(num_frames, -1, x.shape[1], 1)
+
+
+def clip_mean(frames: torch.Tensor) -> torch.Tensor:
+    """Mean over T of :func:`frame_means`: ``(T, B, C, 1)`` -> ``(B, C, 1, 1)``."""
+    return frames.permute(1, 2, 0, 3).mean(dim=(2, 3), keepdim=True)
+
+
+def shift_frames(x: torch.Tensor, step: int, num_frames: int) -> torch.Tensor:
+    """Frame ``t`` of each clip takes frame ``t + step``; zero frames past either end."""
+    if step == 0:
+        return x
+    rows = abs(step) * (x.shape[0] // num_frames)  # whole frames of the time-major batch
+    zeros = x[:rows] * 0.0  # made from the input so the batch size stays symbolic
+    return torch.cat([x[rows:], zeros]) if step > 0 else torch.cat([zeros, x[:-rows]])
 
 
 class Swish(nn.Module):
@@ -69,7 +85,7 @@ class Swish(nn.Module):
 
 
 class TemporalConv(nn.Module):
-    """A Conv3d with temporal stride 1 as ``kt`` Conv2d taps over time folded into batch."""
+    """A Conv3d with temporal stride 1 and 'same' padding as ``kt`` Conv2d taps, shifted and summed."""
 
     def __init__(self, taps: list[nn.Conv2d], temporal_padding: int, num_frames: int):
         super().__init__()
@@ -78,20 +94,12 @@ class TemporalConv(nn.Module):
         self.num_frames = num_frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.taps) == 1 and self.temporal_padding == 0:
-            return self.taps[0](x)
-        _, channels, height, width = x.shape
-        frames = self.num_frames
-        clip = x.reshape(-1, frames, channels, height, width)
-        if self.temporal_padding:
-            # Zero frames made from the input (batch size stays symbolic) and joined with cat:
-            # XNNPACK rejects an int8 constant_pad over time, and takes cat in fp32 and int8.
-            zeros = clip[:, : self.temporal_padding] * 0.0
-            clip = torch.cat([zeros, clip, zeros], dim=1)
         total = None
-        for offset, tap in enumerate(self.taps):
-            window = clip[:, offset : offset + frames].reshape(-1, channels, height, width)
-            out = tap(window)
+        for index, tap in enumerate(self.taps):
+            step = index - self.temporal_padding
+            if abs(step) >= self.num_frames:  # this tap only ever sees padding
+                continue
+            out = shift_frames(tap(x), step, self.num_frames)
             total = out if total is None else total + out
         return total
 
@@ -105,21 +113,24 @@ class ClipSqueezeExcite(nn.Module):
         self.num_frames = num_frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, channels, height, width = x.shape
-        scale = torch.sigmoid(self.expand(self.activation(self.reduce(clip_mean(x, self.num_frames)))))
-        clip = x.reshape(-1, self.num_frames, channels, height, width) * scale.reshape(-1, 1, channels, 1, 1)
-        return clip.reshape(-1, channels, height, width)
+        channels = x.shape[1]
+        frames = frame_means(x, self.num_frames)  # (T, B, C, 1)
+        scale = torch.sigmoid(self.expand(self.activation(self.reduce(clip_mean(frames)))))  # (B, C, 1, 1)
+        # Repeated over T by a broadcast add to zeros: XNNPACK has no expand, and a cat of one
+        # tensor with itself does not delegate.
+        per_frame = frames * 0.0 + scale.reshape(1, -1, channels, 1)  # (T, B, C, 1)
+        return x * per_frame.reshape(-1, channels, 1, 1)
 
 
 class ClipPool(nn.Module):
-    """Global average pool per clip: ``(B*T, C, H, W)`` -> ``(B, C, 1, 1)``."""
+    """Global average pool per clip: ``(T*B, C, H, W)`` -> ``(B, C, 1, 1)``."""
 
     def __init__(self, num_frames: int):
         super().__init__()
         self.num_frames = num_frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return clip_mean(x, self.num_frames)
+        return clip_mean(frame_means(x, self.num_frames))
 
 
 class ResidualBottleneck(nn.Module):
