@@ -7,6 +7,8 @@ Without ``--root`` a generated dataset of longer, larger clips (6 s, 320x240, 30
 once under ``data/bench``. Both pipelines sample one random clip of the model's span per video,
 then run the same torchvision v2 train transform (scale, crop, normalise). PyTorchVideo decodes
 every frame of the span and subsamples afterwards; ours converts only the frames the clip uses.
+Ours is also measured with one decoder thread instead of FFmpeg's choice, and with
+``--clips-per-video`` clips per decoded video (``data.train_clips_per_video``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 from vidaccel_train.data.transforms import build_transform
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--clips-per-video", type=int, default=2, help="clips per decoded video in the repeated-clip variants")
     args = parser.parse_args()
 
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
@@ -78,9 +81,25 @@ def main() -> None:
     transform = build_transform(True, crop, short_side)
     loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
 
-    ours = ClipDataset(index.samples, clip, train=True, transform=transform)
-    sampler = EpochShuffleSampler(len(ours))
-    ours_rate = clips_per_second(DataLoader(ours, sampler=sampler, **loader_args), args.batches)
+    def ours(clips_per_video: int, decoder_threads: int) -> float:
+        dataset = ClipDataset(index.samples, clip, train=True, transform=transform, decoder_threads=decoder_threads,
+                              clips_per_video=clips_per_video if clips_per_video > 1 else None)
+        loader = DataLoader(
+            dataset,
+            sampler=EpochShuffleSampler(len(dataset)),
+            batch_size=args.batch_size // clips_per_video,  # batches of the same number of clips
+            collate_fn=collate_clips if clips_per_video > 1 else None,
+            num_workers=args.workers,
+            persistent_workers=args.workers > 0,
+        )
+        return clips_per_second(loader, args.batches)
+
+    variants = {
+        "ours, 1 clip/video, FFmpeg threads auto": ours(1, 0),
+        "ours, 1 clip/video, 1 decoder thread": ours(1, 1),
+        f"ours, {args.clips_per_video} clips/video, FFmpeg threads auto": ours(args.clips_per_video, 0),
+        f"ours, {args.clips_per_video} clips/video, 1 decoder thread": ours(args.clips_per_video, 1),
+    }
 
     from pytorchvideo.data import Kinetics, make_clip_sampler
     from pytorchvideo.data.labeled_video_paths import LabeledVideoPaths
@@ -97,9 +116,9 @@ def main() -> None:
 
     print(f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
           f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}")
-    print(f"  vidaccel_train ClipDataset        {ours_rate:8.1f} clips/s")
-    print(f"  pytorchvideo.data.Kinetics (PyAV) {stock_rate:8.1f} clips/s")
-    print(f"  ratio ours / stock                {ours_rate / stock_rate:8.2f}x")
+    print(f"  {'pytorchvideo.data.Kinetics (PyAV)':45s} {stock_rate:8.1f} clips/s")
+    for name, rate in variants.items():
+        print(f"  {name:45s} {rate:8.1f} clips/s  {rate / stock_rate:5.2f}x stock")
 
 
 if __name__ == "__main__":

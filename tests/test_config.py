@@ -79,6 +79,9 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["model.clip.num_frames=40"], "spans 16.00 s but the generated videos last"),
         (["model.clip.crop_size=400"], "data.crop_size=400 is larger than data.eval_short_side"),
         (["test_ckpt=first"], "test_ckpt must be best or last"),
+        (["data.batch_size=16", "data.train_clips_per_video=3"],
+         "data.batch_size=16 is not a multiple of data.train_clips_per_video=3: a batch holds whole videos; try data.batch_size=15"),
+        (["data.decoder_threads=-1"], "data.decoder_threads must be 0 (FFmpeg chooses) or more, got -1"),
         (["trainer=ddp", "trainer.accelerator=cpu"], "trainer.sync_batchnorm works on GPUs only"),
     ],
 )

@@ -106,3 +106,27 @@ def test_test_items_hold_every_view_of_a_video_decoded_once(tmp_path, data_dir):
     batch = next(iter(datamodule.test_dataloader()))
     assert batch["video"].shape[1:] == (6, 3, 4, 32, 32)
     assert len(batch["video"]) == max(1, datamodule.eval_batch_size // 6)
+
+
+def test_training_items_hold_several_clips_each_augmented_apart(tmp_path, data_dir):
+    cfg = compose_config(tmp_path, data_dir, [*TINY_RUN, "data.train_clips_per_video=2"])
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    dataset = datamodule.datasets["train"]
+    path = dataset.samples[1][0]
+    info = probe(path)
+    item = dataset[(1, 1234)]
+    assert item["video"].shape == (2, 3, 4, 32, 32)
+
+    # The same seed, drawn in the same order, one clip at a time: both clips match.
+    torch.manual_seed(1234)
+    starts = [dataset.clip.random_start(info) for _ in range(2)]
+    alone = [dataset.transform(tv_tensors.Video(read_frames_at(path, dataset.clip.timestamps(s)))) for s in starts]
+    assert torch.equal(item["video"][0], alone[0]) and torch.equal(item["video"][1], alone[1])
+    assert not torch.equal(alone[0], alone[1])
+
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["video"].shape == (4, 3, 4, 32, 32)  # data.batch_size clips from 2 videos
+    assert batch["label"][0] == batch["label"][1] and batch["label"][2] == batch["label"][3]
+    assert batch["index"][0] == batch["index"][1] and batch["index"][1] != batch["index"][2]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip, read_frames_at, write_video
 
@@ -26,6 +27,15 @@ def test_probe_reports_duration_fps_and_size(numbered_video):
 def test_frames_at_timestamps_are_the_frames_shown_then(numbered_video):
     frames = read_frames_at(numbered_video, [0.0, 0.55, 1.0, 2.95])
     assert frames.shape == (4, 3, 32, 48)
+    brightness = frames.float().mean(dim=(1, 2, 3)) / 7
+    np.testing.assert_allclose(brightness.numpy(), [0, 5, 10, 29], atol=0.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decoder_threads_change_nothing_in_the_frames(numbered_video, threads):
+    wanted = [0.0, 0.55, 1.0, 2.95]
+    frames, _ = read_clip(numbered_video, lambda info: wanted, threads=threads)
+    assert torch.equal(frames, read_frames_at(numbered_video, wanted))
     brightness = frames.float().mean(dim=(1, 2, 3)) / 7
     np.testing.assert_allclose(brightness.numpy(), [0, 5, 10, 29], atol=0.5)
 

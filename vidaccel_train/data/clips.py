@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import tv_tensors
 
 from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, read_clip
@@ -131,12 +131,13 @@ class BadFileLog:
 
 
 class ClipDataset(Dataset):
-    """One clip per video in training (a random one); in evaluation ``clips_per_video`` clips
-    spread evenly over it (one: the centre clip).
+    """Random clips in training, each with its own augmentation; in evaluation clips spread
+    evenly over the video (one: the centre clip).
 
-    With ``clips_per_video`` > 1 the transform must return ``(crops, C, T, H, W)`` views of a
-    clip; an item's ``video`` is then all views of the video, ``(clips * crops, C, T, H, W)``,
-    decoded in one pass over the file.
+    Without ``clips_per_video`` an item's ``video`` is one clip ``(C, T, H, W)``. With it, the
+    video's clips are decoded in one pass over the file (one open, one seek): in training an
+    item is ``(clips, C, T, H, W)``; in evaluation the transform must return ``(crops, C, T, H,
+    W)`` views of a clip and an item is all views, ``(clips * crops, C, T, H, W)``.
 
     Items are indices, or ``(index, seed)`` pairs from :class:`EpochShuffleSampler`, which make
     the random clip and augmentation of that item reproducible. A file that cannot be decoded
@@ -153,6 +154,7 @@ class ClipDataset(Dataset):
         bad_files: BadFileLog | None = None,
         max_consecutive_failures: int = 16,
         clips_per_video: int | None = None,
+        decoder_threads: int = 0,
     ):
         self.samples = list(samples)
         self.clip = clip
@@ -161,6 +163,7 @@ class ClipDataset(Dataset):
         self.transform = transform
         self.bad_files = bad_files
         self.max_consecutive_failures = max_consecutive_failures
+        self.decoder_threads = decoder_threads
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -192,16 +195,32 @@ class ClipDataset(Dataset):
 
     def _load(self, index: int) -> dict:
         path, label = self.samples[index]
-        if self.train:
-            frames, _ = read_clip(path, lambda info: self.clip.timestamps(self.clip.random_start(info)))
-            return self._item(self.transform(tv_tensors.Video(frames)), label, index)
         count = self.clips_per_video or 1
-        frames, _ = read_clip(
-            path, lambda info: [t for start in self.clip.uniform_starts(info, count) for t in self.clip.timestamps(start)]
-        )
+
+        def timestamps(info):
+            if self.train:
+                starts = [self.clip.random_start(info) for _ in range(count)]
+            else:
+                starts = self.clip.uniform_starts(info, count)
+            return [t for start in starts for t in self.clip.timestamps(start)]
+
+        frames, _ = read_clip(path, timestamps, self.decoder_threads)
         views = [self.transform(tv_tensors.Video(clip)) for clip in frames.split(self.clip.num_frames)]
-        return self._item(views[0] if self.clips_per_video is None else torch.cat(views), label, index)
+        if self.clips_per_video is None:
+            return self._item(views[0], label, index)
+        return self._item(torch.stack(views) if self.train else torch.cat(views), label, index)
 
     @staticmethod
     def _item(video: torch.Tensor, label: int, index: int) -> dict:
         return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index)}
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Batches of videos of ``(clips, C, T, H, W)`` as batches of clips: each clip one sample."""
+    batch = default_collate(items)
+    clips = batch["video"].shape[1]
+    return {
+        "video": batch["video"].flatten(0, 1),
+        "label": batch["label"].repeat_interleave(clips),
+        "index": batch["index"].repeat_interleave(clips),
+    }

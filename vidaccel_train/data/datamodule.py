@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from vidaccel_train.config import ConfigError
-from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
 from vidaccel_train.data.video_io import VideoDecodeError, probe
@@ -27,9 +27,13 @@ class VideoDataModule(L.LightningDataModule):
     detects it); with ``synthetic`` set, the dataset is generated under ``root`` first (once,
     cached by its parameters) and read by the same code.
 
-    Training takes one random clip per video, validation the centre clip and centre crop, and
-    testing ``test_views.clips`` clips spread over each video times ``test_views.crops`` crops,
-    whose predictions the model averages per video.
+    Training takes ``train_clips_per_video`` random clips per video, each augmented on its own
+    and decoded in one pass over the file (a batch of ``batch_size`` clips then holds
+    ``batch_size / train_clips_per_video`` videos, and an epoch sees every video that many
+    times); validation the centre clip and centre crop; testing ``test_views.clips`` clips spread
+    over each video times ``test_views.crops`` crops, whose predictions the model averages per
+    video. ``decoder_threads`` are FFmpeg's threads per decode (0: FFmpeg chooses); one is
+    fastest when loader workers already fill the cores.
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class VideoDataModule(L.LightningDataModule):
         bad_files_report: str | None = None,
         layout: str = "auto",
         test_views: dict[str, int] | None = None,
+        train_clips_per_video: int = 1,
+        decoder_threads: int = 1,
     ):
         super().__init__()
         self.root = Path(root)
@@ -76,6 +82,8 @@ class VideoDataModule(L.LightningDataModule):
         self.layout = layout
         views = {"clips": 1, "crops": 1, **(test_views or {})}
         self.test_clips, self.test_crops = int(views["clips"]), int(views["crops"])
+        self.train_clips = train_clips_per_video
+        self.decoder_threads = decoder_threads
         self.seed = seed or 0
         # Unreadable videos are skipped and named here (the run directory by default).
         self.bad_files = BadFileLog(bad_files_report) if bad_files_report else None
@@ -126,8 +134,10 @@ class VideoDataModule(L.LightningDataModule):
             )
             if train:
                 self._check_clip_fits(index.samples)
+            clips_per_video = {"train": self.train_clips if self.train_clips > 1 else None, "test": self.test_clips}.get(role)
             self.datasets[role] = ClipDataset(
-                index.samples, self.clip, train, transform, self.bad_files, clips_per_video=self.test_clips if test else None
+                index.samples, self.clip, train, transform, self.bad_files, clips_per_video=clips_per_video,
+                decoder_threads=self.decoder_threads,
             )
         if len(self.class_names) != self.num_classes:
             raise DatasetLayoutError(
@@ -164,6 +174,7 @@ class VideoDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            collate_fn=collate_clips if train and dataset.clips_per_video else None,
             sampler=EpochShuffleSampler(len(dataset), self.seed, shuffle=train),
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
@@ -172,7 +183,8 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size)
+        """Batches of ``batch_size`` clips (from ``batch_size / train_clips_per_video`` videos)."""
+        return self._loader("train", self.batch_size // self.train_clips)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)

@@ -28,13 +28,14 @@ class VideoInfo:
     height: int
 
 
-def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+def _video_stream(container: av.container.InputContainer, path: Path, threads: int = 0) -> av.video.stream.VideoStream:
     if not container.streams.video:
         raise VideoDecodeError(f"{path}: no video stream (audio-only or not a video file)")
     stream = container.streams.video[0]
     if stream.codec_context is None:  # FFmpeg has no decoder for this stream's codec
         raise VideoDecodeError(f"{path}: video codec not supported by this FFmpeg build (no decoder)")
     stream.thread_type = "AUTO"
+    stream.thread_count = threads
     return stream
 
 
@@ -63,9 +64,12 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def read_clip(
-    path: str | Path, choose_timestamps: Callable[[VideoInfo], Sequence[float]]
+    path: str | Path, choose_timestamps: Callable[[VideoInfo], Sequence[float]], threads: int = 0
 ) -> tuple[torch.Tensor, VideoInfo]:
     """Open ``path`` once, let ``choose_timestamps`` pick times from its info, decode them.
+
+    ``threads`` are FFmpeg's decoder threads: 0 lets FFmpeg choose (about one per core), 1 decodes
+    in the calling thread, which is faster when loader workers already fill the cores.
 
     Returns uint8 ``(T, 3, H, W)`` in the order the timestamps were given (they may repeat or
     overlap, as the clips of a multi-view test do). Each timestamp takes the last frame shown at
@@ -74,7 +78,7 @@ def read_clip(
     path = Path(path)
     try:
         with av.open(str(path)) as container:
-            stream = _video_stream(container, path)
+            stream = _video_stream(container, path, threads)
             info = _info(container, stream)
             requested = [float(t) for t in choose_timestamps(info)]
             order = sorted(range(len(requested)), key=requested.__getitem__)
