@@ -5,4 +5,5 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script. is deprecated"
 
 from vidaccel_train.train import main  # noqa: E402
 
-main()
+if __name__ == "__main__":
+    main()
