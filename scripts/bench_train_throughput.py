@@ -2,6 +2,7 @@
 compute bound), same model, batch and device, for fp32 and QAT steps, in one run.
 
     python scripts/bench_train_throughput.py [--model x3d_xs] [--batch 8] [--workers 2] [--device cuda]
+        [--decoder-threads 1] [--clips-per-video 1]
 
 The pipeline is this project's (PyAV decode of the clip's frames, torchvision v2 train
 transform, DataLoader workers, pinned memory on GPU) over the generated benchmark dataset of
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench_data import BENCH_SPEC, CLIPS
-from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import generate_dataset
 from vidaccel_train.data.transforms import build_transform
@@ -60,15 +61,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--decoder-threads", type=int, default=1, help="data.decoder_threads")
+    parser.add_argument("--clips-per-video", type=int, default=1, help="data.train_clips_per_video")
     args = parser.parse_args()
     device = torch.device(args.device)
 
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
     index = index_split(root, "train")
     num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
-    dataset = ClipDataset(index.samples, ClipSpec(num_frames, sampling_rate), True, build_transform(True, crop, short_side))
+    repeated = args.clips_per_video > 1
+    dataset = ClipDataset(
+        index.samples, ClipSpec(num_frames, sampling_rate), True, build_transform(True, crop, short_side),
+        clips_per_video=args.clips_per_video if repeated else None, decoder_threads=args.decoder_threads,
+    )
     loader = DataLoader(
-        dataset, batch_size=args.batch, sampler=EpochShuffleSampler(len(dataset)), num_workers=args.workers,
+        dataset, batch_size=args.batch // args.clips_per_video, sampler=EpochShuffleSampler(len(dataset)),
+        collate_fn=collate_clips if repeated else None, num_workers=args.workers,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True,
     )
 
@@ -83,7 +91,8 @@ def main() -> None:
             yield clips, labels
 
     shape = (3, num_frames, crop, crop)
-    print(f"{args.model}: batch {args.batch}, {args.workers} workers, {device}, {len(dataset)} videos from {root}")
+    print(f"{args.model}: batch {args.batch}, {args.workers} workers, {args.decoder_threads} decoder thread(s), "
+          f"{args.clips_per_video} clip(s) per video, {device}, {len(dataset)} videos from {root}")
     for mode in ("fp32", "qat"):
         rates = {}
         for source_name, source in (("in-memory", in_memory), ("pipeline", pipeline)):
