@@ -16,10 +16,10 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and a value that would."""
 
 
-def _positive_int(cfg, key: str) -> None:
+def _int_at_least(cfg, key: str, minimum: int, expected: str) -> None:
     value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
 def _positive_number(cfg, key: str) -> None:
@@ -35,21 +35,18 @@ def validate(cfg) -> None:
     for key in ("data.batch_size", "data.num_frames", "data.sampling_rate", "data.crop_size", "data.eval_short_side",
                 "data.test_views.clips", "data.test_views.crops", "trainer.max_epochs", "data.num_classes",
                 "data.train_clips_per_video"):
-        _positive_int(cfg, key)
+        _int_at_least(cfg, key, 1, "a positive integer")
     for key in ("optim.lr", "data.target_fps"):
         _positive_number(cfg, key)
-    num_workers = cfg.data.get("num_workers")
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-        raise ConfigError(f"data.num_workers must be 0 or more, got {num_workers!r}")
-    clips_per_video = cfg.data.get("train_clips_per_video") or 1
-    if cfg.data.batch_size % clips_per_video:
+    _int_at_least(cfg, "data.num_workers", 0, "0 or more")
+    _int_at_least(cfg, "data.decoder_threads", 0, "0 (FFmpeg chooses) or more")
+    batch, clips_per_video = cfg.data.batch_size, cfg.data.get("train_clips_per_video") or 1
+    if batch % clips_per_video:
+        fitting = max(clips_per_video, batch - batch % clips_per_video)
         raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is not a multiple of data.train_clips_per_video={clips_per_video}: "
-            f"a batch holds whole videos; try data.batch_size={cfg.data.batch_size // clips_per_video * clips_per_video or clips_per_video}"
+            f"data.batch_size={batch} is not a multiple of data.train_clips_per_video={clips_per_video}: "
+            f"a batch holds whole videos; try data.batch_size={fitting}"
         )
-    decoder_threads = cfg.data.get("decoder_threads", 0)
-    if not isinstance(decoder_threads, int) or isinstance(decoder_threads, bool) or decoder_threads < 0:
-        raise ConfigError(f"data.decoder_threads must be 0 (FFmpeg chooses) or more, got {decoder_threads!r}")
     if cfg.data.crop_size > cfg.data.eval_short_side:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
     synthetic = cfg.data.get("synthetic")
