@@ -50,6 +50,26 @@ class StockTransform:
         return {"video": self.transform(tv_tensors.Video(frames)), "label": sample["label"]}
 
 
+def our_train_loader(
+    samples, clip: ClipSpec, transform, batch_size: int, workers: int, clips_per_video: int = 1,
+    decoder_threads: int = 0, **loader_options,
+) -> DataLoader:
+    """This project's training loader, as the datamodule builds it: batches of ``batch_size``
+    clips, from ``batch_size / clips_per_video`` videos."""
+    repeated = clips_per_video > 1
+    dataset = ClipDataset(samples, clip, train=True, transform=transform, decoder_threads=decoder_threads,
+                          clips_per_video=clips_per_video if repeated else None)
+    return DataLoader(
+        dataset,
+        sampler=EpochShuffleSampler(len(dataset)),
+        batch_size=batch_size // clips_per_video,
+        collate_fn=collate_clips if repeated else None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        **loader_options,
+    )
+
+
 def clips_per_second(loader: DataLoader, batches: int) -> float:
     """Clips/s over ``batches`` batches after a warm-up one, passing over the data as often as needed."""
     def forever():
@@ -82,16 +102,7 @@ def main() -> None:
     loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
 
     def ours(clips_per_video: int, decoder_threads: int) -> float:
-        dataset = ClipDataset(index.samples, clip, train=True, transform=transform, decoder_threads=decoder_threads,
-                              clips_per_video=clips_per_video if clips_per_video > 1 else None)
-        loader = DataLoader(
-            dataset,
-            sampler=EpochShuffleSampler(len(dataset)),
-            batch_size=args.batch_size // clips_per_video,  # batches of the same number of clips
-            collate_fn=collate_clips if clips_per_video > 1 else None,
-            num_workers=args.workers,
-            persistent_workers=args.workers > 0,
-        )
+        loader = our_train_loader(index.samples, clip, transform, args.batch_size, args.workers, clips_per_video, decoder_threads)
         return clips_per_second(loader, args.batches)
 
     variants = {

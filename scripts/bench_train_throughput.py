@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from bench_data import BENCH_SPEC, CLIPS
-from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
+from bench_data import BENCH_SPEC, CLIPS, our_train_loader
+from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import generate_dataset
 from vidaccel_train.data.transforms import build_transform
@@ -69,15 +68,9 @@ def main() -> None:
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
     index = index_split(root, "train")
     num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
-    repeated = args.clips_per_video > 1
-    dataset = ClipDataset(
-        index.samples, ClipSpec(num_frames, sampling_rate), True, build_transform(True, crop, short_side),
-        clips_per_video=args.clips_per_video if repeated else None, decoder_threads=args.decoder_threads,
-    )
-    loader = DataLoader(
-        dataset, batch_size=args.batch // args.clips_per_video, sampler=EpochShuffleSampler(len(dataset)),
-        collate_fn=collate_clips if repeated else None, num_workers=args.workers,
-        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, drop_last=True,
+    loader = our_train_loader(
+        index.samples, ClipSpec(num_frames, sampling_rate), build_transform(True, crop, short_side), args.batch,
+        args.workers, args.clips_per_video, args.decoder_threads, pin_memory=device.type == "cuda", drop_last=True,
     )
 
     def pipeline():
@@ -92,7 +85,7 @@ def main() -> None:
 
     shape = (3, num_frames, crop, crop)
     print(f"{args.model}: batch {args.batch}, {args.workers} workers, {args.decoder_threads} decoder thread(s), "
-          f"{args.clips_per_video} clip(s) per video, {device}, {len(dataset)} videos from {root}")
+          f"{args.clips_per_video} clip(s) per video, {device}, {len(index.samples)} videos from {root}")
     for mode in ("fp32", "qat"):
         rates = {}
         for source_name, source in (("in-memory", in_memory), ("pipeline", pipeline)):
