@@ -9,9 +9,10 @@ import torch
 
 from conftest import TINY_FIT, run_cli
 
-# Two fp32 epochs, then QAT (observers frozen for the last epoch): 3 train batches an epoch.
-RUN = [*TINY_FIT, "quant=qat", "quant.start_epoch=2", "quant.freeze_observer_epoch=3", "trainer.max_epochs=4",
-       "optim=adamw"]
+# Two fp32 epochs, then QAT (observers frozen for the last epoch): 3 train batches an epoch, with
+# the two persistent loader workers every real run has (they draw indices as soon as a loader starts).
+RUN = [*(o for o in TINY_FIT if not o.startswith("data.num_workers")), "data.num_workers=2", "quant=qat",
+       "quant.start_epoch=2", "quant.freeze_observer_epoch=3", "trainer.max_epochs=4", "optim=adamw"]
 COMPARED = ("val/top1", "val/loss", "val_fp32/loss", "test/top1", "test/loss", "test/clip_top1", "test_fp32/loss")
 
 

@@ -31,29 +31,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class ResumableTraining(L.Callback):
-    """Resumes mid-epoch where the run stopped, with the same randomness.
+    """Resumes where the run stopped, with the same randomness, loader workers or not.
 
     - Seeds PyTorch's global generator (dropout) from ``(seed, global step)`` before every
       training step, so randomness does not depend on how the run got there.
-    - When a fit restarts from a checkpoint written mid-epoch (SIGTERM, see
-      ``OnExceptionCheckpoint`` in ``conf/callbacks/resume.yaml``), the train sampler skips the
-      batches that epoch already trained on, so every clip is still seen once per epoch.
+    - Points the train sampler at the epoch being resumed, and, when the checkpoint was written
+      mid-epoch (SIGTERM, see ``OnExceptionCheckpoint`` in ``conf/callbacks/resume.yaml``), has
+      it skip the batches that epoch already trained on, so every clip is still seen once.
     Clip choice and augmentation are already seeded per ``(seed, epoch, clip)`` by the sampler.
+
+    Lightning starts the first epoch's loader iterator before any hook runs (and before it sets
+    the sampler's epoch); loader workers then draw indices from it at once. So a resumed run
+    points the sampler and starts that iterator again; a fresh run needs neither.
     """
 
     def __init__(self, seed: int = 0):
         self.seed = seed or 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fit_loop.restarted_mid_epoch:
-            return
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         loader = trainer.train_dataloader
-        if not hasattr(loader.sampler, "resume_after"):
-            log.warning("the train sampler cannot skip batches: epoch %d restarts from its first batch", trainer.current_epoch)
+        sampler = getattr(loader, "sampler", None)
+        fit_loop = trainer.fit_loop
+        done = fit_loop.epoch_loop.batch_progress.current.completed if fit_loop.restarted_mid_epoch else 0
+        if not hasattr(sampler, "resume_after"):
+            if done:
+                log.warning("the train sampler cannot skip batches: epoch %d restarts from its first batch", trainer.current_epoch)
             return
-        loader.sampler.resume_after(done * loader.batch_size)
-        log.info("resuming epoch %d after its first %d batches", trainer.current_epoch, done)
+        epoch = fit_loop.epoch_progress.current.processed
+        if sampler.epoch == epoch and not done:
+            return
+        sampler.set_epoch(epoch)
+        sampler.resume_after(done * loader.batch_size)
+        iter(fit_loop._data_fetcher)  # the same call Lightning makes at an epoch's start
+        if done:
+            log.info("resuming epoch %d after its first %d batches", epoch, done)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         torch.manual_seed(self.seed * 1_000_003 + trainer.global_step)
