@@ -114,19 +114,22 @@ def test_training_items_hold_several_clips_each_augmented_apart(tmp_path, data_d
     datamodule.prepare_data()
     datamodule.setup("fit")
     dataset = datamodule.datasets["train"]
-    path = dataset.samples[1][0]
-    info = probe(path)
-    item = dataset[(1, 1234)]
-    assert item["video"].shape == (2, 3, 4, 32, 32)
+    # Every video, each with its own seed: random starts overlap, nest and come in either order.
+    for index, seed in enumerate(range(1234, 1234 + len(dataset))):
+        path = dataset.samples[index][0]
+        info = probe(path)
+        item = dataset[(index, seed)]
+        assert item["video"].shape == (2, 3, 4, 32, 32) and item["label"] == dataset.samples[index][1]
+        # The same seed, drawn in the same order, one clip at a time: both clips match.
+        torch.manual_seed(seed)
+        starts = [dataset.clip.random_start(info) for _ in range(2)]
+        alone = [dataset.transform(tv_tensors.Video(read_frames_at(path, dataset.clip.timestamps(s)))) for s in starts]
+        assert torch.equal(item["video"][0], alone[0]) and torch.equal(item["video"][1], alone[1])
+        assert not torch.equal(alone[0], alone[1])
 
-    # The same seed, drawn in the same order, one clip at a time: both clips match.
-    torch.manual_seed(1234)
-    starts = [dataset.clip.random_start(info) for _ in range(2)]
-    alone = [dataset.transform(tv_tensors.Video(read_frames_at(path, dataset.clip.timestamps(s)))) for s in starts]
-    assert torch.equal(item["video"][0], alone[0]) and torch.equal(item["video"][1], alone[1])
-    assert not torch.equal(alone[0], alone[1])
-
+    # data.batch_size videos a batch (BatchNorm sees as many videos as with one clip), 2 clips each.
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch["video"].shape == (4, 3, 4, 32, 32)  # data.batch_size clips from 2 videos
-    assert batch["label"][0] == batch["label"][1] and batch["label"][2] == batch["label"][3]
-    assert batch["index"][0] == batch["index"][1] and batch["index"][1] != batch["index"][2]
+    assert batch["video"].shape == (8, 3, 4, 32, 32)
+    assert len(set(batch["index"].tolist())) == 4
+    assert batch["label"][0::2].tolist() == batch["label"][1::2].tolist()
+    assert batch["index"][0::2].tolist() == batch["index"][1::2].tolist()

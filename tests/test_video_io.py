@@ -63,3 +63,22 @@ def test_a_file_that_is_not_video_is_named_in_the_error(tmp_path):
 def test_odd_frame_sizes_are_refused_before_encoding(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", _numbered_frames(2, height=31), fps=10)
+
+
+@pytest.mark.parametrize(
+    "clips",
+    [
+        [[0.35, 0.75, 1.15, 1.55], [0.55, 0.95, 1.35, 1.75]],  # overlapping spans, interleaved frames
+        [[1.25, 1.65, 2.05, 2.45], [0.05, 0.45, 0.85, 1.25]],  # the later clip asked first, sharing a frame
+        [[0.15, 0.95, 1.75, 2.55], [1.05, 1.25, 1.45, 1.65]],  # one span nested in the other
+        [[0.65, 0.95, 1.25, 1.55], [0.65, 0.95, 1.25, 1.55]],  # the same clip twice
+    ],
+)
+def test_several_clips_from_one_decode_equal_each_clip_read_alone(numbered_video, clips):
+    """Training and multi-view testing read all clips of a video in one pass: each clip must come
+    back exactly as reading it alone gives it, its frames in time order."""
+    frames, _ = read_clip(numbered_video, lambda info: [t for clip in clips for t in clip])
+    for clip, got in zip(clips, frames.split(4)):
+        assert torch.equal(got, read_frames_at(numbered_video, clip))
+        brightness = got.float().mean(dim=(1, 2, 3)) / 7
+        np.testing.assert_allclose(brightness.numpy(), [int(t * 10) for t in clip], atol=0.5)

@@ -28,9 +28,10 @@ class VideoDataModule(L.LightningDataModule):
     cached by its parameters) and read by the same code.
 
     Training takes ``train_clips_per_video`` random clips per video, each augmented on its own
-    and decoded in one pass over the file (a batch of ``batch_size`` clips then holds
-    ``batch_size / train_clips_per_video`` videos, and an epoch sees every video that many
-    times); validation the centre clip and centre crop; testing ``test_views.clips`` clips spread
+    and decoded in one pass over the file; a batch holds ``batch_size`` videos, so
+    ``batch_size * train_clips_per_video`` clips (repeated augmentation: BatchNorm still sees
+    ``batch_size`` different videos; with fewer, its batch statistics come from a few correlated
+    clips and training stalls); validation the centre clip and centre crop; testing ``test_views.clips`` clips spread
     over each video times ``test_views.crops`` crops, whose predictions the model averages per
     video. ``decoder_threads`` are FFmpeg's threads per decode (0: FFmpeg chooses); one is
     fastest when loader workers already fill the cores.
@@ -183,8 +184,8 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of ``batch_size`` clips (from ``batch_size / train_clips_per_video`` videos)."""
-        return self._loader("train", self.batch_size // self.train_clips)
+        """Batches of ``batch_size`` videos, ``train_clips_per_video`` clips each."""
+        return self._loader("train", self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
