@@ -151,3 +151,37 @@ class RecordTrainIndices(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.txt", "a") as stream:
             stream.write("".join(f"{i}\n" for i in batch["index"].tolist()))
+
+
+class RecordRankState(L.Callback):
+    """At the end of fit, writes a digest of each rank's weights and buffers (observers' ranges
+    included) to ``<out_dir>/rank<r>.txt``: under DDP every rank must hold the same model."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer, pl_module):
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{trainer.global_rank}.txt").write_text(digest.hexdigest())
+
+
+class RecordObservers(L.Callback):
+    """Appends ``<epoch> <batch> <observing>`` per training batch of a quantized model to ``path``:
+    whether every fake-quantize module of the network is updating its range."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.quant_state is None:
+            return
+        flags = [bool(m.observer_enabled[0]) for m in pl_module.net.modules() if hasattr(m, "observer_enabled")]
+        assert flags, "a quantized network without fake-quantize modules"
+        with open(self.path, "a") as stream:
+            stream.write(f"{trainer.current_epoch} {batch_idx} {int(all(flags))}\n")

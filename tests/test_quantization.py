@@ -13,6 +13,11 @@ QAT_RUN = [*TINY_FIT, "quant=qat", "quant.start_epoch=1", "quant.freeze_observer
            "optim=adamw"]
 
 
+def _observer_ranges(state_dict):
+    """Every observer's (min, max) in a checkpoint's state_dict."""
+    return {k: (v, state_dict[k.removesuffix("min_val") + "max_val"]) for k, v in state_dict.items() if k.endswith(".min_val")}
+
+
 def _last_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
 
@@ -46,6 +51,22 @@ def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
     assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 
+def test_qat_from_the_first_epoch_observes_its_ranges_and_tests_int8(tmp_path, data_dir):
+    observed = tmp_path / "observers.txt"
+    metrics = run(compose_config(tmp_path, data_dir, [*QAT_RUN, "quant.start_epoch=0", "trainer.max_epochs=3",
+                                                      "+callbacks.observers._target_=conftest.RecordObservers",
+                                                      f"+callbacks.observers.path={observed}"]))
+    assert {"test/top1", "test_fp32/top1"} <= set(metrics)  # the int8 conversion needs observed ranges
+    ranges = _observer_ranges(_last_state(tmp_path)["state_dict"])
+    assert len(ranges) > 50
+    assert all(torch.isfinite(low).all() and torch.isfinite(high).all() and (low <= high).all()
+               for low, high in ranges.values())
+    # Observers learn in every QAT epoch before freeze_observer_epoch (=2), validation between them
+    # included, and stop from then on.
+    rows = [tuple(map(int, line.split())) for line in observed.read_text().splitlines()]
+    assert {(epoch, observing) for epoch, _, observing in rows} == {(0, 1), (1, 1), (2, 0)}
+
+
 def test_qat_that_would_never_start_is_refused_before_training(tmp_path, data_dir):
     with pytest.raises(Exception, match="start_epoch=9"):
         run(compose_config(tmp_path, data_dir, [*QAT_RUN, "quant.start_epoch=9", "quant.freeze_observer_epoch=null"]))
@@ -58,3 +79,21 @@ def test_ptq_calibrates_the_tested_checkpoint_and_tests_int8(tmp_path, data_dir)
     assert "val_fp32/top1" not in metrics  # fp32 fit, quantized only for the test
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["metrics"]["test/top1"] == metrics["test/top1"]
+
+
+def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(tmp_path, data_dir, caplog):
+    """The zoo use case on tiny shapes: weights trained on four motions, a new head for two others,
+    QAT from the first epoch, the int8 test and the export."""
+    pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
+    run(compose_config(pretrain, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
+    metrics = run(compose_config(finetune, data_dir, [
+        *TINY_FIT, f"model.checkpoint={pretrain / 'checkpoints' / 'last.ckpt'}",
+        "data.synthetic.classes=[rotate_cw,rotate_ccw]", "quant=qat", "quant.start_epoch=0", "trainer.max_epochs=2",
+        "optim=adamw", "callbacks.export.enabled=true", "callbacks.export.latency_repeats=2"]))
+    assert {"test/top1", "test_fp32/top1"} <= set(metrics)
+    manifest = json.loads((finetune / "export" / "manifest.json").read_text())
+    assert manifest["classes"] == ["rotate_cw", "rotate_ccw"]
+    assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
+    # Everything but the classifier came from the earlier run; the classifier is new (other classes).
+    assert "new label set: left projection.model.weight, projection.model.bias freshly initialised" in caplog.text
+    assert _last_state(finetune)["quantization"]["start_step"] == 0

@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 import yaml
 
 from vidaccel_train.sweep import pareto_front
@@ -54,24 +55,57 @@ def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
     assert (tmp_path / "study.db").is_file()
 
 
-def test_ddp_on_two_cpu_processes_shards_data_and_writes_once(tmp_path, data_dir):
-    indices = tmp_path / "indices"
+DDP_QAT = [*TINY_FIT, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2",
+           "quant=qat", "optim=adamw"]
+
+
+def _rank_digests(folder):
+    return [(folder / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+
+
+def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tmp_path, data_dir):
+    """One fp32 epoch, then QAT: the new network is wrapped by DDP again, so both ranks end with
+    the same weights and observer ranges; data sharded; one set of outputs (rank 0)."""
+    indices, states = tmp_path / "indices", tmp_path / "states"
     result = run_cli(
         tmp_path / "run", data_dir,
-        [*TINY_FIT, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false",
-         "trainer.max_epochs=2",
-         "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3", "data.batch_size=2",
-         "+callbacks.record._target_=conftest.RecordTrainIndices", f"+callbacks.record.out_dir={indices}"],
+        [*DDP_QAT, "quant.start_epoch=1", "trainer.max_epochs=2",
+         "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3",
+         "+callbacks.record._target_=conftest.RecordTrainIndices", f"+callbacks.record.out_dir={indices}",
+         "+callbacks.state._target_=conftest.RecordRankState", f"+callbacks.state.out_dir={states}"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "SyncBatchNorm needs GPUs" in result.stdout + result.stderr  # trainer=ddp on CPU, nothing added
     for epoch in (0, 1):
         seen = [[int(i) for i in (indices / f"rank{rank}_epoch{epoch}.txt").read_text().split()] for rank in (0, 1)]
         assert len(seen[0]) == len(seen[1]) == 6  # 12 train clips split over 2 ranks
         assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(12))
+    first, second = _rank_digests(states)
+    assert first == second  # gradients of the QAT graph's parameters were averaged, ranges broadcast
     run_dir = tmp_path / "run"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert len(checkpoints) == 2 and checkpoints[1] == "last.ckpt" and checkpoints[0].startswith("epoch_")
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [
         "accuracy_latency.png", "manifest.json", "model_fp32.pte", "model_int8.pte", "report.md"]
-    assert "test/top1" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert {"test/top1", "test_fp32/top1", "val_fp32/top1"} <= set(metrics)
     assert not list(tmp_path.glob("**/.export.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start_epoch", [0, 1])
+def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_epoch):
+    run = [*DDP_QAT, f"quant.start_epoch={start_epoch}", "quant.freeze_observer_epoch=2", "trainer.max_epochs=3"]
+    unstopped, stopped = tmp_path / "unstopped", tmp_path / "stopped"
+    assert run_cli(unstopped, data_dir, run).returncode == 0
+    cut = run_cli(stopped, data_dir, [*run, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1",
+                                      "test=false"])
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    resumed = run_cli(stopped, data_dir, [*run, "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = (json.loads((d / "metrics.json").read_text())["metrics"] for d in (unstopped, stopped))
+    for key in ("test/top1", "test/loss", "test_fp32/loss", "val/loss"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    final, reference = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+                        for d in (stopped, unstopped))
+    assert all(torch.equal(final[k], reference[k]) for k in reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -40,13 +41,6 @@ def validate(cfg) -> None:
         _positive_number(cfg, key)
     _int_at_least(cfg, "data.num_workers", 0, "0 or more")
     _int_at_least(cfg, "data.decoder_threads", 0, "0 (FFmpeg chooses) or more")
-    batch, clips_per_video = cfg.data.batch_size, cfg.data.get("train_clips_per_video") or 1
-    if batch % clips_per_video:
-        fitting = max(clips_per_video, batch - batch % clips_per_video)
-        raise ConfigError(
-            f"data.batch_size={batch} is not a multiple of data.train_clips_per_video={clips_per_video}: "
-            f"a batch holds whole videos; try data.batch_size={fitting}"
-        )
     if cfg.data.crop_size > cfg.data.eval_short_side:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
     synthetic = cfg.data.get("synthetic")
@@ -60,7 +54,17 @@ def validate(cfg) -> None:
                 f"{span:.2f} s but the generated videos last {synthetic.duration_s} s: raise data.synthetic.duration_s "
                 "or lower model.clip.num_frames / model.clip.sampling_rate"
             )
-    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":
-        raise ConfigError("trainer.sync_batchnorm works on GPUs only: add trainer.sync_batchnorm=false to run DDP on CPU")
+    accelerator = cfg.trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA device that PyTorch can use: "
+            "run with trainer=cpu (or trainer=ddp trainer.accelerator=cpu)"
+        )
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")
+
+
+def runs_on_cpu(trainer_cfg) -> bool:
+    """Whether a trainer config ends up on the CPU (``auto`` without a CUDA device included)."""
+    accelerator = trainer_cfg.get("accelerator") or "auto"
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

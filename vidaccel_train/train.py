@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vidaccel_train.config import CONFIG_DIR, ConfigError, validate
+from vidaccel_train.config import CONFIG_DIR, ConfigError, runs_on_cpu, validate
 from vidaccel_train.data.layouts import DatasetLayoutError
 from vidaccel_train.data.video_io import VideoDecodeError
 from vidaccel_train.export.executorch import LoweringError
@@ -52,7 +52,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("quant"):
         callbacks.append(instantiate(cfg.quant))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
+    trainer_cfg = cfg.trainer
+    if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
+        log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
+    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,11 @@ class QuantizationAwareTraining(L.Callback):
     quantization (BatchNorm folded into the convolutions, so its statistics are frozen from
     there on), and the optimizer restarts on the new parameters with the learning rate scaled
     by ``lr_scale``. From ``freeze_observer_epoch`` on, quantization ranges stop moving.
-    ``start_epoch=0`` quantizes before training starts, which also works under DDP.
+    ``start_epoch=0`` quantizes before training starts (QAT fine-tuning of a trained model).
+
+    Under DDP the switch rebuilds the DDP wrapper around the new network, so the new
+    parameters' gradients are averaged across ranks; DDP broadcasts rank 0's buffers before
+    each forward, so every rank quantizes with the same observed ranges.
     """
 
     def __init__(self, start_epoch: int = 1, freeze_observer_epoch: int | None = None, lr_scale: float = 0.1):
@@ -38,18 +43,17 @@ class QuantizationAwareTraining(L.Callback):
                 "QAT would never start; lower quant.start_epoch or raise trainer.max_epochs"
             )
         if self.start_epoch == 0 and pl_module.quant_state is None:
+            # Before the strategy wraps and places the model: DDP and the optimizer see the QAT graph.
             pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale)
-        elif self.start_epoch > 0 and trainer.world_size > 1:
-            raise MisconfigurationException(
-                "switching to QAT in the middle of a multi-process run is not supported: set "
-                "quant.start_epoch=0 (QAT from the first epoch, e.g. from a trained model.checkpoint)"
-            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch
         if pl_module.quant_state is None and epoch >= self.start_epoch:
             log.info("Epoch %d: switching to quantization-aware training", epoch)
             pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step, lr_scale=self.lr_scale)
+            if isinstance(trainer.strategy, DDPStrategy):
+                trainer.strategy.model = pl_module  # drop the wrapper of the replaced network
+                trainer.strategy.configure_ddp()
             trainer.strategy.setup_optimizers(trainer)
         if (
             self.freeze_observer_epoch is not None

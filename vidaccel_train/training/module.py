@@ -79,7 +79,7 @@ class VideoClassifier(L.LightningModule):
         self.run_config: dict[str, Any] | None = None
         # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale"}.
         self.quant_state: dict[str, Any] | None = None
-        # The converted int8 model, kept out of the state_dict; rebuilt when the weights may change.
+        # The converted int8 model per device, kept out of the state_dict; rebuilt when the weights may change.
         self._int8_cache: dict[str, nn.Module] = {}
 
     # ------------------------------------------------------------------ quantization
@@ -103,16 +103,18 @@ class VideoClassifier(L.LightningModule):
 
     def calibrate(self, batches: Iterable[dict], count: int) -> None:
         """Post-training calibration: run ``count`` batches through the observers, then freeze."""
-        pt2e.calibrate(self.net, batches, count, self.device)
+        pt2e.calibrate(self.net, batches, count)
         self.freeze_observers()
 
     def int8_net(self) -> nn.Module:
         """The converted int8 model of the current quantized state (cached until it changes)."""
         if self.quant_state is None:
             raise RuntimeError("the model is not quantized: run with quant=qat or quant=ptq")
-        if "net" not in self._int8_cache:
-            self._int8_cache["net"] = pt2e.convert_int8(self.net)
-        return self._int8_cache["net"]
+        # Keyed by device: a model tested on a GPU and then exported on the CPU converts twice.
+        key = str(self.device)
+        if key not in self._int8_cache:
+            self._int8_cache[key] = pt2e.convert_int8(self.net)
+        return self._int8_cache[key]
 
     def train(self, mode: bool = True):
         """Keeps BatchNorm statistics frozen when asked, and observers only where they may learn."""
@@ -127,10 +129,24 @@ class VideoClassifier(L.LightningModule):
             self._int8_cache.clear()
         return self
 
+    def on_validation_model_train(self) -> None:
+        """After validation Lightning would restore only each module's ``training`` flag, which
+        leaves observers and frozen BatchNorm statistics as :meth:`train` (False) set them: a QAT
+        run would stop learning its ranges at its first validation. Go through :meth:`train`."""
+        self.trainer.model.train()
+
     # ------------------------------------------------------------------ steps
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.net(video)
+        return self._run(self.net, video)
+
+    def _run(self, net: nn.Module, video: torch.Tensor) -> torch.Tensor:
+        if self.quant_state is None:
+            return net(video)
+        # Quantization simulates int8 on fp32 values: a quantized graph runs in fp32 even under
+        # mixed precision (bf16 would blur the ranges it learns and the int8 it predicts).
+        with torch.autocast(video.device.type, enabled=False):
+            return net(video.float())
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -150,7 +166,7 @@ class VideoClassifier(L.LightningModule):
         """The quantized model's weights without quantization."""
         pt2e.set_fake_quant(self.net, False)
         try:
-            return self.net(video)
+            return self(video)
         finally:
             pt2e.set_fake_quant(self.net, True)
 
@@ -169,7 +185,8 @@ class VideoClassifier(L.LightningModule):
         if self.quant_state is None:
             predictors = {"test": self}
         else:
-            predictors = {"test": self.int8_net(), "test_fp32": self._float_logits}
+            int8_net = self.int8_net()
+            predictors = {"test": lambda clips: self._run(int8_net, clips), "test_fp32": self._float_logits}
         for stage, predict in predictors.items():
             logits = predict(clips)
             self.log(f"{stage}/loss", self.criterion(logits, clip_labels), on_epoch=True, batch_size=len(logits))
