@@ -165,7 +165,16 @@ def export_artifacts(
 
 @torch.no_grad()
 def _build(module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats, calibration_batches) -> dict:
-    module = module.cpu().eval()
+    # The programs are CPU programs and are verified on the CPU, whatever device trained the
+    # model: move it, and have every tensor made along the way made there too.
+    if module.device.type != "cpu":
+        log.info("Exporting on the CPU: moving the model off %s", module.device)
+    with torch.device("cpu"):
+        return _build_on_cpu(module.cpu().eval(), datamodule, staging, build_net, model_name, threads, latency_repeats,
+                             calibration_batches)
+
+
+def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats, calibration_batches) -> dict:
     clip = datamodule.clip
     shape = (1, *datamodule.clip_shape)
     example = torch.randn(shape)

@@ -162,7 +162,7 @@ class Classifier(nn.Module):
 
 def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm | None):
     """Weights and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics)."""
-    bias = torch.zeros(weight.shape[0]) if bias is None else bias
+    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
     if bn is None:
         return weight, bias
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -191,6 +191,8 @@ def temporal_conv(conv: nn.Conv3d, bn: nn.Module | None, num_frames: int) -> Tem
             dilation=conv.dilation[1:],
             groups=conv.groups,
             bias=index == kt // 2,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         tap.weight.copy_(weight[:, :, index])
         if tap.bias is not None:
@@ -263,7 +265,8 @@ def _(module: SqueezeExcitation, num_frames: int) -> nn.Module:
 def _(module: FvcoreSqueezeExcitation, num_frames: int) -> nn.Module:
     reduce3d, activation, expand3d, _sigmoid = module.block
     reduce, expand = (
-        nn.Conv2d(c.in_channels, c.out_channels, 1, bias=c.bias is not None) for c in (reduce3d, expand3d)
+        nn.Conv2d(c.in_channels, c.out_channels, 1, bias=c.bias is not None, device=c.weight.device, dtype=c.weight.dtype)
+        for c in (reduce3d, expand3d)
     )
     for conv2d, conv3d in ((reduce, reduce3d), (expand, expand3d)):
         conv2d.weight.copy_(conv3d.weight[:, :, 0])

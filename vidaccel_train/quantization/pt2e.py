@@ -8,6 +8,7 @@ activations int8, as the XNNPACK delegate runs them.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -34,15 +35,21 @@ def xnnpack_quantizer(qat: bool):
     return quantizer.set_module_type(Classifier, None)
 
 
+def device_of(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights live: the device every step on it must create tensors on."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int]) -> GraphModule:
     """The deploy form of ``net`` exported for clips ``(C, T, H, W)`` with a dynamic batch."""
     channels, frames, height, width = input_shape
     deployed = to_deploy_form(net, frames)
-    device = next(net.parameters()).device
+    device = device_of(net)
     # Batch 2 in the example: an example batch of 1 would be specialised to a constant.
     example = torch.zeros(2, channels, frames, height, width, device=device)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(deployed.to(device), (example,), dynamic_shapes=({0: batch},)).module()
+    return torch.export.export(deployed, (example,), dynamic_shapes=({0: batch},)).module()
 
 
 def prepare(net: nn.Module, input_shape: tuple[int, int, int, int], mode: str) -> GraphModule:
@@ -55,9 +62,12 @@ def prepare(net: nn.Module, input_shape: tuple[int, int, int, int], mode: str) -
 
     if mode not in MODES:
         raise ValueError(f"quantization mode must be one of {MODES}, got '{mode}'")
-    graph = export_deploy_form(net, input_shape)
-    quantizer = xnnpack_quantizer(qat=mode == "qat")
-    prepared = prepare_qat_pt2e(graph, quantizer) if mode == "qat" else prepare_pt2e(graph, quantizer)
+    # torch.export and the quantizer make constants and observers without naming a device:
+    # have them made where the weights are (a GPU run would otherwise mix cuda and cpu).
+    with torch.device(device_of(net)):
+        graph = export_deploy_form(net, input_shape)
+        quantizer = xnnpack_quantizer(qat=mode == "qat")
+        prepared = prepare_qat_pt2e(graph, quantizer) if mode == "qat" else prepare_pt2e(graph, quantizer)
     return allow_exported_model_train_eval(prepared)
 
 
@@ -69,8 +79,9 @@ def set_observers(prepared: nn.Module, enabled: bool) -> None:
 
 
 @torch.no_grad()
-def calibrate(prepared: nn.Module, batches, count: int, device: torch.device | str = "cpu") -> None:
+def calibrate(prepared: nn.Module, batches, count: int) -> None:
     """Run ``count`` batches through a prepared model's observers, then freeze its ranges."""
+    device = device_of(prepared)
     set_observers(prepared, True)
     for index, batch in enumerate(batches):
         if index == count:
@@ -91,6 +102,7 @@ def convert_int8(prepared: GraphModule) -> GraphModule:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    converted = allow_exported_model_train_eval(convert_pt2e(copy.deepcopy(prepared)))
+    with torch.device(device_of(prepared)):
+        converted = allow_exported_model_train_eval(convert_pt2e(copy.deepcopy(prepared)))
     converted.eval()  # the patched eval() returns None, not the model
     return converted
