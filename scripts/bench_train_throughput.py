@@ -2,16 +2,20 @@
 compute bound), same model, batch and device, for fp32 and QAT steps, in one run.
 
     python scripts/bench_train_throughput.py [--model x3d_xs] [--batch 8] [--workers 2] [--device cuda]
-        [--decoder-threads 1] [--clips-per-video 1]
+        [--decoder-threads 1] [--clips-per-video 1] [--samples 1920] [--steps 20] [--json out.json]
 
 The pipeline is this project's (PyAV decode of the clip's frames, torchvision v2 train
-transform, DataLoader workers, pinned memory on GPU) over the generated benchmark dataset of
-``bench_data.py`` (or ``--root``). A ratio near 1 means the data path keeps up with the model.
+transform, persistent DataLoader workers, pinned memory on GPU) over the generated benchmark
+dataset of ``bench_data.py`` (or ``--root``). A ratio near 1 means the data path keeps up with
+the model. ``--samples`` repeats the train index to that many items so that the measured steps
+never cross an epoch boundary (which drains the workers' queue): the steady state of a long
+Kinetics epoch, not the start-up of a short one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -62,14 +66,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decoder-threads", type=int, default=1, help="data.decoder_threads")
     parser.add_argument("--clips-per-video", type=int, default=1, help="data.train_clips_per_video")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="repeat the train index to this many items (0: as it is); enough for every measured step")
+    parser.add_argument("--modes", nargs="+", choices=("fp32", "qat"), default=["fp32", "qat"])
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
 
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
-    index = index_split(root, "train")
+    samples = index_split(root, "train").samples
+    if args.samples > len(samples):
+        samples = (samples * (args.samples // len(samples) + 1))[: args.samples]
+    needed = (args.steps + 2 + args.workers * 2) * args.batch
+    if len(samples) * args.clips_per_video < needed:
+        print(f"warning: {len(samples)} items give fewer clips than the {needed} the measurement and the workers' "
+              f"prefetch use: epoch boundaries will be timed; pass --samples {needed}")
     num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
     loader = our_train_loader(
-        index.samples, ClipSpec(num_frames, sampling_rate), build_transform(True, crop, short_side), args.batch,
+        samples, ClipSpec(num_frames, sampling_rate), build_transform(True, crop, short_side), args.batch,
         args.workers, args.clips_per_video, args.decoder_threads, pin_memory=device.type == "cuda", drop_last=True,
     )
 
@@ -85,8 +99,10 @@ def main() -> None:
 
     shape = (3, num_frames, crop, crop)
     print(f"{args.model}: batch {args.batch}, {args.workers} workers, {args.decoder_threads} decoder thread(s), "
-          f"{args.clips_per_video} clip(s) per video, {device}, {len(index.samples)} videos from {root}")
-    for mode in ("fp32", "qat"):
+          f"{args.clips_per_video} clip(s) per video, {device}, {len(samples)} items from {root}")
+    report = {"model": args.model, "batch": args.batch, "workers": args.workers, "device": str(device),
+              "clips_per_video": args.clips_per_video, "decoder_threads": args.decoder_threads, "items": len(samples)}
+    for mode in args.modes:
         rates = {}
         for source_name, source in (("in-memory", in_memory), ("pipeline", pipeline)):
             torch.manual_seed(0)
@@ -98,6 +114,9 @@ def main() -> None:
             rates[source_name] = clips_per_second(model, source(), args.steps, device)
         print(f"  {mode:5s} in-memory {rates['in-memory']:8.1f} clips/s   full pipeline {rates['pipeline']:8.1f} clips/s   "
               f"ratio {rates['pipeline'] / rates['in-memory']:5.2f}")
+        report[mode] = {**rates, "ratio": rates["pipeline"] / rates["in-memory"]}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -128,16 +128,18 @@ class KillAt(L.Callback):
             threading.Timer(self.delay_s, self._kill).start()
 
 
-def run_cli(run_dir: Path, data_dir: Path, overrides: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(run_dir: Path, data_dir: Path, overrides: list[str], timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`python -m vidaccel_train` in its own process (this folder importable, for KillAt);
-    flags such as ``-m`` may come anywhere in ``overrides``."""
+    flags such as ``-m`` may come anywhere in ``overrides``; ``env`` adds environment variables."""
     tests = Path(__file__).resolve().parent
     flags = [o for o in overrides if o.startswith("-")]
     overrides = [o for o in overrides if not o.startswith("-")]
     return subprocess.run(
         [sys.executable, "-m", "vidaccel_train", *flags, f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
         cwd=tests.parent, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(tests), "HYDRA_FULL_ERROR": "1"},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")])),
+             "HYDRA_FULL_ERROR": "1", **(env or {})},
     )
 
 

@@ -1,17 +1,15 @@
-"""Runs kept out of the default suite: full-size X3D-XS end to end (slow) and GPU training (gpu).
+"""Runs kept out of the default suite: full-size X3D-XS end to end (slow; GPU runs: test_gpu.py).
 
     .venv/bin/python -m pytest -m slow      # minutes on 2 CPU cores
-    .venv/bin/python -m pytest -m gpu       # skipped without a CUDA device
 """
 
 import json
 
 import pytest
-import torch
 
 from vidaccel_train.train import run
 
-from conftest import TINY_FIT, compose_config
+from conftest import compose_config
 
 
 @pytest.mark.slow
@@ -22,14 +20,3 @@ def test_main_job_fits_full_size_x3d_xs_and_exports_it(tmp_path, data_dir):
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert manifest["model"] == "x3d_xs" and manifest["input_shape"] == [1, 3, 4, 160, 160]
     assert {a["precision"]: a["agreement"] >= 0.95 for a in manifest["artifacts"]} == {"fp32": True, "int8": True}
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("quant", ["null", "qat"])
-def test_gpu_fit_with_mixed_precision(tmp_path, data_dir, quant):
-    overrides = [*TINY_FIT, "trainer=gpu", f"quant={quant}", "trainer.max_epochs=2"]
-    if quant == "qat":
-        overrides += ["quant.start_epoch=1"]
-    metrics = run(compose_config(tmp_path, data_dir, overrides))
-    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
