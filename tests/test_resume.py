@@ -2,7 +2,9 @@
 with the metrics and weights of a run that was never stopped; SIGTERM saves a checkpoint first."""
 
 import json
+import os
 import signal
+import subprocess
 
 import pytest
 import torch
@@ -121,3 +123,47 @@ def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damag
     with pytest.raises(CheckpointError, match=rf"{path}: .*(truncated or corrupted|fails its checksum)"):
         run(compose_config(tmp_path, data_dir, [*TINY_FIT, "ckpt_path=last"]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]  # nothing else was written
+
+
+def test_a_failed_checkpoint_write_is_named_and_leaves_no_temporary(tmp_path, data_dir):
+    """A write that runs out of space (a staging file that is /dev/full) removes its temporary
+    file and says where, how much is free and how much it needed; a resume removes stale ones."""
+    from vidaccel_train.train import run
+    from vidaccel_train.training.resilience import DiskFullError
+
+    from conftest import compose_config
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    for name in ("last.ckpt", "epoch_000.ckpt"):
+        (checkpoints / f".{name}.tmp-{os.getpid()}").symlink_to("/dev/full")
+    with pytest.raises(DiskFullError, match=rf"{checkpoints} has [0-9.]+ MB free and the checkpoint needs [0-9.]+ MB") as error:
+        run(compose_config(tmp_path, data_dir, [*TINY_FIT, "trainer.max_epochs=1"]))
+    failed = str(error.value).split("checkpoint ", 1)[1].split(":", 1)[0]  # the first checkpoint written
+    assert failed in ("last.ckpt", "epoch_000.ckpt") and not (checkpoints / f".{failed}.tmp-{os.getpid()}").is_symlink()
+    for planted in checkpoints.glob(".*.tmp-*"):
+        planted.unlink()
+
+    (checkpoints / ".last.ckpt.tmp-999999").write_bytes(b"partial")  # a run killed while saving
+    run(compose_config(tmp_path, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false", "ckpt_path=last"]))
+    assert not list(checkpoints.glob(".*.tmp-*"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 1 MB tmpfs (needs root, as CI and the developer machines have); skips elsewhere."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root)")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_one_error_line(small_filesystem, data_dir):
+    result = run_cli(small_filesystem / "run", data_dir, [*TINY_FIT, "trainer.max_epochs=1"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left for checkpoint") and str(small_filesystem / "run" / "checkpoints") in last
+    assert not list(small_filesystem.glob("**/.*.tmp-*"))

@@ -22,12 +22,12 @@ from vidaccel_train.data.layouts import DatasetLayoutError
 from vidaccel_train.data.video_io import VideoDecodeError
 from vidaccel_train.export.executorch import LoweringError
 from vidaccel_train.models.zoo import CheckpointError
-from vidaccel_train.training.resilience import resolve_checkpoint
+from vidaccel_train.training.resilience import DiskFullError, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 # Mistakes in the config, the data or a checkpoint: their message says what to do, a traceback adds nothing.
-USER_ERRORS = (ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError)
+USER_ERRORS = (ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError)
 
 
 def instantiate_group(group: DictConfig | None) -> list:

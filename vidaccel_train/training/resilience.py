@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,17 +20,58 @@ from vidaccel_train.models.zoo import CheckpointError
 log = logging.getLogger(__name__)
 
 
+class DiskFullError(RuntimeError):
+    """A checkpoint that does not fit on its disk; the message names the directory and sizes."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint beside its target and renames it into place, so a run killed
-    while saving keeps the previous checkpoint whole instead of a truncated one."""
+    while saving keeps the previous checkpoint whole instead of a truncated one.
+
+    The checkpoint is serialised in memory first: its size is checked against the free space
+    where it lands, and it is written there once (Lightning's own save stages it in the system
+    temp folder and copies it over). A failed write removes its temporary file.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote file systems: no rename to rely on
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
-        staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        super().save_checkpoint(checkpoint, staging, storage_options)
-        os.replace(staging, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        staging = path.with_name(f".{path.name}{STAGING_INFIX}{os.getpid()}")
+        free = shutil.disk_usage(path.parent).free
+        try:
+            if len(data) > free:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with open(staging, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(staging, path)
+        except OSError as err:
+            staging.unlink(missing_ok=True)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError(
+                f"no space left for checkpoint {path.name}: {path.parent} has {free / 1e6:.1f} MB free and the "
+                f"checkpoint needs {len(data) / 1e6:.1f} MB; free space there (or start over in another "
+                "hydra.run.dir), then resume with ckpt_path=last"
+            ) from None
+
+
+# Temporary files of AtomicCheckpointIO: ".<name>.tmp-<pid>" beside the checkpoint.
+STAGING_INFIX = ".tmp-"
+
+
+def remove_stale_staging(checkpoint_dir: str | Path) -> None:
+    """Temporary checkpoint files left by a process that was killed while saving."""
+    for stale in Path(checkpoint_dir).glob(f".*{STAGING_INFIX}*"):
+        if stale.name.rsplit(STAGING_INFIX, 1)[-1] != str(os.getpid()):
+            stale.unlink(missing_ok=True)
+            log.info("removed %s, left by a run stopped while saving", stale)
 
 
 class ResumableTraining(L.Callback):
@@ -77,6 +121,7 @@ RESUME_CHECKPOINTS = ("last", "interrupted")
 def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
     """The checkpoint file a run starts from, checked before any work: ``last`` is the newest
     of ``last.ckpt`` / ``interrupted.ckpt`` in ``checkpoint_dir`` (none yet: a fresh start)."""
+    remove_stale_staging(checkpoint_dir)
     if ckpt_path in (None, "best", "hpc"):
         return ckpt_path
     if ckpt_path == "last":
