@@ -101,6 +101,17 @@ def test_sigkill_during_export_redoes_it_whole(tmp_path, data_dir, unstopped):
     _assert_same_end(tmp_path, unstopped, [key for key in COMPARED if key.startswith("test")])
 
 
+@pytest.mark.slow
+def test_sigkill_with_two_clips_per_video_resumes_exactly(tmp_path, data_dir):
+    two_clips = ["data.train_clips_per_video=2"]
+    unstopped = tmp_path / "unstopped"
+    assert run_cli(unstopped, data_dir, [*RUN, *two_clips]).returncode == 0
+    killed, _ = _kill_then_resume(tmp_path / "killed", data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2",
+                                                                  "+callbacks.kill.batch=1"], two_clips)
+    assert killed.returncode == -signal.SIGKILL
+    _assert_same_end(tmp_path / "killed", unstopped)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage"])
 def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damage):
     from vidaccel_train.models.zoo import CheckpointError
