@@ -39,7 +39,7 @@ def test_two_clips_per_video_learn_as_well_as_one(tmp_path, data_dir):
     metrics = run(compose_config(tmp_path, data_dir, ["experiment=smoke", "data.train_clips_per_video=2",
                                                       "callbacks.export.enabled=false", "callbacks.rich_progress_bar=null"]))
     assert metrics["test_fp32/top1"] >= 0.6, metrics  # 4 classes: chance is 0.25
-    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 0.01
+    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 1 / 64  # int8: at most one of the 64 test videos apart
     assert metrics["train/loss"] < 0.5  # the loss stalled at ln 2 = 0.69 when pairs of classes merged
 
 
