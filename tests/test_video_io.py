@@ -82,3 +82,31 @@ def test_several_clips_from_one_decode_equal_each_clip_read_alone(numbered_video
         assert torch.equal(got, read_frames_at(numbered_video, clip))
         brightness = got.float().mean(dim=(1, 2, 3)) / 7
         np.testing.assert_allclose(brightness.numpy(), [int(t * 10) for t in clip], atol=0.5)
+
+
+def test_frames_far_from_a_keyframe_are_exact_with_non_reference_frames_skipped(tmp_path):
+    """One keyframe and mostly B-frames, as Kinetics copies have: non-reference frames well before
+    a wanted time are skipped, and every wanted frame equals the one a full decode shows then."""
+    import av
+
+    from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
+
+    path = tmp_path / "long_gop.mp4"
+    frames = render_clip(SyntheticSpec(height=64, width=80, duration_s=4.0, fps=30), "move_left", np.random.default_rng(0))
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        stream.options = {"qp": "20", "preset": "veryfast", "g": "250", "x264-params": "b-adapt=0:bframes=3"}
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        decoded = [(frame.pts * float(frame.time_base), frame) for frame in container.decode(video=0)]
+    assert sum(int(frame.pict_type) == 3 for _, frame in decoded) > len(decoded) // 2  # mostly B-frames
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(12):
+        start = float(torch.rand((), generator=generator)) * 2.3
+        wanted = [start + 0.4 * i + 5e-4 for i in range(4)]  # X3D-XS: 4 frames 12 apart at 30 fps
+        shown = [max((f for t, f in decoded if t <= w), key=lambda f: f.pts) for w in wanted]
+        expected = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in shown])).permute(0, 3, 1, 2)
+        assert torch.equal(read_frames_at(path, wanted), expected)

@@ -100,27 +100,41 @@ def read_frames_at(path: str | Path, timestamps_s: Sequence[float]) -> torch.Ten
     return read_clip(path, lambda _info: timestamps_s)[0]
 
 
+# Frames decoded only to reach the next wanted timestamp need not be complete: FFmpeg may skip
+# non-reference frames (nothing else is predicted from them) shown this many frame durations or
+# more before it. The frame shown at a wanted instant is within one frame duration of it.
+_SKIP_MARGIN_FRAMES = 2
+
+
 def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | None]:
+    """The frame shown at each of the sorted ``wanted`` times, decoding from the keyframe before
+    the first; non-reference frames well before the next wanted time are not decoded at all."""
     time_base = float(stream.time_base)
+    rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+    margin = _SKIP_MARGIN_FRAMES / rate if rate > 0 else math.inf  # unknown rate: skip nothing
+    codec = stream.codec_context
     start_pts = int(max(wanted[0], 0.0) / time_base)
     container.seek(start_pts, stream=stream, backward=True, any_frame=False)
     picked: list[np.ndarray | None] = [None] * len(wanted)
     next_slot = 0
     previous = None  # (frame, its rgb array once converted)
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            continue
-        t = frame.pts * time_base
-        # Every wanted timestamp before this frame is shown by the previous frame.
-        while next_slot < len(wanted) and wanted[next_slot] < t:
-            source = previous if previous is not None else [frame, None]
-            if source[1] is None:
-                source[1] = source[0].to_ndarray(format="rgb24")
-            picked[next_slot] = source[1]
-            next_slot += 1
-        if next_slot == len(wanted):
-            return picked
-        previous = [frame, None]
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            codec.skip_frame = "NONREF" if packet.pts * time_base < wanted[next_slot] - margin else "DEFAULT"
+        for frame in packet.decode():
+            if frame.pts is None:
+                continue
+            t = frame.pts * time_base
+            # Every wanted timestamp before this frame is shown by the previous frame.
+            while next_slot < len(wanted) and wanted[next_slot] < t:
+                source = previous if previous is not None else [frame, None]
+                if source[1] is None:
+                    source[1] = source[0].to_ndarray(format="rgb24")
+                picked[next_slot] = source[1]
+                next_slot += 1
+            if next_slot == len(wanted):
+                return picked
+            previous = [frame, None]
     if previous is not None:
         array = previous[1] if previous[1] is not None else previous[0].to_ndarray(format="rgb24")
         for slot in range(next_slot, len(wanted)):
