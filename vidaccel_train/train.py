@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,7 @@ from vidaccel_train.data.layouts import DatasetLayoutError
 from vidaccel_train.data.video_io import VideoDecodeError
 from vidaccel_train.export.executorch import LoweringError
 from vidaccel_train.models.zoo import CheckpointError
+from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.training.resilience import DiskFullError, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            if ckpt_path is None and not list((output_dir / "checkpoints").glob("*.ckpt")):
+                for message in FRESH_START_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test"):

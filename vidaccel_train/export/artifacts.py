@@ -24,6 +24,7 @@ from torch import nn
 
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch, write_atomic
 from vidaccel_train.models.deploy import to_deploy_form
+from vidaccel_train.quiet import native_stderr_muted
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.module import aggregate_views
 
@@ -62,8 +63,9 @@ def set_runtime_threads(threads: int) -> None:
     """
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
 
-    if _threadpool_get_thread_count() != threads:
-        _unsafe_reset_threadpool(threads)
+    with native_stderr_muted():
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
     torch.set_num_threads(threads)
 
 
