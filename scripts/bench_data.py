@@ -57,8 +57,9 @@ def our_train_loader(
     samples, clip: ClipSpec, transform, batch_size: int, workers: int, clips_per_video: int = 1,
     decoder_threads: int = 0, **loader_options,
 ) -> DataLoader:
-    """This project's training loader, as the datamodule builds it: batches of ``batch_size``
-    clips, from ``batch_size / clips_per_video`` videos."""
+    """This project's training dataset, sampler and collation, batched by clips for a like-for-like
+    clips/s: ``batch_size`` clips from ``batch_size / clips_per_video`` videos (the datamodule
+    batches ``data.batch_size`` videos of ``clips_per_video`` clips each)."""
     repeated = clips_per_video > 1
     dataset = ClipDataset(samples, clip, train=True, transform=transform, decoder_threads=decoder_threads,
                           clips_per_video=clips_per_video if repeated else None)

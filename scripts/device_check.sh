@@ -81,7 +81,8 @@ report = {"env": json.loads((out / "env.json").read_text()) if (out / "env.json"
 tests = out / "gpu_tests.xml"
 if tests.exists():
     import xml.etree.ElementTree as ET
-    suite = ET.parse(tests).getroot().find("testsuite") or ET.parse(tests).getroot()
+    root = ET.parse(tests).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
     report["gpu_tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 run = out / "cli_qat"
 if (run / "metrics.json").exists():

@@ -22,6 +22,10 @@ _WARNINGS = (
 FRESH_START_WARNINGS = (r".*\(ckpt_path=None\). was called without a model", r".*\(ckpt_path=\"last\"\) is set, but there is no last checkpoint")
 
 
+def _verbose() -> bool:
+    return os.environ.get("VIDACCEL_VERBOSE") == "1"
+
+
 class _DropMessages(logging.Filter):
     def __init__(self, *fragments: str):
         super().__init__()
@@ -33,7 +37,7 @@ class _DropMessages(logging.Filter):
 
 
 def silence_third_party_noise() -> None:
-    if os.environ.get("VIDACCEL_VERBOSE") == "1":
+    if _verbose():
         return
     for category, message in _WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
@@ -48,7 +52,7 @@ def silence_third_party_noise() -> None:
 def native_stderr_muted():
     """Mute what native code writes to stderr meanwhile (ExecuTorch's cpuinfo probe prints its
     lookups of ARM-only files on every machine)."""
-    if os.environ.get("VIDACCEL_VERBOSE") == "1":
+    if _verbose():
         yield
         return
     sys.stderr.flush()

@@ -20,6 +20,10 @@ from vidaccel_train.models.zoo import CheckpointError
 log = logging.getLogger(__name__)
 
 
+# Temporary files of AtomicCheckpointIO: ".<name>.tmp-<pid>" beside the checkpoint.
+STAGING_INFIX = ".tmp-"
+
+
 class DiskFullError(RuntimeError):
     """A checkpoint that does not fit on its disk; the message names the directory and sizes."""
 
@@ -60,10 +64,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"checkpoint needs {len(data) / 1e6:.1f} MB; free space there (or start over in another "
                 "hydra.run.dir), then resume with ckpt_path=last"
             ) from None
-
-
-# Temporary files of AtomicCheckpointIO: ".<name>.tmp-<pid>" beside the checkpoint.
-STAGING_INFIX = ".tmp-"
 
 
 def remove_stale_staging(checkpoint_dir: str | Path) -> None:
