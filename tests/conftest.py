@@ -80,6 +80,11 @@ TINY_RUN = [
     "model.clip.crop_size=32",
     "model.clip.train_short_side=[36,40]",
     "model.clip.eval_short_side=36",
+    # The tiny dataset above (TINY_SPEC), trained in fp32 at one size unless a test asks otherwise.
+    "data.synthetic.speed=0.35",
+    "data.synthetic.texture=smooth",
+    "data.low_res_epochs=0",
+    "quant=none",
 ]
 
 
@@ -187,3 +192,15 @@ class RecordObservers(L.Callback):
         assert flags, "a quantized network without fake-quantize modules"
         with open(self.path, "a") as stream:
             stream.write(f"{trainer.current_epoch} {batch_idx} {int(all(flags))}\n")
+
+
+class RecordBatchShapes(L.Callback):
+    """Appends ``<epoch> <height>x<width>`` per training batch to ``path``."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        height, width = batch["video"].shape[-2:]
+        with open(self.path, "a") as stream:
+            stream.write(f"{trainer.current_epoch} {height}x{width}\n")

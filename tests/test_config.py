@@ -1,6 +1,7 @@
 """Every option of every config group composes, resolves and (where it can here) instantiates."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,13 +82,15 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["model.clip.crop_size=400"], "data.crop_size=400 is larger than data.eval_short_side"),
         (["test_ckpt=first"], "test_ckpt must be best or last"),
         (["data.decoder_threads=-1"], "data.decoder_threads must be 0 (FFmpeg chooses) or more, got -1"),
+        (["callbacks.export.precisions=[int4]"], "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']"),
+        (["callbacks.export.precisions=[]"], "callbacks.export.precisions must name one or more"),
     ],
 )
 def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):
     from vidaccel_train.config import ConfigError
     from vidaccel_train.train import run
 
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run(compose_config(tmp_path, data_dir, overrides))
     assert not list(tmp_path.iterdir())  # nothing was generated, trained or written
 

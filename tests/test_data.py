@@ -73,7 +73,8 @@ def test_train_order_and_augmentation_depend_only_on_seed_epoch_and_clip(datamod
     first, again, other = EpochShuffleSampler(12, seed=5), EpochShuffleSampler(12, seed=5), EpochShuffleSampler(12, seed=5)
     first.set_epoch(3), again.set_epoch(3), other.set_epoch(4)
     assert list(first) == list(again) != list(other)
-    assert sorted(index for index, _ in first) == list(range(12))
+    assert sorted(index for index, _, _ in first) == list(range(12))
+    assert {epoch for _, _, epoch in first} == {3}  # each item carries its epoch (it picks the transform)
     train = datamodule.datasets["train"]
     item = next(iter(first))
     torch.manual_seed(123)

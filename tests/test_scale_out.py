@@ -44,7 +44,7 @@ def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
     result = run_cli(
         tmp_path, data_dir,
         ["hparams_search=qat_lr", f"hparams_search.params={space}", "hparams_search.n_trials=2", *TINY_FIT,
-         "trainer.max_epochs=2", "quant.start_epoch=1"],
+         "quant=qat", "trainer.max_epochs=2", "quant.start_epoch=1"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
@@ -84,9 +84,10 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
     assert first == second  # gradients of the QAT graph's parameters were averaged, ranges broadcast
     run_dir = tmp_path / "run"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert len(checkpoints) == 2 and checkpoints[1] == "last.ckpt" and checkpoints[0].startswith("epoch_")
+    # The best and last checkpoints, and the float model saved when QAT began (written once).
+    assert len(checkpoints) == 3 and checkpoints[0].startswith("epoch_") and checkpoints[1:] == ["fp32.ckpt", "last.ckpt"]
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [
-        "accuracy_latency.png", "manifest.json", "model_fp32.pte", "model_int8.pte", "report.md"]
+        "accuracy_latency.png", "manifest.json", "model_int8.pte", "report.md"]
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {"test/top1", "test_fp32/top1", "val_fp32/top1"} <= set(metrics)
     assert not list(tmp_path.glob("**/.export.*"))

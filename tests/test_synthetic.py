@@ -22,12 +22,14 @@ def _estimate_shift(earlier: np.ndarray, later: np.ndarray, reach: int = 8) -> t
     return best[1], best[2]
 
 
+@pytest.mark.parametrize("texture", ["smooth", "sharp"])
 @pytest.mark.parametrize(
     "motion, direction",
-    [("move_left", (-1, 0)), ("move_right", (1, 0)), ("move_up", (0, -1)), ("move_down", (0, 1))],
+    [("move_left", (-1, 0)), ("move_right", (1, 0)), ("move_up", (0, -1)), ("move_down", (0, 1)),
+     ("move_up_left", (-1, -1)), ("move_down_right", (1, 1)), ("move_up_right", (1, -1)), ("move_down_left", (-1, 1))],
 )
-def test_translation_classes_move_content_their_way(motion, direction):
-    frames = render_clip(SPEC, motion, np.random.default_rng(3))
+def test_translation_classes_move_content_their_way(motion, direction, texture):
+    frames = render_clip(SyntheticSpec(**{**SPEC.__dict__, "texture": texture}), motion, np.random.default_rng(3))
     dx, dy = _estimate_shift(frames[10], frames[16])
     assert np.sign(dx) == direction[0] and np.sign(dy) == direction[1]
     assert max(abs(dx), abs(dy)) >= 2  # visible motion between frames 0.2 s apart
@@ -73,8 +75,18 @@ def test_a_different_spec_is_a_different_dataset(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"classes": ("move_left", "teleport")}, "teleport"), ({"height": 31}, "even"), ({"clips_per_class": {"train": 1}}, "val")],
+    [({"classes": ("move_left", "teleport")}, "teleport"), ({"height": 31}, "even"), ({"clips_per_class": {"train": 1}}, "val"),
+     ({"texture": "plaid"}, "smooth")],
 )
 def test_bad_specs_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticSpec(**kwargs)
+
+
+def test_a_sharp_texture_is_flat_colour_patches_with_hard_edges():
+    spec = SyntheticSpec(**{**SPEC.__dict__, "texture": "sharp"})
+    smooth, sharp = (render_clip(s, "move_left", np.random.default_rng(5))[0].astype(int) for s in (SPEC, spec))
+    # Neighbouring pixels either match or jump (a patch edge); the smooth texture only drifts.
+    steps = np.abs(np.diff(sharp, axis=1)).max(-1)
+    assert (steps <= 2).mean() > 0.4 and (steps > 60).mean() > 0.1
+    assert np.abs(np.diff(smooth, axis=1)).max(-1).max() < 60

@@ -65,3 +65,25 @@ def test_an_fp32_checkpoint_of_ours_loads_through_the_zoo(tmp_path, data_dir):
 def test_a_quantized_checkpoint_is_not_mistaken_for_train_form_weights(smoke_run):
     with pytest.raises(CheckpointError, match="quantized"):
         create_model("x3d_tiny", num_classes=4, checkpoint=str(smoke_run / "checkpoints" / "last.ckpt"))
+
+
+def test_low_res_epochs_train_smaller_clips_then_full_size_with_workers(tmp_path, data_dir):
+    """Progressive resizing: epoch 0 at half size, then full size; loader workers persist across
+    the change (each item carries its epoch); evaluation, and the post-training calibration of a
+    graph exported at the full size, see full-size clips."""
+    shapes = tmp_path / "shapes.txt"
+    overrides = [*TINY_FIT, "data.num_workers=2", "data.low_res_epochs=1", "data.low_res_scale=0.5",
+                 "trainer.max_epochs=2", "quant=ptq", "quant.calibration_batches=2",
+                 "+callbacks.shapes._target_=conftest.RecordBatchShapes", f"+callbacks.shapes.path={shapes}"]
+    metrics = run(compose_config(tmp_path, data_dir, overrides))
+    seen = [line.split() for line in shapes.read_text().splitlines()]
+    assert {size for epoch, size in seen if epoch == "0"} == {"16x16"}
+    assert {size for epoch, size in seen if epoch == "1"} == {"32x32"}
+    assert {"val/top1", "test/top1", "test_fp32/top1"} <= set(metrics)
+
+
+def test_the_qat_switch_saves_the_float_model_to_fine_tune_from(smoke_run):
+    float_checkpoint = smoke_run / "checkpoints" / "fp32.ckpt"
+    assert torch.load(float_checkpoint, map_location="cpu", weights_only=False)["quantization"] is None
+    net = create_model("x3d_tiny", num_classes=7, checkpoint=str(float_checkpoint))  # a new label set: a new head
+    assert net.projection.model.out_features == 7

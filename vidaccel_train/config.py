@@ -40,6 +40,20 @@ def validate(cfg) -> None:
     for key in ("optim.lr", "data.target_fps"):
         _positive_number(cfg, key)
     _int_at_least(cfg, "data.num_workers", 0, "0 or more")
+    _int_at_least(cfg, "data.low_res_epochs", 0, "0 or more")
+    scale = OmegaConf.select(cfg, "data.low_res_scale", throw_on_missing=False)
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 1):
+        raise ConfigError(f"data.low_res_scale must be in (0, 1], got {scale!r}")
+    low_res_epochs = OmegaConf.select(cfg, "data.low_res_epochs", throw_on_missing=False) or 0
+    qat_start = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False)
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
+    if qat_start is not None and qat_start < 0 and isinstance(max_epochs, int):
+        qat_start = max(0, max_epochs + qat_start)
+    if qat_start is not None and qat_start >= 0 and low_res_epochs > qat_start:
+        raise ConfigError(
+            f"data.low_res_epochs={low_res_epochs} but QAT starts at epoch {qat_start}: the quantized graph takes "
+            f"full-size clips only; set data.low_res_epochs<={qat_start} or start QAT later"
+        )
     _int_at_least(cfg, "data.decoder_threads", 0, "0 (FFmpeg chooses) or more")
     if cfg.data.crop_size > cfg.data.eval_short_side:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
@@ -60,6 +74,11 @@ def validate(cfg) -> None:
             f"trainer.accelerator={accelerator} but this machine has no CUDA device that PyTorch can use: "
             "run with trainer=cpu (or trainer=ddp trainer.accelerator=cpu)"
         )
+    precisions = OmegaConf.select(cfg, "callbacks.export.precisions", throw_on_missing=False)
+    if precisions is not None:
+        from vidaccel_train.export.artifacts import check_precisions
+
+        check_precisions(precisions)
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")
 

@@ -97,7 +97,8 @@ class EpochShuffleSampler(Sampler):
         order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator).tolist()
         rank, world = _rank_and_world()
-        mine = list(zip(order, seeds))[rank::world][: self._shard_size(rank, world)]
+        epochs = [self.epoch] * self.size
+        mine = list(zip(order, seeds, epochs))[rank::world][: self._shard_size(rank, world)]
         skip, self._skip = self._skip, 0
         return iter(mine[skip:])
 
@@ -139,10 +140,11 @@ class ClipDataset(Dataset):
     item is ``(clips, C, T, H, W)``; in evaluation the transform must return ``(crops, C, T, H,
     W)`` views of a clip and an item is all views, ``(clips * crops, C, T, H, W)``.
 
-    Items are indices, or ``(index, seed)`` pairs from :class:`EpochShuffleSampler`, which make
-    the random clip and augmentation of that item reproducible. A file that cannot be decoded
-    is reported to ``bad_files`` and the next file in the list stands in for it, so a run goes
-    on; ``max_consecutive_failures`` bad files in a row mean the split itself is broken.
+    Items are indices, or ``(index, seed, epoch)`` from :class:`EpochShuffleSampler`: the seed
+    makes the random clip and augmentation of that item reproducible, and the epoch picks the
+    transform (``early_transform`` before ``early_epochs``, ``transform`` from then on). A file
+    that cannot be decoded is reported to ``bad_files`` and the next file in the list stands in
+    for it, so a run goes on; ``max_consecutive_failures`` bad files in a row mean the split itself is broken.
     """
 
     def __init__(
@@ -155,12 +157,16 @@ class ClipDataset(Dataset):
         max_consecutive_failures: int = 16,
         clips_per_video: int | None = None,
         decoder_threads: int = 0,
+        early_transform=None,
+        early_epochs: int = 0,
     ):
         self.samples = list(samples)
         self.clip = clip
         self.train = train
         self.clips_per_video = clips_per_video
         self.transform = transform
+        self.early_transform = early_transform
+        self.early_epochs = early_epochs if early_transform is not None else 0
         self.bad_files = bad_files
         self.max_consecutive_failures = max_consecutive_failures
         self.decoder_threads = decoder_threads
@@ -168,21 +174,26 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+    def __getitem__(self, item: int | tuple[int, ...]) -> dict:
         if isinstance(item, tuple):
-            index, seed = item
+            index, seed, *epoch = item
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                return self._load_or_substitute(index)
-        return self._load_or_substitute(item)
+                return self._load_or_substitute(index, epoch[0] if epoch else None)
+        return self._load_or_substitute(item, None)
 
-    def _load_or_substitute(self, index: int) -> dict:
+    def transform_for(self, epoch: int | None):
+        """The early transform for items of the first ``early_epochs`` epochs, else the main one."""
+        early = epoch is not None and epoch < self.early_epochs
+        return self.early_transform if early else self.transform
+
+    def _load_or_substitute(self, index: int, epoch: int | None) -> dict:
         failures = []
         for attempt in range(min(self.max_consecutive_failures, len(self.samples))):
             candidate = (index + attempt) % len(self.samples)
             path = self.samples[candidate][0]
             try:
-                return self._load(candidate)
+                return self._load(candidate, epoch)
             except VideoDecodeError as err:
                 failures.append(path)
                 if self.bad_files is not None:
@@ -193,7 +204,7 @@ class ClipDataset(Dataset):
             + (f", and {self.bad_files.path}" if self.bad_files is not None else "")
         )
 
-    def _load(self, index: int) -> dict:
+    def _load(self, index: int, epoch: int | None) -> dict:
         path, label = self.samples[index]
         count = self.clips_per_video or 1
 
@@ -205,7 +216,8 @@ class ClipDataset(Dataset):
             return [t for start in starts for t in self.clip.timestamps(start)]
 
         frames, _ = read_clip(path, timestamps, self.decoder_threads)
-        views = [self.transform(tv_tensors.Video(clip)) for clip in frames.split(self.clip.num_frames)]
+        transform = self.transform_for(epoch)
+        views = [transform(tv_tensors.Video(clip)) for clip in frames.split(self.clip.num_frames)]
         if self.clips_per_video is None:
             return self._item(views[0], label, index)
         return self._item(torch.stack(views) if self.train else torch.cat(views), label, index)

@@ -35,6 +35,11 @@ class VideoDataModule(L.LightningDataModule):
     over each video times ``test_views.crops`` crops, whose predictions the model averages per
     video. ``decoder_threads`` are FFmpeg's threads per decode (0: FFmpeg chooses); one is
     fastest when loader workers already fill the cores.
+
+    ``low_res_epochs`` first epochs train on clips scaled by ``low_res_scale`` (crop and short
+    sides alike): progressive resizing, as X3D's multigrid training, for several times the
+    steps per second while the network learns coarse motion; later epochs, validation, testing
+    and export use the full ``crop_size``.
     """
 
     def __init__(
@@ -63,6 +68,8 @@ class VideoDataModule(L.LightningDataModule):
         test_views: dict[str, int] | None = None,
         train_clips_per_video: int = 1,
         decoder_threads: int = 1,
+        low_res_epochs: int = 0,
+        low_res_scale: float = 0.6,
     ):
         super().__init__()
         self.root = Path(root)
@@ -85,6 +92,8 @@ class VideoDataModule(L.LightningDataModule):
         self.test_clips, self.test_crops = int(views["clips"]), int(views["crops"])
         self.train_clips = train_clips_per_video
         self.decoder_threads = decoder_threads
+        self.low_res_epochs = low_res_epochs
+        self.low_res_scale = low_res_scale
         self.seed = seed or 0
         # Unreadable videos are skipped and named here (the run directory by default).
         self.bad_files = BadFileLog(bad_files_report) if bad_files_report else None
@@ -133,18 +142,30 @@ class VideoDataModule(L.LightningDataModule):
                 self.hflip,
                 crops=self.test_crops if test else None,
             )
+            early = {}
             if train:
                 self._check_clip_fits(index.samples)
+                if self.low_res_epochs:
+                    early = {"early_transform": self.low_res_transform(), "early_epochs": self.low_res_epochs}
             clips_per_video = {"train": self.train_clips if self.train_clips > 1 else None, "test": self.test_clips}.get(role)
             self.datasets[role] = ClipDataset(
                 index.samples, self.clip, train, transform, self.bad_files, clips_per_video=clips_per_video,
-                decoder_threads=self.decoder_threads,
+                decoder_threads=self.decoder_threads, **early,
             )
         if len(self.class_names) != self.num_classes:
             raise DatasetLayoutError(
                 f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes; "
                 f"set data.num_classes={len(self.class_names)}"
             )
+
+    def low_res_transform(self):
+        """The training transform of the low-resolution epochs: crop and scale range shrunk alike."""
+        def scaled(pixels: int) -> int:
+            return max(8, round(pixels * self.low_res_scale))
+
+        crop = scaled(self.crop_size)
+        short_sides = [max(crop, scaled(side)) for side in self.train_short_side]
+        return build_transform(True, crop, short_sides, self.mean, self.std, self.hflip)
 
     def _check_clip_fits(self, samples, probes: int = 8) -> None:
         """A clip longer than the videos themselves is a config mistake: say so before training
@@ -186,6 +207,13 @@ class VideoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches of ``batch_size`` videos, ``train_clips_per_video`` clips each."""
         return self._loader("train", self.batch_size)
+
+    def calibration_dataloader(self) -> DataLoader:
+        """Training batches at the full clip size (past any low-resolution epochs), for
+        post-training calibration of a graph exported at that size."""
+        loader = self.train_dataloader()
+        loader.sampler.set_epoch(self.low_res_epochs)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
     for artifact in manifest["artifacts"]:
-        print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agreement {artifact['agreement']:.3f}, "
+        print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
+              f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "
               f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…")
     return 0
 

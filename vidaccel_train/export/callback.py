@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 
-from vidaccel_train.export.artifacts import export_artifacts
+from vidaccel_train.export.artifacts import PRECISIONS, check_precisions, export_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,10 @@ class ExportCallback(L.Callback):
         threads: int | None = None,
         latency_repeats: int = 20,
         calibration_batches: int = 16,
+        precisions: list[str] | tuple[str, ...] = PRECISIONS,
     ):
         self.enabled = enabled
+        self.precisions = check_precisions(precisions)  # a typo fails before training, not after
         self.out_dir = out_dir
         # Never more threads than cores: an oversubscribed eager reference would flatter the programs.
         self.threads = threads or min(4, os.cpu_count() or 1)
@@ -63,4 +65,5 @@ class ExportCallback(L.Callback):
             threads=self.threads,
             latency_repeats=self.latency_repeats,
             calibration_batches=self.calibration_batches,
+            precisions=self.precisions,
         )

@@ -60,8 +60,11 @@ class EfficientX3dNet(nn.Module):
         se_ratio: float = 0.0625,
         activations: Sequence[str] = ("relu", "swish", "relu"),
         dropout: float = 0.5,
+        init: str = "x3d",
     ):
         super().__init__()
+        if init not in ("x3d", "pytorch"):
+            raise ValueError(f"init must be 'x3d' or 'pytorch', got '{init}'")
         stages = [s if isinstance(s, StageSpec) else StageSpec(**s) for s in stages]
         unknown = [a for a in activations if a not in supported_act_functions]
         if unknown:
@@ -111,6 +114,8 @@ class EfficientX3dNet(nn.Module):
         if dropout > 0:
             self.dropout = nn.Dropout(dropout)
         self.projection = FullyConnected(fc_channels, num_classes, bias=True)
+        if init == "x3d":
+            init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index in range(1, self.num_stages + 2):
@@ -120,3 +125,29 @@ class EfficientX3dNet(nn.Module):
         if hasattr(self, "dropout"):
             x = self.dropout(x)
         return self.projection(x)
+
+
+@torch.no_grad()
+def init_weights(net: EfficientX3dNet) -> None:
+    """The X3D recipe's initialisation: He-normal convolutions, a small classifier, and each
+    residual branch's last BatchNorm at zero so every block starts as its shortcut.
+
+    Measured from scratch on the generated set (2 CPU cores, same data and steps): X3D-XS's
+    training loss after 40 steps 1.74 with it against 1.95 with PyTorch's defaults; the shallow
+    x3d_tiny learns faster with PyTorch's defaults (0.84 against 1.03 with it after 160 steps)
+    and keeps them (``init="pytorch"``). Loaded weights replace either.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+    for block in net.modules():
+        if isinstance(block, X3dBottleneckBlock) and block._use_residual:
+            nn.init.zeros_(block.layers.conv_2.kernel.bn.weight)

@@ -47,7 +47,7 @@ ZOO: dict[str, ZooEntry] = {
         4,
         6,
         56,
-        arch={"stem_channels": 16, "head_channels": 144, "fc_channels": 256},
+        arch={"stem_channels": 16, "head_channels": 144, "fc_channels": 256, "init": "pytorch"},
     ),
 }
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 log = logging.getLogger(__name__)
+
+FLOAT_CHECKPOINT = "fp32.ckpt"
 
 
 class QuantizationAwareTraining(L.Callback):
@@ -18,7 +21,12 @@ class QuantizationAwareTraining(L.Callback):
     quantization (BatchNorm folded into the convolutions, so its statistics are frozen from
     there on), and the optimizer restarts on the new parameters with the learning rate scaled
     by ``lr_scale``. From ``freeze_observer_epoch`` on, quantization ranges stop moving.
-    ``start_epoch=0`` quantizes before training starts (QAT fine-tuning of a trained model).
+    ``start_epoch=0`` quantizes before training starts (QAT fine-tuning of a trained model);
+    a negative one counts from the end (``-1``: the last epoch is QAT, whatever ``max_epochs``).
+
+    Just before a mid-run switch the float model is saved as ``fp32.ckpt`` beside the run's
+    other checkpoints (when it writes any): the starting point for fine-tuning on other classes
+    (``model.checkpoint=<run dir>/checkpoints/fp32.ckpt``), which a quantized checkpoint cannot be.
 
     Under DDP the switch rebuilds the DDP wrapper around the new network, so the new
     parameters' gradients are averaged across ranks; DDP broadcasts rank 0's buffers before
@@ -26,7 +34,7 @@ class QuantizationAwareTraining(L.Callback):
     """
 
     def __init__(self, start_epoch: int = 1, freeze_observer_epoch: int | None = None, lr_scale: float = 0.1):
-        if freeze_observer_epoch is not None and freeze_observer_epoch < start_epoch:
+        if freeze_observer_epoch is not None and start_epoch >= 0 and freeze_observer_epoch < start_epoch:
             raise ValueError(
                 f"freeze_observer_epoch ({freeze_observer_epoch}) comes before start_epoch ({start_epoch})"
             )
@@ -34,9 +42,15 @@ class QuantizationAwareTraining(L.Callback):
         self.freeze_observer_epoch = freeze_observer_epoch
         self.lr_scale = lr_scale
 
+    @staticmethod
+    def resolve_start(start_epoch: int, max_epochs: int) -> int:
+        """A negative ``start_epoch`` counts from the end: -1 is the last epoch."""
+        return start_epoch if start_epoch >= 0 else max(0, max_epochs + start_epoch)
+
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
+        self.start_epoch = self.resolve_start(self.start_epoch, trainer.max_epochs or 0)
         if self.start_epoch >= (trainer.max_epochs or 0):
             raise MisconfigurationException(
                 f"quant.start_epoch={self.start_epoch} but trainer.max_epochs={trainer.max_epochs}: "
@@ -49,6 +63,10 @@ class QuantizationAwareTraining(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch
         if pl_module.quant_state is None and epoch >= self.start_epoch:
+            if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+                float_checkpoint = Path(trainer.checkpoint_callback.dirpath) / FLOAT_CHECKPOINT
+                trainer.save_checkpoint(float_checkpoint, weights_only=True)  # weights to start from, not a resume point
+                log.info("Epoch %d: saved the float model as %s", epoch, float_checkpoint)
             log.info("Epoch %d: switching to quantization-aware training", epoch)
             pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step, lr_scale=self.lr_scale)
             if isinstance(trainer.strategy, DDPStrategy):
@@ -78,5 +96,5 @@ class PostTrainingQuantization(L.Callback):
         if pl_module.quant_state is not None:
             return
         pl_module.enter_quantization("ptq", trainer.datamodule.clip_shape)
-        loader = trainer.datamodule.train_dataloader()
+        loader = trainer.datamodule.calibration_dataloader()
         pl_module.calibrate(loader, self.calibration_batches)

@@ -81,6 +81,10 @@ class VideoClassifier(L.LightningModule):
         self.quant_state: dict[str, Any] | None = None
         # The converted int8 model per device, kept out of the state_dict; rebuilt when the weights may change.
         self._int8_cache: dict[str, nn.Module] = {}
+        # Each test stage's logits, (videos, views, classes), when the whole test ran here in fp32
+        # on the CPU: the export checks its programs against these instead of computing them again.
+        self.test_logits: dict[str, torch.Tensor] = {}
+        self._test_logit_batches: dict[str, list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ quantization
 
@@ -191,13 +195,24 @@ class VideoClassifier(L.LightningModule):
             logits = predict(clips)
             self.log(f"{stage}/loss", self.criterion(logits, clip_labels), on_epoch=True, batch_size=len(logits))
             self.metrics[f"{stage}_clip_metrics"].update(logits, clip_labels)
+            if self._test_logit_batches is not None:
+                self._test_logit_batches[stage].append(logits.detach().float().view(videos, views, -1))
             probabilities = aggregate_views(logits.view(videos, views, -1))
             self.metrics[f"{stage}_metrics"].update(probabilities, labels)
             self.metrics[f"{stage}_confusion"].update(probabilities, labels)
             self.log_dict(self.metrics[f"{stage}_clip_metrics"], on_epoch=True)
             self.log_dict(self.metrics[f"{stage}_metrics"], on_epoch=True, prog_bar=stage == "test")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_logits = {}
+        # Only a whole, exact test is worth keeping: not a shard of one (DDP), not bf16 or GPU numbers.
+        exact = self.device.type == "cpu" and self.trainer.world_size == 1 and str(self.trainer.precision).startswith("32")
+        self._test_logit_batches = {stage: [] for stage in TEST_STAGES} if exact else None
+
     def on_test_epoch_end(self) -> None:
+        if self._test_logit_batches is not None:
+            self.test_logits = {stage: torch.cat(batches) for stage, batches in self._test_logit_batches.items() if batches}
+            self._test_logit_batches = None
         for stage in TEST_STAGES:
             confusion = self.metrics[f"{stage}_confusion"]
             if confusion.update_count == 0:
