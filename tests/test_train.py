@@ -27,8 +27,8 @@ def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(s
     metrics = written["metrics"]
     assert written["tested_checkpoint"].endswith("last.ckpt")  # the QAT model at the end of training
     assert metrics["test_fp32/top1"] >= 0.6  # 4 classes: chance is 0.25
-    # The converted int8 model loses at most one point against the same weights in fp32.
-    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 0.01
+    # The converted int8 model is at most one of the 64 test videos behind the same weights in fp32.
+    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 1 / 64
     assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
     assert (smoke_run / "csv" / "metrics.csv").is_file()
     assert (smoke_run / "smoke.log").is_file()
