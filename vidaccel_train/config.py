@@ -47,8 +47,10 @@ def validate(cfg) -> None:
     low_res_epochs = OmegaConf.select(cfg, "data.low_res_epochs", throw_on_missing=False) or 0
     qat_start = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False)
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
-    if qat_start is not None and qat_start < 0 and isinstance(max_epochs, int):
-        qat_start = max(0, max_epochs + qat_start)
+    if qat_start is not None and isinstance(max_epochs, int):
+        from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
+
+        qat_start = QuantizationAwareTraining.resolve_start(qat_start, max_epochs)
     if qat_start is not None and qat_start >= 0 and low_res_epochs > qat_start:
         raise ConfigError(
             f"data.low_res_epochs={low_res_epochs} but QAT starts at epoch {qat_start}: the quantized graph takes "

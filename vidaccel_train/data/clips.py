@@ -97,8 +97,8 @@ class EpochShuffleSampler(Sampler):
         order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator).tolist()
         rank, world = _rank_and_world()
-        epochs = [self.epoch] * self.size
-        mine = list(zip(order, seeds, epochs))[rank::world][: self._shard_size(rank, world)]
+        items = [(index, seed, self.epoch) for index, seed in zip(order, seeds)]
+        mine = items[rank::world][: self._shard_size(rank, world)]
         skip, self._skip = self._skip, 0
         return iter(mine[skip:])
 
