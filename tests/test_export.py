@@ -134,8 +134,13 @@ def _test_video(run_dir, class_name):
 
 def test_export_cli_from_an_fp32_checkpoint_calibrates_int8(fp32_run, tmp_path):
     out = tmp_path / "exported"
-    manifest = export_checkpoint(fp32_run / "checkpoints" / "last.ckpt",
-                                 [f"out_dir={out}", "callbacks.export.latency_repeats=3", "callbacks.export.threads=2"])
+    torch_threads = torch.get_num_threads()
+    latency_threads = torch_threads + 1
+    manifest = export_checkpoint(fp32_run / "checkpoints" / "last.ckpt", [
+        f"out_dir={out}", "callbacks.export.latency_repeats=3", f"callbacks.export.threads={latency_threads}"])
+    # Timed on the threads asked for; PyTorch gets its own count back (a multirun's next job trains on it).
+    assert {a["threads"] for a in manifest["artifacts"]} == {latency_threads}
+    assert torch.get_num_threads() == torch_threads
     assert manifest["int8_source"].startswith("post-training calibration")
     # The default callbacks.export.precisions: the int8 program alone, nothing lowered for fp32.
     assert {a["precision"] for a in manifest["artifacts"]} == {"int8"}
@@ -185,8 +190,13 @@ def test_the_export_checks_programs_against_the_logits_the_test_computed(smoke_r
             "reference_fp32": float_deploy_form(module, 4, net_builder(config)), "reference_int8": module.int8_net()})
     assert recorded["reference_int8"].shape == (64, 3, 4) and len(labels) == 64
     assert torch.allclose(recorded["reference_fp32"], fresh["reference_fp32"], atol=1e-4)
-    # int8: the test ran several videos per batch, this pass one video at a time; a float
-    # difference in the last bit can move a value across a rounding boundary, never further.
+    # int8: the test ran several videos per batch, this pass one video at a time (and earlier
+    # tests may have left another thread count), so float sums run in another order and now and
+    # then a value crosses a rounding boundary: most clips come out bit-equal, the rest move by a
+    # small part of the logits' spread (measured: 7% of clips, 0.4% of it), never by a clip's worth.
     int8_recorded, int8_fresh = recorded["reference_int8"], fresh["reference_int8"]
-    assert (int8_recorded - int8_fresh).abs().max() < 0.05
+    difference = (int8_recorded - int8_fresh).abs()
+    spread = (int8_fresh.amax(-1) - int8_fresh.amin(-1)).mean()
+    assert (difference.amax(-1) == 0).float().mean() >= 0.8
+    assert difference.max() < 0.02 * spread
     assert (int8_recorded.argmax(-1) == int8_fresh.argmax(-1)).float().mean() >= 0.98

@@ -258,8 +258,14 @@ def _build(module, datamodule, staging: Path, build_net, model_name, **settings)
     # model: move it, and have every tensor made along the way made there too.
     if module.device.type != "cpu":
         log.info("Exporting on the CPU: moving the model off %s", module.device)
-    with torch.device("cpu"):
-        return _build_on_cpu(module.cpu().eval(), datamodule, staging, build_net, model_name, **settings)
+    # Latency is timed on `threads` threads; give PyTorch its own count back afterwards, or every
+    # later job of a multirun (same process) would train on one thread.
+    torch_threads = torch.get_num_threads()
+    try:
+        with torch.device("cpu"):
+            return _build_on_cpu(module.cpu().eval(), datamodule, staging, build_net, model_name, **settings)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats,
