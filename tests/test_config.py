@@ -84,7 +84,7 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["data.decoder_threads=-1"], "data.decoder_threads must be 0 (FFmpeg chooses) or more, got -1"),
         (["callbacks.export.precisions=[int4]"], "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']"),
         (["callbacks.export.precisions=[]"], "callbacks.export.precisions must name one or more"),
-        (["data.low_res_epochs=12"], "data.low_res_epochs=12 but QAT starts at epoch 11"),
+        (["data.low_res_epochs=21"], "data.low_res_epochs=21 but QAT starts at epoch 20"),
     ],
 )
 def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):

@@ -1,6 +1,9 @@
 """Runs of the real pipeline: Lightning fast_dev_run, and the smoke experiment from the CLI."""
 
+import copy
+import functools
 import json
+
 import pytest
 import torch
 
@@ -87,3 +90,30 @@ def test_the_qat_switch_saves_the_float_model_to_fine_tune_from(smoke_run):
     assert torch.load(float_checkpoint, map_location="cpu", weights_only=False)["quantization"] is None
     net = create_model("x3d_tiny", num_classes=7, checkpoint=str(float_checkpoint))  # a new label set: a new head
     assert net.projection.model.out_features == 7
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_channels_last_clips_change_speed_not_numbers(quantized):
+    """module.channels_last (the default) hands the network channels-last clips: same logits and
+    gradients as NCTHW clips, in fp32 and in a QAT graph."""
+    torch.manual_seed(0)
+    net = create_model("x3d_tiny", num_classes=4)
+    clips, labels = torch.randn(3, 3, 4, 32, 32), torch.tensor([0, 1, 2])
+    results = {}
+    for channels_last in (True, False):
+        module = VideoClassifier(copy.deepcopy(net), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4,
+                                 channels_last=channels_last)
+        if quantized:
+            module.enter_quantization("qat", clips.shape[1:])
+        seen = []
+        module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+        module.train()
+        torch.manual_seed(1)  # the same dropout mask for both
+        logits = module(clips)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        assert seen == [channels_last]
+        results[channels_last] = (logits.detach(), [p.grad for p in module.parameters() if p.grad is not None])
+    (logits_last, grads_last), (logits_first, grads_first) = results[True], results[False]
+    assert torch.allclose(logits_last, logits_first, atol=1e-5)
+    assert len(grads_last) == len(grads_first) > 0
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads_last, grads_first))

@@ -45,6 +45,10 @@ def lower_to_executorch(model: nn.Module, example: torch.Tensor, require_full_de
 
     with torch.no_grad():
         exported = torch.export.export(model, (example,))
+    # Provenance records ("from_node") of the export, quantization and conversion passes: every
+    # lowering pass deep-copies each node's record again, 9% of the lowering time of X3D-XS int8.
+    for node in exported.graph.nodes:
+        node.meta.pop("from_node", None)
     edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     graph = edge.exported_program().graph_module.graph
     calls = [node for node in graph.nodes if node.op == "call_function"]

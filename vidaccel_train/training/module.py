@@ -29,7 +29,8 @@ class VideoClassifier(L.LightningModule):
 
     ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters. The learning
     rate warms up linearly for ``warmup_epochs`` then follows a cosine down to
-    ``min_lr_ratio`` of its peak, stepped per batch.
+    ``min_lr_ratio`` of its peak, stepped per batch. ``channels_last`` feeds the network
+    channels-last clips (same numbers to float rounding, faster convolutions).
 
     Once quantized (:meth:`enter_quantization`), ``net`` is the exported deploy form with
     fake quantization or observers; validation then logs the quantized model as ``val/*`` and
@@ -51,6 +52,7 @@ class VideoClassifier(L.LightningModule):
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
         freeze_bn_stats: bool = False,
+        channels_last: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -145,6 +147,10 @@ class VideoClassifier(L.LightningModule):
         return self._run(self.net, video)
 
     def _run(self, net: nn.Module, video: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and video.dim() == 5:
+            # oneDNN's 3-D convolutions are about twice as fast on channels-last clips (fp32 steps
+            # on the CPU; a QAT step of the deploy form about 6%); the weights keep their layout.
+            video = video.contiguous(memory_format=torch.channels_last_3d)
         if self.quant_state is None:
             return net(video)
         # Quantization simulates int8 on fp32 values: a quantized graph runs in fp32 even under
