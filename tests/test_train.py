@@ -61,8 +61,8 @@ def test_an_fp32_checkpoint_of_ours_loads_through_the_zoo(tmp_path, data_dir):
     module = VideoClassifier.load_from_checkpoint(path, net=create_model("x3d_tiny", num_classes=4),
                                                   optimizer=torch.optim.SGD).eval()
     clip = torch.randn(2, 3, 4, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(net(clip), module(clip))
+    with torch.no_grad():  # module.net, not module: the module lays clips out channels-last first
+        assert torch.equal(net(clip), module.net(clip))
 
 
 def test_a_quantized_checkpoint_is_not_mistaken_for_train_form_weights(smoke_run):
