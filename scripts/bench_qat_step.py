@@ -2,22 +2,39 @@
 
     python scripts/bench_qat_step.py --model x3d_xs --batch 8 [--device cuda] [--threads 2]
 
-fp32 is the train form (Conv3d + BatchNorm) as in the fp32 phase; QAT is the exported deploy
-form with fake quantization, as in the QAT phase. Steps alternate between the two so that
-machine noise hits both alike; medians are reported.
+fp32 is the train form (Conv3d + BatchNorm) as in the fp32 phase, with clips laid out
+channels-last as training does (``module.channels_last``, the default) and in PyTorch's default
+layout; QAT is the exported deploy form with fake quantization, as in the QAT phase, with the
+project's vectorised activation fake-quantizers (what training uses) and with torchao's stock
+ones. Steps alternate between the variants so that machine noise hits all alike; medians are
+reported, and the ratios are QAT over the fp32 step training runs. Like training, the script
+keeps freed memory in the process (:mod:`vidaccel_train.allocator`); run it with
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432`` (any malloc setting of yours) to
+measure glibc's default behaviour instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
 
+from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.models import create_model
 from vidaccel_train.models.zoo import zoo_entry
 from vidaccel_train.quantization import pt2e
+from vidaccel_train.quantization.fake_quant import FusedMovingAvgObsFakeQuantize, VectorisedFakeQuantize
+
+
+def stock_fake_quantizers(prepared: torch.nn.Module) -> torch.nn.Module:
+    """``prepared`` with torchao's own ``FusedMovingAvgObsFakeQuantize`` forward back in place."""
+    for module in prepared.modules():
+        if type(module) is VectorisedFakeQuantize:
+            module.__class__ = FusedMovingAvgObsFakeQuantize
+    return prepared
 
 
 def step_timer(model: torch.nn.Module, clip: torch.Tensor, labels: torch.Tensor):
@@ -47,6 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
+    kept = keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     entry = zoo_entry(args.model)
@@ -57,10 +75,17 @@ def main() -> None:
     clip = torch.randn(args.batch, *shape, device=device)
     labels = torch.randint(0, 400, (args.batch,), device=device)
 
+    channels_last = clip.contiguous(memory_format=torch.channels_last_3d)
     fp32 = create_model(args.model, num_classes=400).to(device).train()
     qat = pt2e.prepare(create_model(args.model, num_classes=400).to(device).eval(), shape, "qat")
     qat.train()
-    timers = {"fp32": step_timer(fp32, clip, labels), "qat": step_timer(qat, clip, labels)}
+    qat_stock = stock_fake_quantizers(copy.deepcopy(qat))
+    timers = {
+        "fp32, channels-last clips": step_timer(fp32, channels_last, labels),
+        "fp32, default layout": step_timer(fp32, clip, labels),
+        "QAT, vectorised fake-quant": step_timer(qat, clip, labels),
+        "QAT, stock fake-quant": step_timer(qat_stock, clip, labels),
+    }
     for timer in timers.values():  # warm-up
         timer(), timer()
     times = {name: [] for name in timers}
@@ -68,10 +93,12 @@ def main() -> None:
         for name, timer in timers.items():
             times[name].append(timer())
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"model={args.model} batch={args.batch} clip={shape} device={device} threads={torch.get_num_threads()}")
+    print(f"model={args.model} batch={args.batch} clip={shape} device={device} threads={torch.get_num_threads()} "
+          f"freed memory kept={kept}")
+    baseline = median["fp32, channels-last clips"]
     for name, value in median.items():
-        print(f"  {name:5s} step  median {value * 1000:8.1f} ms   ({args.batch / value:6.1f} clips/s)")
-    print(f"  QAT / fp32 step time: {median['qat'] / median['fp32']:.2f}x")
+        print(f"  {name:28s} step median {value * 1000:8.1f} ms ({args.batch / value:6.1f} clips/s)"
+              f"  {value / baseline:5.2f}x the channels-last fp32 step")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 #   cli_qat     one CLI QAT fine-tune (smoke experiment) with export: seconds, metrics, manifest
 #   throughput  training clips/s, full pipeline against in-memory tensors, X3D-XS and X3D-S, fp32
 #               and QAT, on a generated Kinetics-like set (scripts/make_kinetics_like.py) whose
-#               index is repeated so that every worker stays busy (steady state)
+#               index is repeated so that every worker stays busy (steady state), and X3D-XS
+#               again on its random-access copy (scripts/prepare_dataset.py)
+#   qat_step    QAT step time over the fp32 step (scripts/bench_qat_step.py), X3D-XS and X3D-S
 # About 8 minutes on an H100 machine with 16 cores. On a machine without network, put the
 # wheels the project needs in .whl/ first (see ../shared/device/README.md): they are
 # installed into /tmp/site. --quick shrinks the data and the measurements (CPU trial runs).
@@ -72,6 +74,16 @@ for spec in "x3d_xs $xs_batch 1" "x3d_xs $xs_batch 2" "x3d_s $s_batch 1"; do
     --model "$1" --batch "$2" --clips-per-video "$3" --workers "$workers" --samples "$samples" --steps "$steps" \
     --device "$device" --json "$out/throughput_$1_b$2_k$3.json"
 done
+step prepare_copy 240 "$python" scripts/prepare_dataset.py "$out/kinetics_like" "$out/kinetics_like_copy" \
+  --workers "$cores" --measure-videos 16
+cp "$out/kinetics_like_copy/prepare_report.json" "$out/prepare_report.json" 2>/dev/null
+step "throughput_x3d_xs_b${xs_batch}_k1_copy" 240 "$python" scripts/bench_train_throughput.py \
+  --root "$out/kinetics_like_copy" --model x3d_xs --batch "$xs_batch" --clips-per-video 1 --workers "$workers" \
+  --samples "$samples" --steps "$steps" --device "$device" --json "$out/throughput_x3d_xs_b${xs_batch}_k1_copy.json"
+for spec in "x3d_xs $xs_batch" "x3d_s $s_batch"; do
+  set -- $spec
+  step "qat_step_$1_b$2" 180 "$python" scripts/bench_qat_step.py --model "$1" --batch "$2" --device "$device" --steps "$steps"
+done
 
 "$python" - "$out" <<'EOF'
 import json, pathlib, sys
@@ -90,8 +102,10 @@ if (run / "metrics.json").exists():
 if (run / "export" / "manifest.json").exists():
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     report["cli_qat_export"] = {a["precision"]: {k: a[k] for k in ("top1", "agreement", "latency_ms")} for a in manifest["artifacts"]}
+if (out / "prepare_report.json").exists():
+    report["prepare_copy"] = json.loads((out / "prepare_report.json").read_text())
 report["throughput"] = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("throughput_*.json"))}
 (out / "device_check.json").write_text(json.dumps(report, indent=2))
 print(json.dumps({"steps": report["steps"], "gpu_tests": report.get("gpu_tests")}, indent=2))
 EOF
-rm -rf "$out/data" "$out/kinetics_like"  # generated inputs: the figures are what comes back
+rm -rf "$out/data" "$out/kinetics_like" "$out/kinetics_like_copy"  # generated inputs: the figures are what comes back

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import av
+from av.video.frame import PictureType
 import numpy as np
 import pytest
 import torch
@@ -156,3 +157,49 @@ def test_the_check_script_explains_an_unknown_layout(tmp_path):
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and "cannot tell the layout" in result.stderr and "Traceback" not in result.stderr
+
+
+def _frames_and_pictures(path):
+    """Each frame's time (s) and picture type, in display order, and the keyframe packets' indices."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [(round(float(f.pts * f.time_base), 4), PictureType(f.pict_type).name) for f in container.decode(stream)]
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        keyframes = [i for i, p in enumerate(sorted(packets, key=lambda p: p.pts)) if p.is_keyframe]
+    return frames, keyframes
+
+
+def test_the_prepare_script_writes_a_random_access_copy_that_trains(broken_dataset, tmp_path, data_dir):
+    root, planted = broken_dataset
+    copy = tmp_path / "copy"
+    result = subprocess.run(
+        [sys.executable, "scripts/prepare_dataset.py", str(root), str(copy), "--workers", "2",
+         "--keyframe-interval", "8", "--model", "x3d_tiny", "--psnr-short-side", "32", "--measure-videos", "4"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    named = sorted(line.split("\t")[0] for line in (copy / "bad_files.txt").read_text().splitlines())
+    assert named == planted
+    report = json.loads((copy / "prepare_report.json").read_text())
+    assert report["splits"]["train"]["videos"] == 12 and report["splits"]["train"]["bad"] == 4
+    assert report["random_clips"]["videos"] == 4 and report["random_clips"]["psnr_db_mean"] > 35
+    assert (copy / "labels.txt").read_text() == (root / "labels.txt").read_text()
+
+    # Every frame at its original time, a keyframe every 8 frames, no B-frames, same labels.
+    first_line = (copy / "train.txt").read_text().splitlines()[0]
+    name, label = first_line.rsplit(" ", 1)
+    original = next(p for p in (root / "train").rglob(Path(name).name))
+    copied_frames, keyframes = _frames_and_pictures(copy / name)
+    original_frames, _ = _frames_and_pictures(original)
+    assert [t for t, _ in copied_frames] == [t for t, _ in original_frames]
+    assert {kind for _, kind in copied_frames} <= {"I", "P"}
+    assert keyframes == list(range(0, len(copied_frames), 8))
+    class_names = (root / "labels.txt").read_text().split()
+    assert class_names[int(label)] == original.parent.name
+
+    run_dir = tmp_path / "run"
+    overrides = ["data=kinetics", f"data.root={copy}", "data.layout=list_file", "data.num_classes=4",
+                 "+trainer.fast_dev_run=true", *(o for o in TINY_FIT if not o.startswith("data.synthetic"))]
+    run(compose_config(run_dir, data_dir, overrides))
+    assert not (run_dir / "bad_files.txt").exists()

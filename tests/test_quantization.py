@@ -97,3 +97,51 @@ def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(
     # Everything but the classifier came from the earlier run; the classifier is new (other classes).
     assert "new label set: left projection.model.weight, projection.model.bias freshly initialised" in caplog.text
     assert _last_state(finetune)["quantization"]["start_step"] == 0
+
+
+def _stock_copy(prepared):
+    """A copy of a prepared model whose activation fake-quantizers run torchao's stock forward."""
+    import copy
+
+    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+
+    from vidaccel_train.quantization.fake_quant import VectorisedFakeQuantize
+
+    stock = copy.deepcopy(prepared)
+    swapped = 0
+    for module in stock.modules():
+        if type(module) is VectorisedFakeQuantize:
+            module.__class__ = FusedMovingAvgObsFakeQuantize
+            swapped += 1
+    return stock, swapped
+
+
+@pytest.mark.parametrize("observing, fake_quantizing", [(True, True), (False, True), (True, False)])
+def test_vectorised_fake_quantization_gives_the_stock_values_gradients_and_ranges(observing, fake_quantizing):
+    from vidaccel_train.models import create_model
+    from vidaccel_train.quantization import pt2e
+
+    torch.manual_seed(0)
+    shape = (3, 4, 32, 32)
+    fast = pt2e.prepare(create_model("x3d_xs", num_classes=5).eval(), shape, "qat")
+    fast.train()
+    stock, swapped = _stock_copy(fast)
+    assert swapped > 100  # every activation of the deploy form; weights (per channel) stay stock
+    for model in (fast, stock):
+        pt2e.set_observers(model, observing)
+        pt2e.set_fake_quant(model, fake_quantizing)
+    for step in range(3):  # ranges move between steps, and a fifth of the values lie outside them
+        clip = torch.randn(2, *shape) * (1 + 2 * step)
+        outputs = {}
+        for name, model in (("fast", fast), ("stock", stock)):
+            model.zero_grad()
+            logits = model(clip)
+            logits.square().sum().backward()
+            outputs[name] = logits, {k: p.grad for k, p in model.named_parameters()}
+        assert torch.equal(outputs["fast"][0], outputs["stock"][0])
+        assert all(torch.equal(g, outputs["stock"][1][k]) for k, g in outputs["fast"][1].items())
+        fast_state, stock_state = fast.state_dict(), stock.state_dict()
+        assert fast_state.keys() == stock_state.keys()
+        # With fake quantization off the stock op leaves scale and zero point uninitialised.
+        compared = [k for k in fast_state if fake_quantizing or not k.endswith(("scale", "zero_point"))]
+        assert all(torch.equal(fast_state[k], stock_state[k]) for k in compared)

@@ -3,6 +3,9 @@
 import copy
 import functools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -117,3 +120,29 @@ def test_channels_last_clips_change_speed_not_numbers(quantized):
     assert torch.allclose(logits_last, logits_first, atol=1e-5)
     assert len(grads_last) == len(grads_first) > 0
     assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads_last, grads_first))
+
+
+_RESIDENT_AFTER_FREE = """
+import sys, torch
+from vidaccel_train.allocator import keep_freed_memory
+kept = keep_freed_memory()
+block = torch.ones(64 * 2**20)  # 256 MB, touched
+del block
+with open("/proc/self/statm") as statm:
+    resident_mb = int(statm.read().split()[1]) * 4096 / 2**20
+print(kept, resident_mb)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_training_keeps_freed_activation_memory_unless_the_user_set_malloc_options():
+    def resident_after_free(**env):
+        result = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_FREE], env={**os.environ, **env},
+                                capture_output=True, text=True, check=True)
+        kept, resident_mb = result.stdout.split()
+        return kept == "True", float(resident_mb)
+
+    kept, kept_resident = resident_after_free()
+    untouched, default_resident = resident_after_free(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=33554432")
+    assert kept and not untouched
+    assert kept_resident > default_resident + 200  # the 256 MB block stayed for reuse

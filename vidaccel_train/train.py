@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.config import CONFIG_DIR, ConfigError, runs_on_cpu, validate
 from vidaccel_train.data.layouts import DatasetLayoutError
 from vidaccel_train.data.video_io import VideoDecodeError
@@ -42,6 +43,7 @@ def instantiate_group(group: DictConfig | None) -> list:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
     validate(cfg)
+    keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir / "checkpoints")
     if cfg.get("seed") is not None:

@@ -37,7 +37,11 @@ class ClipSpec:
         return [start_s + i * step + _EPSILON_S for i in range(self.num_frames)]
 
     def random_start(self, info: VideoInfo) -> float:
-        return float(torch.rand(())) * self._slack(info)
+        return self.start_at(info, float(torch.rand(())))
+
+    def start_at(self, info: VideoInfo, fraction: float) -> float:
+        """The start ``fraction`` of the way through the starts a clip can have."""
+        return fraction * self._slack(info)
 
     def centre_start(self, info: VideoInfo) -> float:
         return self.uniform_starts(info, 1)[0]

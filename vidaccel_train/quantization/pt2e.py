@@ -55,10 +55,13 @@ def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int]) -
 def prepare(net: nn.Module, input_shape: tuple[int, int, int, int], mode: str) -> GraphModule:
     """``net``'s deploy form with observers (``ptq``) or fake quantization (``qat``) inserted.
 
-    The result follows ``.train()``/``.eval()`` like a module (Lightning toggles it).
+    The result follows ``.train()``/``.eval()`` like a module (Lightning toggles it). QAT's
+    activation fake-quantizers round with vectorised ops on the CPU (:mod:`.fake_quant`).
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    from vidaccel_train.quantization.fake_quant import vectorise_fake_quantize
 
     if mode not in MODES:
         raise ValueError(f"quantization mode must be one of {MODES}, got '{mode}'")
@@ -67,7 +70,10 @@ def prepare(net: nn.Module, input_shape: tuple[int, int, int, int], mode: str) -
     with torch.device(device_of(net)):
         graph = export_deploy_form(net, input_shape)
         quantizer = xnnpack_quantizer(qat=mode == "qat")
-        prepared = prepare_qat_pt2e(graph, quantizer) if mode == "qat" else prepare_pt2e(graph, quantizer)
+        if mode == "qat":
+            prepared = vectorise_fake_quantize(prepare_qat_pt2e(graph, quantizer))
+        else:
+            prepared = prepare_pt2e(graph, quantizer)
     return allow_exported_model_train_eval(prepared)
 
 

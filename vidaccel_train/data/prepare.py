@@ -1,0 +1,212 @@
+"""A training copy of a video dataset made for random access: every clip re-encoded to H.264
+with a short keyframe interval, no B-frames and a smaller short side, in parallel.
+
+A random training clip of a Kinetics file (ffmpeg's defaults: a keyframe every 250 frames,
+B-frames) costs on average 125 decoded frames before its span begins; with a keyframe every
+``keyframe_interval`` frames it costs at most that many. Every frame is kept at its time, so
+clip sampling is unchanged; the re-encode costs image quality, which the report measures
+(PSNR of the copy against the original, both scaled as training sees them), with the decode
+speed of random training clips from both and the sizes.
+
+The copy is itself a dataset root in the list-file layout: ``<split>.txt`` (path relative to the
+root and label index per clip), ``labels.txt``, the files under ``<split>/<class>/``, and
+``bad_files.txt`` for source clips that could not be read (named, skipped, as training does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import av
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.layouts import LABELS_FILE, index_split
+from vidaccel_train.data.video_io import VideoDecodeError, read_clip
+
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    short_side: int = 256
+    keyframe_interval: int = 16
+    crf: int = 23
+    preset: str = "veryfast"
+
+    def even_size(self, width: int, height: int) -> tuple[int, int]:
+        """The output size: short side ``short_side`` (never upscaled), aspect kept, even sides."""
+        scale = min(1.0, self.short_side / min(width, height))
+        return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) -> None:
+    """Re-encode ``source``'s first video stream to ``target`` (H.264, yuv420p, no audio),
+    each frame at its original timestamp. Raises :class:`VideoDecodeError` naming the file."""
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with av.open(str(source)) as reader:
+            if not reader.streams.video or reader.streams.video[0].codec_context is None:
+                raise VideoDecodeError(f"{source}: no decodable video stream")
+            stream = reader.streams.video[0]
+            stream.thread_type = "AUTO"
+            width, height = settings.even_size(stream.width, stream.height)
+            with av.open(str(partial), mode="w", format="mp4") as writer:
+                rate = stream.average_rate or stream.guessed_rate or 30
+                out = writer.add_stream("libx264", rate=rate)
+                out.width, out.height, out.pix_fmt = width, height, "yuv420p"
+                out.codec_context.time_base = stream.time_base
+                out.options = {
+                    "crf": str(settings.crf),
+                    "preset": settings.preset,
+                    "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
+                                   ":scenecut=0:bframes=0",
+                }
+                written = 0
+                for frame in reader.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    scaled = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+                    scaled.pts, scaled.time_base = frame.pts, stream.time_base
+                    for packet in out.encode(scaled):
+                        writer.mux(packet)
+                    written += 1
+                for packet in out.encode():
+                    writer.mux(packet)
+        if not written:
+            raise VideoDecodeError(f"{source}: no decodable frames")
+        partial.replace(target)
+    except VideoDecodeError:
+        partial.unlink(missing_ok=True)
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        partial.unlink(missing_ok=True)
+        raise VideoDecodeError(f"{source}: cannot be re-encoded ({err})") from err
+
+
+def _transcode_job(args: tuple[str, str, EncodeSettings]) -> str | None:
+    source, target, settings = args
+    try:
+        transcode(source, target, settings)
+    except VideoDecodeError as err:
+        return str(err).removeprefix(f"{source}: ")
+    return None
+
+
+def _target_names(samples: Sequence[tuple[str, int]], split: str, class_names: list[str]) -> list[str]:
+    """``<split>/<class>/<stem>.mp4`` for each sample, numbered where two stems would collide."""
+    taken: set[str] = set()
+    names = []
+    for path, label in samples:
+        stem, name, n = Path(path).stem, None, 0
+        while name is None or name in taken:
+            name = f"{split}/{class_names[label]}/{stem if n == 0 else f'{stem}_{n}'}.mp4"
+            n += 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _random_clip_reads(paths: Sequence[str], clip: ClipSpec, starts: Sequence[float]) -> tuple[float, list[torch.Tensor]]:
+    """Seconds per random training clip (one decoder thread, as loader workers decode) and the clips."""
+    clips = []
+    began = time.perf_counter()
+    for path, fraction in zip(paths, starts):
+        frames, _ = read_clip(path, lambda info, f=fraction: clip.timestamps(clip.start_at(info, f)), threads=1)
+        clips.append(frames)
+    return (time.perf_counter() - began) / max(1, len(paths)), clips
+
+
+def _psnr_as_trained(original: torch.Tensor, copy: torch.Tensor, short_side: int) -> float:
+    """PSNR (dB) of ``copy`` against ``original`` (uint8 ``(T, 3, H, W)``), both resized to the
+    short side training resizes to, so that the copy's smaller size does not count as loss."""
+    def scaled(frames):
+        height, width = frames.shape[-2:]
+        size = (round(height * short_side / min(height, width)), round(width * short_side / min(height, width)))
+        return torch.nn.functional.interpolate(frames.float(), size=size, mode="bilinear", antialias=True)
+
+    mse = torch.mean((scaled(original) - scaled(copy)) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def measure(pairs: Sequence[tuple[str, str]], clip: ClipSpec, train_short_side: int, seed: int = 0) -> dict:
+    """Random training clips from originals and copies (the same starts), timed, and compared."""
+    rng = random.Random(seed)
+    starts = [rng.random() for _ in pairs]
+    originals, copies = [p for p, _ in pairs], [c for _, c in pairs]
+    _random_clip_reads(originals[:1] + copies[:1], clip, starts[:2])  # warm the file cache and codecs
+    original_s, original_clips = _random_clip_reads(originals, clip, starts)
+    copy_s, copy_clips = _random_clip_reads(copies, clip, starts)
+    psnr = [_psnr_as_trained(a, b, train_short_side) for a, b in zip(original_clips, copy_clips) if a.shape[0] == b.shape[0]]
+    return {
+        "videos": len(pairs),
+        "clip": {"num_frames": clip.num_frames, "sampling_rate": clip.sampling_rate, "target_fps": clip.target_fps},
+        "original_clips_per_s": 1 / original_s,
+        "copy_clips_per_s": 1 / copy_s,
+        "speedup": original_s / copy_s,
+        "psnr_db_mean": sum(psnr) / len(psnr) if psnr else math.nan,
+        "psnr_db_min": min(psnr) if psnr else math.nan,
+        "psnr_at_short_side": train_short_side,
+    }
+
+
+def prepare_dataset(
+    root: str | Path,
+    out_dir: str | Path,
+    splits: Sequence[str] = ("train", "val", "test"),
+    layout: str = "auto",
+    settings: EncodeSettings = EncodeSettings(),
+    workers: int = 4,
+    measure_videos: int = 32,
+    clip: ClipSpec = ClipSpec(4, 12),
+    train_short_side: int = 182,
+) -> dict:
+    """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    indexes, class_names = {}, None
+    for split in splits:
+        indexes[split] = index_split(root, split, layout, class_names)
+        class_names = indexes[split].class_names
+    bad = {path: why for index in indexes.values() for path, why in index.missing.items()}
+    report = {"root": str(Path(root).resolve()), "settings": vars(settings) | {"bframes": 0}, "splits": {}}
+    pairs: list[tuple[str, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max(1, workers)) as pool, Progress(*columns) as progress:
+        for split, index in indexes.items():
+            task = progress.add_task(f"re-encoding {split}", total=len(index.samples))
+            names = _target_names(index.samples, split, class_names)
+            jobs = [(path, str(out_dir / name), settings) for (path, _), name in zip(index.samples, names)]
+            lines, bytes_in, bytes_out = [], 0, 0
+            for (path, label), name, reason in zip(index.samples, names, pool.map(_transcode_job, jobs, chunksize=2)):
+                progress.advance(task)
+                if reason is not None:
+                    bad[path] = reason
+                    continue
+                lines.append(f"{name} {label}\n")
+                bytes_in += Path(path).stat().st_size
+                bytes_out += (out_dir / name).stat().st_size
+                if split == splits[0]:
+                    pairs.append((path, str(out_dir / name)))
+            (out_dir / f"{split}.txt").write_text("".join(lines))
+            report["splits"][split] = {"videos": len(lines), "bad": len(index.samples) - len(lines),
+                                       "missing": len(index.missing), "original_mb": bytes_in / 1e6,
+                                       "copy_mb": bytes_out / 1e6}
+    report["encode_s"] = time.perf_counter() - started
+    (out_dir / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
+    (out_dir / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in sorted(bad.items())))
+    sample = random.Random(0).sample(pairs, min(measure_videos, len(pairs)))
+    report["random_clips"] = measure(sample, clip, train_short_side) if sample else None
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    return report
