@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a machine with a GPU (and, minus the GPU parts, for any machine):
 #
-#     bash scripts/device_check.sh OUT_DIR [--quick]
+#     bash scripts/device_check.sh OUT_DIR [--quick] [--part tests|speed]
 #
 # Writes OUT_DIR/device_check.log (everything printed) and OUT_DIR/device_check.json:
 #   env         GPU, CUDA, torch / lightning / torchao / executorch versions, cores
@@ -12,12 +12,25 @@
 #               index is repeated so that every worker stays busy (steady state), and X3D-XS
 #               again on its random-access copy (scripts/prepare_dataset.py)
 #   qat_step    QAT step time over the fp32 step (scripts/bench_qat_step.py), X3D-XS and X3D-S
-# About 8 minutes on an H100 machine with 16 cores. On a machine without network, put the
+# About 10 minutes on an H100 machine with 16 cores; where one command may run 10 minutes at
+# most, run --part tests (env, gpu_tests, cli_qat) and --part speed (env, the data, throughput,
+# prepare_copy, qat_step) as two calls into two OUT_DIRs. On a machine without network, put the
 # wheels the project needs in .whl/ first (see ../shared/device/README.md): they are
-# installed into /tmp/site. --quick shrinks the data and the measurements (CPU trial runs).
+# installed into /tmp/site. --quick shrinks the data and the measurements (CPU trial runs:
+# 10 minutes on 2 cores).
 set -uo pipefail
-out=$(realpath -m "${1:?usage: bash scripts/device_check.sh OUT_DIR [--quick]}")
-quick=${2:-}
+out=$(realpath -m "${1:?usage: bash scripts/device_check.sh OUT_DIR [--quick] [--part tests|speed]}")
+shift
+quick= part=all
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=--quick ;;
+    --part) part=${2:?--part takes tests or speed}; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+case $part in tests|speed|all) ;; *) echo "--part takes tests or speed, not $part" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 exec > >(tee "$out/device_check.log") 2>&1
@@ -57,12 +70,16 @@ print(json.dumps(info, indent=2))
 open(sys.argv[1], "w").write(json.dumps(info))
 EOF
 
+if [ "$part" != speed ]; then
 step gpu_tests 330 "$python" -m pytest -q -p no:cacheprovider -m "gpu or not gpu" tests/test_gpu.py tests/test_devices.py \
   --junitxml="$out/gpu_tests.xml"
 
 trainer=$([ "$gpu" = 1 ] && echo trainer=gpu || echo trainer=cpu)
 step cli_qat 300 "$python" -m vidaccel_train experiment=smoke "$trainer" "hydra.run.dir=$out/cli_qat" \
   "paths.data_dir=$out/data" callbacks.rich_progress_bar=null callbacks.export.latency_repeats=5
+fi
+
+if [ "$part" != tests ]; then
 
 if [ "$quick" = --quick ]; then per_class=2; samples=64; steps=4; workers=$cores; xs_batch=8; s_batch=4
 else per_class=8; samples=1920; steps=20; workers=$((cores > 1 ? cores - 1 : 1)); xs_batch=64; s_batch=32; fi
@@ -84,6 +101,7 @@ for spec in "x3d_xs $xs_batch" "x3d_s $s_batch"; do
   set -- $spec
   step "qat_step_$1_b$2" 180 "$python" scripts/bench_qat_step.py --model "$1" --batch "$2" --device "$device" --steps "$steps"
 done
+fi
 
 "$python" - "$out" <<'EOF'
 import json, pathlib, sys
