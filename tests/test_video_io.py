@@ -110,3 +110,35 @@ def test_frames_far_from_a_keyframe_are_exact_with_non_reference_frames_skipped(
         shown = [max((f for t, f in decoded if t <= w), key=lambda f: f.pts) for w in wanted]
         expected = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in shown])).permute(0, 3, 1, 2)
         assert torch.equal(read_frames_at(path, wanted), expected)
+
+
+@pytest.mark.parametrize(
+    "clips",
+    [
+        [[0.35, 0.75, 1.15, 1.55], [9.05, 9.45, 9.85, 10.25]],  # far apart: the second is reached by seeking
+        [[9.05, 9.45, 9.85, 10.25], [0.35, 0.75, 1.15, 1.55]],  # the later clip asked first
+        [[0.05, 0.35], [3.05, 3.35], [6.05, 6.35], [11.55, 11.85]],  # multi-view: clips spread over the video
+        [[0.05, 11.95], [5.05, 5.15]],  # one span around the other
+    ],
+)
+def test_far_apart_clips_of_a_short_keyframe_interval_file_equal_each_clip_read_alone(tmp_path, clips):
+    """A file made for random access (12 s, a keyframe every 4 frames, B-frames): clips seconds
+    apart in one read skip the frames between them by seeking, and come back exactly as read alone."""
+    import av
+
+    path = tmp_path / "short_gop.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.options = {"qp": "0", "preset": "veryfast", "x264-params": "keyint=4:min-keyint=4:scenecut=0"}
+        for i in range(60):  # frame i has brightness 4 * i
+            array = np.full((32, 48, 3), 4 * i, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    frames, _ = read_clip(path, lambda info: [t for clip in clips for t in clip])
+    offsets = np.cumsum([0] + [len(clip) for clip in clips])
+    for clip, start, end in zip(clips, offsets, offsets[1:]):
+        got = frames[start:end]
+        assert torch.equal(got, read_frames_at(path, clip))
+        brightness = got.float().mean(dim=(1, 2, 3)) / 4
+        np.testing.assert_allclose(brightness.numpy(), [min(int(t * 5), 59) for t in clip], atol=0.5)

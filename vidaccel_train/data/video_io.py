@@ -108,19 +108,34 @@ _SKIP_MARGIN_FRAMES = 2
 
 def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | None]:
     """The frame shown at each of the sorted ``wanted`` times, decoding from the keyframe before
-    the first; non-reference frames well before the next wanted time are not decoded at all."""
+    the first; non-reference frames well before the next wanted time are not decoded at all, and
+    a wanted time more than two keyframe intervals ahead is reached by seeking (files made for
+    random access, with a keyframe every few frames, then cost little between far-apart clips)."""
     time_base = float(stream.time_base)
     rate = float(stream.average_rate or stream.guessed_rate or 0.0)
     margin = _SKIP_MARGIN_FRAMES / rate if rate > 0 else math.inf  # unknown rate: skip nothing
     codec = stream.codec_context
-    start_pts = int(max(wanted[0], 0.0) / time_base)
-    container.seek(start_pts, stream=stream, backward=True, any_frame=False)
     picked: list[np.ndarray | None] = [None] * len(wanted)
     next_slot = 0
     previous = None  # (frame, its rgb array once converted)
-    for packet in container.demux(stream):
+    keyframes: list[float] = []  # times of the keyframes passed: their widest gap bounds a seek's cost
+    packets = _seek(container, stream, wanted[0])
+    seeked_for = 0
+    while True:
+        packet = next(packets, None)
+        if packet is None:
+            break
         if packet.pts is not None:
-            codec.skip_frame = "NONREF" if packet.pts * time_base < wanted[next_slot] - margin else "DEFAULT"
+            t_packet = packet.pts * time_base
+            if packet.is_keyframe and (not keyframes or t_packet > keyframes[-1]):
+                keyframes.append(t_packet)
+            if seeked_for < next_slot and len(keyframes) > 1:
+                interval = max(b - a for a, b in zip(keyframes, keyframes[1:]))
+                if wanted[next_slot] - t_packet > 2 * interval:
+                    seeked_for, previous, keyframes = next_slot, None, []
+                    packets = _seek(container, stream, wanted[next_slot])
+                    continue
+            codec.skip_frame = "NONREF" if t_packet < wanted[next_slot] - margin else "DEFAULT"
         for frame in packet.decode():
             if frame.pts is None:
                 continue
@@ -140,6 +155,12 @@ def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | No
         for slot in range(next_slot, len(wanted)):
             picked[slot] = array
     return picked
+
+
+def _seek(container, stream, time_s: float):
+    """Packets from the keyframe at or before ``time_s`` on (the decoder is flushed)."""
+    container.seek(int(max(time_s, 0.0) / float(stream.time_base)), stream=stream, backward=True, any_frame=False)
+    return iter(container.demux(stream))
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, qp: int = 20) -> None:
