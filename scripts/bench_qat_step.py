@@ -26,15 +26,7 @@ from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.models import create_model
 from vidaccel_train.models.zoo import zoo_entry
 from vidaccel_train.quantization import pt2e
-from vidaccel_train.quantization.fake_quant import FusedMovingAvgObsFakeQuantize, VectorisedFakeQuantize
-
-
-def stock_fake_quantizers(prepared: torch.nn.Module) -> torch.nn.Module:
-    """``prepared`` with torchao's own ``FusedMovingAvgObsFakeQuantize`` forward back in place."""
-    for module in prepared.modules():
-        if type(module) is VectorisedFakeQuantize:
-            module.__class__ = FusedMovingAvgObsFakeQuantize
-    return prepared
+from vidaccel_train.quantization.fake_quant import vectorise_fake_quantize
 
 
 def step_timer(model: torch.nn.Module, clip: torch.Tensor, labels: torch.Tensor):
@@ -79,7 +71,7 @@ def main() -> None:
     fp32 = create_model(args.model, num_classes=400).to(device).train()
     qat = pt2e.prepare(create_model(args.model, num_classes=400).to(device).eval(), shape, "qat")
     qat.train()
-    qat_stock = stock_fake_quantizers(copy.deepcopy(qat))
+    qat_stock = vectorise_fake_quantize(copy.deepcopy(qat), enabled=False)
     timers = {
         "fp32, channels-last clips": step_timer(fp32, channels_last, labels),
         "fp32, default layout": step_timer(fp32, clip, labels),

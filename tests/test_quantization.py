@@ -1,5 +1,6 @@
 """QAT and PTQ on generated data through the real pipeline."""
 
+import copy
 import json
 
 import pytest
@@ -99,34 +100,20 @@ def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(
     assert _last_state(finetune)["quantization"]["start_step"] == 0
 
 
-def _stock_copy(prepared):
-    """A copy of a prepared model whose activation fake-quantizers run torchao's stock forward."""
-    import copy
-
-    from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
-
-    from vidaccel_train.quantization.fake_quant import VectorisedFakeQuantize
-
-    stock = copy.deepcopy(prepared)
-    swapped = 0
-    for module in stock.modules():
-        if type(module) is VectorisedFakeQuantize:
-            module.__class__ = FusedMovingAvgObsFakeQuantize
-            swapped += 1
-    return stock, swapped
-
-
 @pytest.mark.parametrize("observing, fake_quantizing", [(True, True), (False, True), (True, False)])
 def test_vectorised_fake_quantization_gives_the_stock_values_gradients_and_ranges(observing, fake_quantizing):
     from vidaccel_train.models import create_model
     from vidaccel_train.quantization import pt2e
+    from vidaccel_train.quantization.fake_quant import VectorisedFakeQuantize, vectorise_fake_quantize
 
     torch.manual_seed(0)
     shape = (3, 4, 32, 32)
     fast = pt2e.prepare(create_model("x3d_xs", num_classes=5).eval(), shape, "qat")
     fast.train()
-    stock, swapped = _stock_copy(fast)
-    assert swapped > 100  # every activation of the deploy form; weights (per channel) stay stock
+    vectorised = [m for m in fast.modules() if isinstance(m, VectorisedFakeQuantize)]
+    assert len(vectorised) > 100  # every activation of the deploy form; weights (per channel) stay stock
+    stock = vectorise_fake_quantize(copy.deepcopy(fast), enabled=False)
+    assert not any(isinstance(m, VectorisedFakeQuantize) for m in stock.modules())
     for model in (fast, stock):
         pt2e.set_observers(model, observing)
         pt2e.set_fake_quant(model, fake_quantizing)

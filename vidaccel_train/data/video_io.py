@@ -118,7 +118,8 @@ def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | No
     picked: list[np.ndarray | None] = [None] * len(wanted)
     next_slot = 0
     previous = None  # (frame, its rgb array once converted)
-    keyframes: list[float] = []  # times of the keyframes passed: their widest gap bounds a seek's cost
+    # The widest gap between keyframes passed since the last seek bounds what a seek costs.
+    last_keyframe, keyframe_gap = None, 0.0
     packets = _seek(container, stream, wanted[0])
     seeked_for = 0
     while True:
@@ -127,14 +128,14 @@ def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | No
             break
         if packet.pts is not None:
             t_packet = packet.pts * time_base
-            if packet.is_keyframe and (not keyframes or t_packet > keyframes[-1]):
-                keyframes.append(t_packet)
-            if seeked_for < next_slot and len(keyframes) > 1:
-                interval = max(b - a for a, b in zip(keyframes, keyframes[1:]))
-                if wanted[next_slot] - t_packet > 2 * interval:
-                    seeked_for, previous, keyframes = next_slot, None, []
-                    packets = _seek(container, stream, wanted[next_slot])
-                    continue
+            if packet.is_keyframe and (last_keyframe is None or t_packet > last_keyframe):
+                if last_keyframe is not None:
+                    keyframe_gap = max(keyframe_gap, t_packet - last_keyframe)
+                last_keyframe = t_packet
+            if seeked_for < next_slot and keyframe_gap > 0 and wanted[next_slot] - t_packet > 2 * keyframe_gap:
+                seeked_for, previous, last_keyframe, keyframe_gap = next_slot, None, None, 0.0
+                packets = _seek(container, stream, wanted[next_slot])
+                continue
             codec.skip_frame = "NONREF" if t_packet < wanted[next_slot] - margin else "DEFAULT"
         for frame in packet.decode():
             if frame.pts is None:

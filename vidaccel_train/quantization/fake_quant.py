@@ -60,9 +60,13 @@ class VectorisedFakeQuantize(FusedMovingAvgObsFakeQuantize):
         return _RoundToGrid.apply(x, float(self.scale), int(self.zero_point), observer.quant_min, observer.quant_max)
 
 
-def vectorise_fake_quantize(prepared: nn.Module) -> nn.Module:
-    """Switch a prepared model's stock fused fake-quantizers to :class:`VectorisedFakeQuantize`."""
+def vectorise_fake_quantize(prepared: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch a prepared model's fused fake-quantizers to :class:`VectorisedFakeQuantize` (or,
+    with ``enabled=False``, back to torchao's stock forward, as benchmarks and tests compare)."""
+    old, new = FusedMovingAvgObsFakeQuantize, VectorisedFakeQuantize
+    if not enabled:
+        old, new = new, old
     for module in prepared.modules():
-        if type(module) is FusedMovingAvgObsFakeQuantize:
-            module.__class__ = VectorisedFakeQuantize
+        if type(module) is old:
+            module.__class__ = new
     return prepared
