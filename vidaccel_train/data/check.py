@@ -17,11 +17,23 @@ from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vidaccel_train.data.layouts import LABELS_FILE, index_split
+from vidaccel_train.data.layouts import LABELS_FILE, index_splits
 from vidaccel_train.data.video_io import VideoDecodeError, probe, read_frames_at
 
 # Where in a video the check decodes a frame, as fractions of its duration.
 CHECK_POINTS = (0.0, 0.5, 0.98)
+
+
+def file_progress() -> Progress:
+    """The progress bar of the per-file dataset tools: description, bar, done/total, time left."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def write_labels_and_bad_files(out_dir: Path, class_names: list[str], bad: dict[str, str]) -> None:
+    """``labels.txt`` (the class order) and ``bad_files.txt`` (``<path>\t<reason>``) of a dataset
+    root the tools write."""
+    (out_dir / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
+    (out_dir / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in sorted(bad.items())))
 
 
 def check_video(path: str, min_duration_s: float = 0.0) -> str | None:
@@ -52,15 +64,10 @@ def check_dataset(
     """Check every split of ``root`` and write the clean index to ``out_dir``; returns the summary."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    indexes = {}
-    class_names = None
-    for split in splits:
-        indexes[split] = index_split(root, split, layout, class_names)
-        class_names = indexes[split].class_names
+    indexes, class_names = index_splits(root, splits, layout)
     bad: dict[str, str] = {path: why for index in indexes.values() for path, why in index.missing.items()}
     summary = {"root": str(Path(root).resolve()), "classes": len(class_names), "splits": {}}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with ProcessPoolExecutor(max(1, workers)) as pool, Progress(*columns) as progress:
+    with ProcessPoolExecutor(max(1, workers)) as pool, file_progress() as progress:
         for split, index in indexes.items():
             task = progress.add_task(f"checking {split}", total=len(index.samples))
             jobs = [(path, min_duration_s) for path, _ in index.samples]
@@ -73,7 +80,6 @@ def check_dataset(
                     bad[path] = reason
             (out_dir / f"{split}.txt").write_text("".join(good))
             summary["splits"][split] = {"readable": len(good), "bad": len(index.samples) - len(good), "missing": len(index.missing)}
-    (out_dir / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
-    (out_dir / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in sorted(bad.items())))
+    write_labels_and_bad_files(out_dir, class_names, bad)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -68,6 +68,16 @@ def index_split(root: str | Path, split: str, layout: str = "auto", class_names:
     raise DatasetLayoutError(f"unknown data.layout={layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
 
 
+def index_splits(root: str | Path, splits, layout: str = "auto") -> tuple[dict[str, SplitIndex], list[str]]:
+    """Every split of ``root`` indexed with the same class names (the first split's), and those names."""
+    indexes: dict[str, SplitIndex] = {}
+    class_names = None
+    for split in splits:
+        indexes[split] = index_split(root, split, layout, class_names)
+        class_names = indexes[split].class_names
+    return indexes, class_names
+
+
 def detect_layout(root: Path, split: str) -> str:
     csv_file = _find_split_file(root, split, (".csv",))
     if csv_file is not None:

@@ -26,10 +26,10 @@ from typing import Sequence
 
 import av
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vidaccel_train.data.check import file_progress, write_labels_and_bad_files
 from vidaccel_train.data.clips import ClipSpec
-from vidaccel_train.data.layouts import LABELS_FILE, index_split
+from vidaccel_train.data.layouts import index_splits
 from vidaccel_train.data.video_io import VideoDecodeError, read_clip
 
 REPORT_FILE = "prepare_report.json"
@@ -147,7 +147,7 @@ def measure(pairs: Sequence[tuple[str, str]], clip: ClipSpec, train_short_side: 
     _random_clip_reads(originals[:1] + copies[:1], clip, starts[:2])  # warm the file cache and codecs
     original_s, original_clips = _random_clip_reads(originals, clip, starts)
     copy_s, copy_clips = _random_clip_reads(copies, clip, starts)
-    psnr = [_psnr_as_trained(a, b, train_short_side) for a, b in zip(original_clips, copy_clips) if a.shape[0] == b.shape[0]]
+    psnr = [_psnr_as_trained(a, b, train_short_side) for a, b in zip(original_clips, copy_clips)]
     return {
         "videos": len(pairs),
         "clip": {"num_frames": clip.num_frames, "sampling_rate": clip.sampling_rate, "target_fps": clip.target_fps},
@@ -174,16 +174,12 @@ def prepare_dataset(
     """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    indexes, class_names = {}, None
-    for split in splits:
-        indexes[split] = index_split(root, split, layout, class_names)
-        class_names = indexes[split].class_names
+    indexes, class_names = index_splits(root, splits, layout)
     bad = {path: why for index in indexes.values() for path, why in index.missing.items()}
     report = {"root": str(Path(root).resolve()), "settings": vars(settings) | {"bframes": 0}, "splits": {}}
     pairs: list[tuple[str, str]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     started = time.perf_counter()
-    with ProcessPoolExecutor(max(1, workers)) as pool, Progress(*columns) as progress:
+    with ProcessPoolExecutor(max(1, workers)) as pool, file_progress() as progress:
         for split, index in indexes.items():
             task = progress.add_task(f"re-encoding {split}", total=len(index.samples))
             names = _target_names(index.samples, split, class_names)
@@ -204,8 +200,7 @@ def prepare_dataset(
                                        "missing": len(index.missing), "original_mb": bytes_in / 1e6,
                                        "copy_mb": bytes_out / 1e6}
     report["encode_s"] = time.perf_counter() - started
-    (out_dir / LABELS_FILE).write_text("".join(f"{name}\n" for name in class_names))
-    (out_dir / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in sorted(bad.items())))
+    write_labels_and_bad_files(out_dir, class_names, bad)
     sample = random.Random(0).sample(pairs, min(measure_videos, len(pairs)))
     report["random_clips"] = measure(sample, clip, train_short_side) if sample else None
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
