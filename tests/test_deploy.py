@@ -118,6 +118,27 @@ def test_tiny_deploy_form_lowers_whole_to_xnnpack_and_runs_in_executorch(tiny_pa
         assert (program(clip) - model(clip)).abs().max() <= 1e-4
 
 
+def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothing_changed(tiny_pair, monkeypatch):
+    """The shortcuts only skip work: an int8 program (whose operators XNNPACK keeps whole) comes out
+    identical to stock ExecuTorch's, and the process is left as it was found."""
+    import os
+
+    from torch.fx.traceback import NodeSource
+
+    from vidaccel_train.quantization import pt2e
+
+    model, _ = tiny_pair
+    prepared = pt2e.prepare(model, (3, 4, 32, 32), "ptq")
+    pt2e.calibrate(prepared, [{"video": torch.randn(2, 3, 4, 32, 32)} for _ in range(2)], 2)
+    int8 = pt2e.convert_int8(prepared)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as Lightning sets it
+    fast = lower_to_executorch(int8, clip)
+    stock = lower_to_executorch(int8, clip, shortcuts=False)
+    assert fast.undelegated == {} and fast.buffer == stock.buffer
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1" and "__deepcopy__" not in NodeSource.__dict__
+
+
 def test_the_train_form_does_not_lower_and_the_error_names_the_operators(tiny_pair):
     model, _ = tiny_pair
     with pytest.raises(LoweringError, match="convolution"):

@@ -63,6 +63,23 @@ def test_a_quantized_model_moves_whole_to_another_device():
     assert {t.device.type for t in _tensors(int8)} == {"meta"}
 
 
+def test_the_int8_conversion_is_reused_until_weights_or_ranges_may_change():
+    """The test converts once and the export reuses it; training or loaded weights convert again."""
+    module = _module()
+    module.enter_quantization("qat", CLIP)
+    module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
+    module.eval()
+    tested = module.int8_net()
+    module.eval()  # the export puts the tested model in eval mode again
+    assert module.int8_net() is tested
+    module.load_state_dict(module.state_dict())
+    reloaded = module.int8_net()
+    assert reloaded is not tested
+    module.train()
+    module.eval()
+    assert module.int8_net() is not reloaded
+
+
 def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     cfg = compose_config(run_dir, data_dir, TINY_FIT)

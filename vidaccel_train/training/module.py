@@ -18,6 +18,10 @@ from vidaccel_train.training.reports import write_confusion_matrix
 TEST_STAGES = ("test", "test_fp32")
 
 
+def _drop_int8_cache(module: "VideoClassifier", incompatible_keys) -> None:
+    module._int8_cache.clear()
+
+
 def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
     """``(videos, views, classes)`` logits -> per-video class probabilities: the mean of the
     views' softmax, as the X3D and SlowFast papers test."""
@@ -81,8 +85,10 @@ class VideoClassifier(L.LightningModule):
         self.run_config: dict[str, Any] | None = None
         # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale"}.
         self.quant_state: dict[str, Any] | None = None
-        # The converted int8 model per device, kept out of the state_dict; rebuilt when the weights may change.
+        # The converted int8 model per device, kept out of the state_dict; dropped whenever the
+        # weights or ranges may change: training mode, a loaded state dict, frozen observers.
         self._int8_cache: dict[str, nn.Module] = {}
+        self.register_load_state_dict_post_hook(_drop_int8_cache)
         # Each test stage's logits, (videos, views, classes), when the whole test ran here in fp32
         # on the CPU: the export checks its programs against these instead of computing them again.
         self.test_logits: dict[str, torch.Tensor] = {}
@@ -132,7 +138,8 @@ class VideoClassifier(L.LightningModule):
         if self.quant_state is not None:
             learning = mode and self.quant_state["mode"] == "qat" and not self.quant_state["observers_frozen"]
             pt2e.set_observers(self.net, learning)
-            self._int8_cache.clear()
+            if mode:
+                self._int8_cache.clear()
         return self
 
     def on_validation_model_train(self) -> None:
