@@ -27,10 +27,10 @@ def test_main_job_learns_quantizes_and_exports_within_ten_minutes(tmp_path, data
     metrics = run(compose_config(tmp_path, data_dir, []))
     minutes = (time.perf_counter() - started) / 60
     assert metrics["test_fp32/top1"] >= MAIN_JOB_FLOOR, metrics  # chance: 0.125
-    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 1 / 64, metrics
+    assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 1 / 128, metrics  # one of 128 test videos
     manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
     assert manifest["model"] == "x3d_xs" and manifest["input_shape"] == [1, 3, 4, 160, 160]
     (int8,) = manifest["artifacts"]
-    assert int8["top1"] == pytest.approx(metrics["test/top1"], abs=1 / 64) and int8["clip_agreement"] >= 0.97
+    assert int8["top1"] == pytest.approx(metrics["test/top1"], abs=1 / 128) and int8["clip_agreement"] >= 0.97
     assert (tmp_path / "checkpoints" / "fp32.ckpt").is_file()  # what experiment=finetune starts from
     assert minutes < 12, f"{minutes:.1f} minutes"  # 10 on an idle 2-core machine; pytest adds its own load
