@@ -1,6 +1,7 @@
 """A fit killed at any point resumes with `ckpt_path=last` in the same run directory and ends
 with the metrics and weights of a run that was never stopped; SIGTERM saves a checkpoint first."""
 
+import csv
 import json
 import os
 import signal
@@ -41,6 +42,12 @@ def _kill_then_resume(run_dir, data_dir, kill: list[str], extra: list[str] = ())
     return killed, resumed
 
 
+def _validation_by_epoch(run_dir):
+    with open(run_dir / "csv" / "metrics.csv", newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row.get("val/loss")]
+    return [int(float(row["epoch"])) for row in rows], [float(row["val/loss"]) for row in rows]
+
+
 def _assert_same_end(run_dir, unstopped, compared=COMPARED):
     expected, got = _metrics(unstopped), _metrics(run_dir)
     for key in compared:
@@ -55,6 +62,10 @@ def test_sigkill_inside_the_qat_phase_mid_epoch(tmp_path, data_dir, unstopped):
                                                        "+callbacks.kill.batch=1"])
     assert killed.returncode == -signal.SIGKILL
     _assert_same_end(tmp_path, unstopped)
+    # The log keeps the epochs before the kill (Lightning's own CSV logger deletes them on resume).
+    (epochs, losses), (expected_epochs, expected_losses) = _validation_by_epoch(tmp_path), _validation_by_epoch(unstopped)
+    assert epochs == expected_epochs == [0, 1, 2, 3]
+    assert losses == pytest.approx(expected_losses, abs=1e-6)
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path, data_dir, unstopped):

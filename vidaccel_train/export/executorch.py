@@ -37,7 +37,7 @@ def _op_name(target) -> str:
 
 @contextlib.contextmanager
 def _lowering_shortcuts():
-    """Two costs of lowering that do not change the program (measured on X3D-XS int8, 2 cores):
+    """Costs of lowering that do not change the program (measured on X3D-XS int8, 2 cores):
 
     - Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, under which every fake-tensor operation
       of every pass asks NVML for the GPU count (a failed ``dlopen`` per call without a GPU):

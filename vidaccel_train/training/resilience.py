@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import logging
@@ -13,6 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vidaccel_train.models.zoo import CheckpointError
@@ -64,6 +68,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"checkpoint needs {len(data) / 1e6:.1f} MB; free space there (or start over in another "
                 "hydra.run.dir), then resume with ckpt_path=last"
             ) from None
+
+
+class _ResumedMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes the run's ``metrics.csv`` when it starts, so a resumed run
+    would lose every row before its checkpoint. This one keeps them: rows logged before the first
+    step the resumed run logs stay, later rows (from the part of the stopped run after its
+    checkpoint, which the resumed run logs again) are replaced."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._earlier_rows: list[dict[str, str]] | None = None
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as stream:
+                reader = csv.DictReader(stream)
+                self._earlier_rows = list(reader)
+                self.metrics_keys = sorted(reader.fieldnames or [])
+
+    def save(self) -> None:
+        if self.metrics and self._earlier_rows is not None:
+            first_step = min(row["step"] for row in self.metrics)
+            kept = [row for row in self._earlier_rows if float(row.get("step") or 0) < first_step]
+            with self._fs.open(self.metrics_file_path, "w", newline="") as stream:
+                writer = csv.DictWriter(stream, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            self._earlier_rows = None
+        super().save()
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` whose ``metrics.csv`` survives a resume into the same directory."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumedMetricsWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def remove_stale_staging(checkpoint_dir: str | Path) -> None:
