@@ -73,6 +73,14 @@ def test_a_different_spec_is_a_different_dataset(tmp_path):
     assert generate_dataset(tmp_path, small) != generate_dataset(tmp_path, other)
 
 
+def test_a_dataset_an_older_renderer_wrote_is_not_reused(monkeypatch):
+    from vidaccel_train.data import synthetic
+
+    today = synthetic.dataset_dir("data", TINY_SPEC)
+    monkeypatch.setattr(synthetic, "RENDERING_VERSION", synthetic.RENDERING_VERSION - 1)
+    assert synthetic.dataset_dir("data", TINY_SPEC) != today
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"classes": ("move_left", "teleport")}, "teleport"), ({"height": 31}, "even"), ({"clips_per_class": {"train": 1}}, "val"),

@@ -45,6 +45,9 @@ MOTIONS: dict[str, tuple[float, float, float, float]] = {
 SPLITS = ("train", "val", "test")
 TEXTURES = ("smooth", "sharp")
 DONE_MARKER = "spec.json"
+# Part of every dataset's fingerprint: raised whenever render_clip draws different frames for the
+# same spec, so a dataset an older generator wrote is not reused as if it were this one's.
+RENDERING_VERSION = 2  # 2: zoom as fast as the translations
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class SyntheticSpec:
             raise ValueError(f"synthetic clips_per_class needs a count for {missing}")
 
     def fingerprint(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=list).encode()
+        blob = json.dumps({**asdict(self), "rendering": RENDERING_VERSION}, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
