@@ -1,9 +1,9 @@
-"""Lowering time of an int8 X3D program: ExecuTorch as shipped against this project's shortcuts.
+"""Lowering time of an int8 X3D program: ExecuTorch's defaults against this project's shortcuts.
 
     python scripts/bench_lowering.py --model x3d_xs --repeats 1
 
 The int8 model is the deploy form calibrated on random clips (weights do not change the graph).
-Runs alternate stock / shortcuts in one process, after one untimed lowering that pays the
+Runs alternate defaults / shortcuts in one process, after one untimed lowering that pays the
 imports; prints each time, the ratio and whether the two programs are the same bytes.
 """
 
@@ -40,10 +40,10 @@ def main() -> None:
     nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     print(f"{args.model} int8: {nodes} graph nodes, input {tuple(example.shape)}; PYTORCH_NVML_BASED_CUDA_CHECK={nvml}")
     lower_to_executorch(int8, example)  # imports and first-call costs, untimed
-    seconds = {"stock ExecuTorch": [], "shortcuts (default)": []}
+    seconds = {"ExecuTorch defaults": [], "shortcuts (default)": []}
     digests = {}
     for _ in range(args.repeats):
-        for name, shortcuts in (("stock ExecuTorch", False), ("shortcuts (default)", True)):
+        for name, shortcuts in (("ExecuTorch defaults", False), ("shortcuts (default)", True)):
             started = time.perf_counter()
             program = lower_to_executorch(int8, example, shortcuts=shortcuts)
             seconds[name].append(time.perf_counter() - started)
@@ -51,7 +51,7 @@ def main() -> None:
             print(f"  {name:20s} {seconds[name][-1]:6.1f} s", flush=True)
     stock, fast = (statistics.median(v) for v in seconds.values())
     same = len(set(digests.values())) == 1
-    print(f"median: stock {stock:.1f} s, shortcuts {fast:.1f} s ({stock / fast:.2f}x); same program bytes: {same}")
+    print(f"median: defaults {stock:.1f} s, shortcuts {fast:.1f} s ({stock / fast:.2f}x); same program bytes: {same}")
 
 
 if __name__ == "__main__":
