@@ -108,7 +108,8 @@ def test_vectorised_fake_quantization_gives_the_stock_values_gradients_and_range
 
     torch.manual_seed(0)
     shape = (3, 4, 32, 32)
-    fast = pt2e.prepare(create_model("x3d_xs", num_classes=5).eval(), shape, "qat")
+    # torchao's QAT step for step: every quantizer call requantizes, moved values too.
+    fast = pt2e.prepare(create_model("x3d_xs", num_classes=5).eval(), shape, "qat", requantize_moved_values=True)
     fast.train()
     vectorised = [m for m in fast.modules() if isinstance(m, VectorisedFakeQuantize)]
     assert len(vectorised) > 100  # every activation of the deploy form; weights (per channel) stay stock
@@ -132,3 +133,85 @@ def test_vectorised_fake_quantization_gives_the_stock_values_gradients_and_range
         # With fake quantization off the stock op leaves scale and zero point uninitialised.
         compared = [k for k in fast_state if fake_quantizing or not k.endswith(("scale", "zero_point"))]
         assert all(torch.equal(fast_state[k], stock_state[k]) for k in compared)
+
+
+@pytest.mark.parametrize("zero_point", [3, 4])  # odd and even ends of the shifted range
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_vectorised_rounding_matches_the_stock_op_at_every_edge(zero_point, channels_last):
+    """Values and straight-through gradients of the vectorised rounding against
+    ``torch.fake_quantize_per_tensor_affine`` on levels exactly half-way between grid points
+    (round half to even decides whether the range's ends are in), one ulp either side, far
+    outside, and signed zeros; contiguous and channels-last. (A negative value that rounds to
+    level 0 comes out as -0.0 here and +0.0 from the stock op: equal in every comparison and
+    sum.)"""
+    from vidaccel_train.quantization.fake_quant import _RoundToGrid
+
+    scale, quant_min, quant_max = 0.25, -128, 127  # a power of two: x / scale is exact
+    low, high = quant_min - zero_point, quant_max - zero_point
+    levels = torch.tensor([low - 1.0, low - 0.5, low, low + 0.5, -0.5, 0.5, 1.5, high - 0.5, high, high + 0.5,
+                           high + 1.0, 1e30, -1e30, 0.0, -0.0])
+    levels = torch.cat([levels, torch.nextafter(levels, levels + 1), torch.nextafter(levels, levels - 1)])
+    x = (levels * scale).repeat(2, 3, 2, 1)  # (2, 3, 2, 45)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(x.shape)
+    results = []
+    for fake_quantize in (
+        lambda t: _RoundToGrid.apply(t, scale, zero_point, quant_min, quant_max),
+        lambda t: torch.fake_quantize_per_tensor_affine(t, scale, zero_point, quant_min, quant_max),
+    ):
+        leaf = x.clone().requires_grad_()
+        out = fake_quantize(leaf)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    (fast, fast_grad), (stock, stock_grad) = results
+    assert torch.equal(fast, stock)
+    assert torch.equal(fast_grad, stock_grad)
+    passed = stock_grad != 0
+    assert 0 < passed.sum() < passed.numel()  # both ends cut, the middle passes
+
+
+def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
+    """By default QAT passes sliced, joined and zeroed values through instead of fake-quantizing
+    them again: each shared quantizer observes once a step (torchao's QAT: five times), with
+    frozen ranges the logits and gradients are bit for bit those of requantizing, and the int8
+    model converted from either is the same."""
+    from vidaccel_train.models import create_model
+    from vidaccel_train.quantization import pt2e
+    from vidaccel_train.quantization.fake_quant import pass_through
+
+    torch.manual_seed(0)
+    shape = (3, 4, 32, 32)
+    net = create_model("x3d_xs", num_classes=5).eval()
+    passing = pt2e.prepare(copy.deepcopy(net), shape, "qat")
+    requantizing = pt2e.prepare(copy.deepcopy(net), shape, "qat", requantize_moved_values=True)
+    assert passing.state_dict().keys() == requantizing.state_dict().keys()  # checkpoints fit either
+    moved = [n.args[0] for n in passing.graph.nodes if n.target is pass_through]
+    assert len(moved) > 50
+    assert {str(n.target) for n in moved} == {"aten.slice.Tensor", "aten.cat.default", "aten.mul.Tensor"}
+    shared = {n.args[1].target for n in passing.graph.nodes if n.target is pass_through}
+
+    calls = {}
+    for model in (passing, requantizing):
+        counts = {}
+        for module in {id(m): m for m in map(model.get_submodule, shared)}.values():  # one name per move
+            module.register_forward_pre_hook(lambda m, _, c=counts: c.__setitem__(id(m), c.get(id(m), 0) + 1))
+        model.train()
+        model(torch.randn(2, *shape))
+        calls[model is passing] = sorted(counts.values())
+    assert set(calls[True]) == {1} and max(calls[False]) == 5
+
+    requantizing.load_state_dict(passing.state_dict())
+    clip = torch.randn(2, *shape) * 2
+    results = []
+    for model in (passing, requantizing):
+        pt2e.set_observers(model, False)
+        model.zero_grad()
+        logits = model(clip)
+        logits.square().sum().backward()
+        results.append((logits, [p.grad for p in model.parameters()]))
+    (logits, grads), (reference, reference_grads) = results
+    assert torch.equal(logits, reference)
+    assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
+    assert torch.equal(pt2e.convert_int8(passing)(clip), pt2e.convert_int8(requantizing)(clip))
+    assert any(n.target is pass_through for n in passing.graph.nodes)  # converting left the QAT graph alone

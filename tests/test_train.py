@@ -97,12 +97,13 @@ def test_the_qat_switch_saves_the_float_model_to_fine_tune_from(smoke_run):
 
 @pytest.mark.parametrize("quantized", [False, True])
 def test_channels_last_clips_change_speed_not_numbers(quantized):
-    """module.channels_last (the default) hands the network channels-last clips: same logits and
-    gradients as NCTHW clips, in fp32 and in a QAT graph."""
+    """module.channels_last (the default) hands the network channels-last clips and, once
+    quantized, stores the deploy form's convolution weights channels-last (so its activations
+    are too): same logits and gradients as the default layout, and the same int8 model."""
     torch.manual_seed(0)
     net = create_model("x3d_tiny", num_classes=4)
     clips, labels = torch.randn(3, 3, 4, 32, 32), torch.tensor([0, 1, 2])
-    results = {}
+    results, int8 = {}, {}
     for channels_last in (True, False):
         module = VideoClassifier(copy.deepcopy(net), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4,
                                  channels_last=channels_last)
@@ -116,10 +117,20 @@ def test_channels_last_clips_change_speed_not_numbers(quantized):
         torch.nn.functional.cross_entropy(logits, labels).backward()
         assert seen == [channels_last]
         results[channels_last] = (logits.detach(), [p.grad for p in module.parameters() if p.grad is not None])
+        if quantized:
+            # Depthwise and 1x1 weights are both layouts at once; the stem's 3x3 over RGB is not,
+            # and the activations follow its layout.
+            weights = [p for p in module.net.parameters()
+                       if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last)]
+            assert weights and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in weights)
+            module.eval()
+            int8[channels_last] = module.int8_net()(clips)
     (logits_last, grads_last), (logits_first, grads_first) = results[True], results[False]
     assert torch.allclose(logits_last, logits_first, atol=1e-5)
     assert len(grads_last) == len(grads_first) > 0
     assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-3) for a, b in zip(grads_last, grads_first))
+    if quantized:  # converted from a contiguous copy: the very same int8 model
+        assert torch.equal(int8[True], int8[False])
 
 
 _RESIDENT_AFTER_FREE = """

@@ -24,6 +24,10 @@ class QuantizationAwareTraining(L.Callback):
     ``start_epoch=0`` quantizes before training starts (QAT fine-tuning of a trained model);
     a negative one counts from the end (``-1``: the last epoch is QAT, whatever ``max_epochs``).
 
+    ``requantize_moved_values=True`` fake-quantizes sliced, joined and zeroed values again, as
+    torchao's QAT does, instead of passing them through (the int8 program does not requantize
+    them; see :func:`vidaccel_train.quantization.fake_quant.pass_through_moved_values`).
+
     Just before a mid-run switch the float model is saved as ``fp32.ckpt`` beside the run's
     other checkpoints (when it writes any): the starting point for fine-tuning on other classes
     (``model.checkpoint=<run dir>/checkpoints/fp32.ckpt``), which a quantized checkpoint cannot be.
@@ -33,7 +37,13 @@ class QuantizationAwareTraining(L.Callback):
     each forward, so every rank quantizes with the same observed ranges.
     """
 
-    def __init__(self, start_epoch: int = 1, freeze_observer_epoch: int | None = None, lr_scale: float = 0.1):
+    def __init__(
+        self,
+        start_epoch: int = 1,
+        freeze_observer_epoch: int | None = None,
+        lr_scale: float = 0.1,
+        requantize_moved_values: bool = False,
+    ):
         if freeze_observer_epoch is not None and start_epoch >= 0 and freeze_observer_epoch < start_epoch:
             raise ValueError(
                 f"freeze_observer_epoch ({freeze_observer_epoch}) comes before start_epoch ({start_epoch})"
@@ -41,6 +51,7 @@ class QuantizationAwareTraining(L.Callback):
         self.start_epoch = start_epoch
         self.freeze_observer_epoch = freeze_observer_epoch
         self.lr_scale = lr_scale
+        self.requantize_moved_values = requantize_moved_values
 
     @staticmethod
     def resolve_start(start_epoch: int, max_epochs: int) -> int:
@@ -58,7 +69,8 @@ class QuantizationAwareTraining(L.Callback):
             )
         if self.start_epoch == 0 and pl_module.quant_state is None:
             # Before the strategy wraps and places the model: DDP and the optimizer see the QAT graph.
-            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale)
+            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale,
+                                         requantize_moved_values=self.requantize_moved_values)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch
@@ -68,7 +80,8 @@ class QuantizationAwareTraining(L.Callback):
                 trainer.save_checkpoint(float_checkpoint, weights_only=True)  # weights to start from, not a resume point
                 log.info("Epoch %d: saved the float model as %s", epoch, float_checkpoint)
             log.info("Epoch %d: switching to quantization-aware training", epoch)
-            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step, lr_scale=self.lr_scale)
+            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step,
+                                         lr_scale=self.lr_scale, requantize_moved_values=self.requantize_moved_values)
             if isinstance(trainer.strategy, DDPStrategy):
                 trainer.strategy.model = pl_module  # drop the wrapper of the replaced network
                 trainer.strategy.configure_ddp()

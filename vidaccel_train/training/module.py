@@ -34,7 +34,8 @@ class VideoClassifier(L.LightningModule):
     ``optimizer`` is a partial (Hydra ``_partial_: true``) taking the parameters. The learning
     rate warms up linearly for ``warmup_epochs`` then follows a cosine down to
     ``min_lr_ratio`` of its peak, stepped per batch. ``channels_last`` feeds the network
-    channels-last clips (same numbers to float rounding, faster convolutions).
+    channels-last clips and, once quantized, keeps the deploy form's weights channels-last
+    (same numbers to float rounding, faster convolutions).
 
     Once quantized (:meth:`enter_quantization`), ``net`` is the exported deploy form with
     fake quantization or observers; validation then logs the quantized model as ``val/*`` and
@@ -83,7 +84,8 @@ class VideoClassifier(L.LightningModule):
         self.class_names: list[str] | None = None
         # The resolved run config, saved in every checkpoint so it can be resumed or exported alone.
         self.run_config: dict[str, Any] | None = None
-        # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale"}.
+        # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale",
+        # "requantize_moved_values"}.
         self.quant_state: dict[str, Any] | None = None
         # The converted int8 model per device, kept out of the state_dict; dropped whenever the
         # weights or ranges may change: training mode, a loaded state dict, frozen observers.
@@ -96,15 +98,22 @@ class VideoClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ quantization
 
-    def enter_quantization(self, mode: str, input_shape, start_step: int = 0, lr_scale: float = 1.0) -> None:
-        """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device)."""
-        self.net = pt2e.prepare(self.net, tuple(input_shape), mode)
+    def enter_quantization(
+        self, mode: str, input_shape, start_step: int = 0, lr_scale: float = 1.0, requantize_moved_values: bool = False
+    ) -> None:
+        """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device);
+        ``requantize_moved_values``: see :func:`pt2e.prepare`."""
+        self.net = pt2e.prepare(
+            self.net, tuple(input_shape), mode,
+            channels_last=self.hparams.channels_last, requantize_moved_values=requantize_moved_values,
+        )
         self.quant_state = {
             "mode": mode,
             "input_shape": list(input_shape),
             "observers_frozen": False,
             "start_step": start_step,
             "lr_scale": lr_scale,
+            "requantize_moved_values": requantize_moved_values,
         }
         self.train(self.training)
 
@@ -156,7 +165,7 @@ class VideoClassifier(L.LightningModule):
     def _run(self, net: nn.Module, video: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and video.dim() == 5:
             # oneDNN's 3-D convolutions are about twice as fast on channels-last clips (fp32 steps
-            # on the CPU; a QAT step of the deploy form about 6%); the weights keep their layout.
+            # on the CPU); the quantized deploy form has channels-last weights instead (prepare).
             video = video.contiguous(memory_format=torch.channels_last_3d)
         if self.quant_state is None:
             return net(video)
@@ -272,7 +281,9 @@ class VideoClassifier(L.LightningModule):
         self.run_config = self.run_config or checkpoint.get("run_config")
         state = checkpoint.get("quantization")
         if state and self.quant_state is None:
-            self.enter_quantization(state["mode"], state["input_shape"], state["start_step"], state["lr_scale"])
+            # Checkpoints from before the option requantized moved values (torchao's QAT).
+            self.enter_quantization(state["mode"], state["input_shape"], state["start_step"], state["lr_scale"],
+                                    state.get("requantize_moved_values", True))
         elif not state and self.quant_state is not None:
             raise RuntimeError(
                 "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "
