@@ -117,8 +117,8 @@ def main() -> None:
         for source_name, source, memory_format in runs:
             torch.manual_seed(0)
             model = create_model(args.model, num_classes=400)
-            if mode == "qat":
-                model = pt2e.prepare(model, shape, "qat")
+            if mode == "qat":  # channels-last weights when the clips are, as the training module does
+                model = pt2e.prepare(model, shape, "qat", channels_last=memory_format == channels_last)
             model = model.to(device)
             model.train()  # an exported QAT graph's train() returns None: no chaining
             rates[source_name] = clips_per_second(model, source(), args.steps, device, memory_format)
