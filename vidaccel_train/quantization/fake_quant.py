@@ -130,15 +130,16 @@ def _quantizer_name(node: fx.Node) -> str | None:
     """The per-tensor fake-quantizer a node applies (or passes through), if it is one."""
     if node.op == "call_function" and node.target is pass_through:
         return node.args[1].target
-    if node.op == "call_module" and isinstance(node.graph.owning_module.get_submodule(node.target), FakeQuantizeBase):
+    if node.op == "call_module":
         module = node.graph.owning_module.get_submodule(node.target)
-        return None if module.is_per_channel else node.target
+        if isinstance(module, FakeQuantizeBase) and not module.is_per_channel:
+            return node.target
     return None
 
 
-def _is_zero_constant(node: fx.Node) -> bool:
+def _is_zero_constant(node) -> bool:
     """A fake-quantized constant that is all zeros (the deploy form's empty frames)."""
-    if _quantizer_name(node) is None or node.op != "call_module":
+    if not isinstance(node, fx.Node) or node.op != "call_module" or _quantizer_name(node) is None:
         return False
     source = node.args[0]
     return source.op == "get_attr" and not torch.count_nonzero(getattr(node.graph.owning_module, source.target))
@@ -160,8 +161,8 @@ def _moves_values_of(node: fx.Node, module: nn.Module) -> bool:
         return all(quantized_by_module(arg) for arg in node.args[0])
     if node.target == _aten.mul.Tensor:
         left, right = node.args[:2]
-        return (quantized_by_module(left) and isinstance(right, fx.Node) and _is_zero_constant(right)) or (
-            quantized_by_module(right) and isinstance(left, fx.Node) and _is_zero_constant(left)
+        return (quantized_by_module(left) and _is_zero_constant(right)) or (
+            quantized_by_module(right) and _is_zero_constant(left)
         )
     return False
 
