@@ -139,6 +139,28 @@ def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothi
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1" and "__deepcopy__" not in NodeSource.__dict__
 
 
+def test_lowering_shortcuts_leave_the_collector_as_found():
+    """Objects are frozen away from the collector while lowering and released after, but what
+    the caller froze itself stays frozen."""
+    import gc
+
+    from vidaccel_train.export.executorch import _lowering_shortcuts
+
+    thresholds = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    with _lowering_shortcuts():
+        assert gc.get_freeze_count() > 0 and gc.get_threshold()[0] > thresholds[0]
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds
+    gc.freeze()
+    try:
+        callers = gc.get_freeze_count()
+        with _lowering_shortcuts():
+            pass
+        assert gc.get_freeze_count() == callers and gc.get_threshold() == thresholds
+    finally:
+        gc.unfreeze()
+
+
 def test_the_train_form_does_not_lower_and_the_error_names_the_operators(tiny_pair):
     model, _ = tiny_pair
     with pytest.raises(LoweringError, match="convolution"):

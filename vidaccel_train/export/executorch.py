@@ -47,6 +47,8 @@ def _lowering_shortcuts():
       keeps the same information.
     - The passes make millions of short-lived objects; Python's collector would otherwise walk
       every object the process already holds (model, data, trainer) again and again: 2-3 s.
+      Those objects are frozen for the duration, unless the caller froze objects of its own
+      (``gc.unfreeze`` would release theirs too).
     """
     from torch.fx.traceback import NodeSource
 
@@ -54,13 +56,16 @@ def _lowering_shortcuts():
     own_deepcopy = NodeSource.__dict__.get("__deepcopy__")
     NodeSource.__deepcopy__ = lambda self, memo: self
     thresholds = gc.get_threshold()
-    gc.freeze()
+    freezing = gc.get_freeze_count() == 0
+    if freezing:
+        gc.freeze()
     gc.set_threshold(100_000, *thresholds[1:])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
         if own_deepcopy is None:
             del NodeSource.__deepcopy__
         else:
