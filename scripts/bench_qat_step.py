@@ -9,11 +9,11 @@ runs it (channels-last weights, vectorised activation fake-quantizers, moved val
 through); the same requantizing moved values as torchao does (``quant.requantize_moved_values``);
 and torchao's QAT as it comes (default layout, stock fake-quantizers, requantizing). Steps
 alternate between the variants so that machine noise hits all alike; medians are reported, and
-the ratios are over the fp32 step training runs. The machine's noise moves these ratios by about
-0.1 from run to run: compare within one run. Like training, the script
-keeps freed memory in the process (:mod:`vidaccel_train.allocator`); run it with
-``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432`` (any malloc setting of yours) to
-measure glibc's default behaviour instead.
+the ratios are over the fp32 step training runs. On the noisy 2-core developer machine the same
+ratio moved by up to 0.3 between runs (1.08x-1.36x): compare within one run, and run it more
+than once. Like training, the script keeps freed memory in the process
+(:mod:`vidaccel_train.allocator`); run it with ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432``
+(any malloc setting of yours) to measure glibc's default behaviour instead.
 """
 
 from __future__ import annotations

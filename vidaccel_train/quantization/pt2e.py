@@ -129,7 +129,7 @@ def convert_int8(prepared: GraphModule) -> GraphModule:
     with torch.device(device_of(prepared)):
         # Every quantizer call back in place, and PyTorch's default layout for the int8
         # program's constants and what export lowers.
-        prepared = restore_moved_values(copy.deepcopy(prepared)).to(memory_format=torch.contiguous_format)
-        converted = allow_exported_model_train_eval(convert_pt2e(prepared))
+        restored = restore_moved_values(copy.deepcopy(prepared)).to(memory_format=torch.contiguous_format)
+        converted = allow_exported_model_train_eval(convert_pt2e(restored))
     converted.eval()  # the patched eval() returns None, not the model
     return converted
