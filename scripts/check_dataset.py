@@ -5,7 +5,8 @@
 
 Opens and decodes every listed clip (start, middle, end) in parallel with a progress bar, then
 writes a clean index usable as a dataset root (``data.root=<out> data.layout=list_file``), the
-list of bad files with reasons, and a summary. Exits 1 when a split has no readable clip.
+list of bad files with reasons, per file what the reader found (``report.csv``: codec, start
+offset, rotation, duration and its source, sample aspect ratio) and a summary. Exits 1 when a split has no readable clip.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
-    print(f"clean index in {args.out}; bad files listed in {os.path.join(args.out, 'bad_files.txt')}")
+    for split, counts in summary["splits"].items():
+        codecs = ", ".join(f"{codec} {count}" for codec, count in counts["codecs"].items())
+        print(f"{split}: {counts['readable']} readable, {counts['bad']} bad, {counts['missing']} missing, "
+              f"{counts['not_video']} not video; {counts['rotated']} rotated, {counts['start_offset']} start at an "
+              f"offset, {counts['no_header_duration']} without a duration in the header, {counts['anamorphic']} "
+              f"anamorphic; codecs: {codecs or 'none'}")
+    print(f"clean index in {args.out}; bad files listed in {os.path.join(args.out, 'bad_files.txt')}; "
+          f"per file what was found in {os.path.join(args.out, 'report.csv')}")
     return 1 if any(s["readable"] == 0 for s in summary["splits"].values()) else 0
 
 

@@ -50,9 +50,9 @@ def broken_dataset(tiny_dataset, tmp_path):
     return root, sorted(str(p) for p in planted)
 
 
-def _dataset(samples, log_path):
+def _dataset(samples, log_path, train=False):
     transform = build_transform(False, 32, 36)
-    return ClipDataset(samples, ClipSpec(4, 3, 30), train=False, transform=transform, bad_files=BadFileLog(log_path))
+    return ClipDataset(samples, ClipSpec(4, 3, 30), train=train, transform=transform, bad_files=BadFileLog(log_path))
 
 
 def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_path, data_dir):
@@ -70,11 +70,21 @@ def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_p
     assert "no decoder" in reasons[next(p for p in planted if "unknown_codec" in p)]
 
 
-def test_a_missing_file_is_skipped_with_a_reason(tiny_dataset, tmp_path):
+def test_a_missing_training_file_is_skipped_with_a_reason_and_the_next_stands_in(tiny_dataset, tmp_path):
+    real = next((tiny_dataset / "test" / "move_up").glob("*.mp4"))
+    dataset = _dataset([(str(tmp_path / "gone.mp4"), 0), (str(real), 2)], tmp_path / "bad.txt", train=True)
+    item = dataset[0]
+    assert item["label"] == 2 and item["video"].shape == (3, 4, 32, 32) and item["valid"]
+    assert "gone.mp4" in (tmp_path / "bad.txt").read_text()
+
+
+def test_an_unreadable_evaluation_file_is_left_out_not_replaced(tiny_dataset, tmp_path):
+    """A bad test file must not count a neighbour twice: its item is marked, the metrics skip it."""
     real = next((tiny_dataset / "test" / "move_up").glob("*.mp4"))
     dataset = _dataset([(str(tmp_path / "gone.mp4"), 0), (str(real), 2)], tmp_path / "bad.txt")
-    item = dataset[0]
-    assert item["label"] == 2 and item["video"].shape == (3, 4, 32, 32)
+    missing, present = dataset[0], dataset[1]
+    assert not missing["valid"] and missing["video"].shape == present["video"].shape == (3, 4, 32, 32)
+    assert present["valid"] and present["label"] == 2
     assert "gone.mp4" in (tmp_path / "bad.txt").read_text()
 
 
@@ -85,7 +95,7 @@ def test_a_wholly_broken_split_is_a_clear_error(tmp_path):
         path.write_bytes(b"\x00" * 100)
         samples.append((str(path), 0))
     with pytest.raises(VideoDecodeError, match="3 videos in a row could not be decoded"):
-        _dataset(samples, tmp_path / "bad.txt")[0]
+        _dataset(samples, tmp_path / "bad.txt", train=True)[0]
 
 
 def test_a_video_shorter_than_the_clip_repeats_its_last_frame(tiny_dataset, tmp_path):
@@ -141,7 +151,9 @@ def test_the_check_script_writes_a_clean_index_that_trains(broken_dataset, tmp_p
     named = sorted(line.split("\t")[0] for line in (index / "bad_files.txt").read_text().splitlines())
     assert named == planted
     summary = json.loads((index / "summary.json").read_text())
-    assert summary["splits"]["train"] == {"readable": 12, "bad": 4, "missing": 0}
+    train = summary["splits"]["train"]
+    assert {key: train[key] for key in ("readable", "bad", "missing", "not_video")} == {"readable": 12, "bad": 4, "missing": 0, "not_video": 0}
+    assert train["codecs"] == {"h264": 12} and train["rotated"] == train["start_offset"] == train["anamorphic"] == 0
     assert (index / "labels.txt").read_text() == (root / "labels.txt").read_text()
 
     run_dir = tmp_path / "run"

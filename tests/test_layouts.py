@@ -129,3 +129,76 @@ def test_missing_root_names_the_layouts_and_the_generated_data(tmp_path, data_di
     datamodule = instantiate(cfg.data)
     with pytest.raises(DatasetLayoutError, match="missing or empty.*annotations.*data=synthetic"):
         datamodule.prepare_data()
+
+
+def _mac_and_notebook_litter(split_dir: Path) -> None:
+    """What folders that went through a Mac, a zip or a notebook hold beside the clips."""
+    for clip in list(split_dir.glob("*/*.mp4")):
+        (clip.parent / f"._{clip.name}").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # AppleDouble sidecar
+        (clip.parent / ".DS_Store").write_bytes(b"Bud1")
+    checkpoints = split_dir / ".ipynb_checkpoints"
+    checkpoints.mkdir()
+    shutil.copy(next(split_dir.glob("*/*.mp4")), checkpoints / "clip-checkpoint.mp4")
+    macosx = split_dir / "__MACOSX" / "move_up"
+    macosx.mkdir(parents=True)
+    (macosx / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07")
+
+
+def test_hidden_files_and_folders_are_not_clips_or_classes(tmp_path, tiny_dataset):
+    root = tmp_path / "root"
+    shutil.copytree(tiny_dataset, root)
+    (root / "labels.txt").unlink()  # the classes come from the folders
+    before = {split: index_split(tiny_dataset, split).samples for split in ("train", "test")}
+    for split in ("train", "test"):
+        _mac_and_notebook_litter(root / split)
+    for split in ("train", "test"):
+        index = index_split(root, split)
+        assert index.class_names == sorted(TINY_SPEC.classes)
+        assert [Path(p).name for p, _ in index.samples] == [Path(p).name for p, _ in before[split]]
+        assert index.ignored == []  # hidden entries are not even counted as stray files
+
+
+def test_every_video_extension_in_any_case_is_indexed_and_other_files_are_named(tmp_path, tiny_dataset, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(tiny_dataset, root)
+    folder = root / "train" / "move_up"
+    clip = next(folder.glob("*.mp4"))
+    for extension in (".m4v", ".3gp", ".MTS", ".MOV", ".ts", ".MP4"):
+        shutil.copy(clip, folder / f"phone_export{extension}")
+    (folder / "notes.txt").write_text("shot on a phone")
+    with caplog.at_level("WARNING"):
+        index = index_split(root, "train")
+    names = {Path(p).name for p, label in index.samples if label == index.class_names.index("move_up")}
+    assert {f"phone_export{e}" for e in (".m4v", ".3gp", ".MTS", ".MOV", ".ts", ".MP4")} <= names
+    assert [Path(p).name for p in index.ignored] == ["notes.txt"]
+    assert "notes.txt" in caplog.text
+
+
+def test_csvs_saved_by_excel_with_a_byte_order_mark_and_crlf_are_read(tmp_path, tiny_dataset):
+    root = tmp_path / "annotations"
+    listed = _as_annotations(tiny_dataset, root)
+    for csv_file in (root / "annotations").glob("*.csv"):
+        text = csv_file.read_text().replace("\r\n", "\n").replace("\n", "\r\n")
+        csv_file.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    index = index_split(root, "train")
+    assert len(index.samples) == len(listed["train"]) and not index.missing
+
+    lists = tmp_path / "lists"
+    _as_list_files(tiny_dataset, lists)
+    for list_file in [*lists.glob("*.txt")]:
+        list_file.write_bytes(b"\xef\xbb\xbf" + list_file.read_text().replace("\n", "\r\n").encode())
+    index = index_split(lists, "train", "list_file")
+    assert index.class_names == (tiny_dataset / "labels.txt").read_text().split()
+    assert len(index.samples) == len(index_split(tiny_dataset, "train").samples)
+
+
+def test_a_wrong_class_count_names_the_classes_found(tmp_path, data_dir, tiny_dataset):
+    root = tmp_path / "root"
+    shutil.copytree(tiny_dataset, root)
+    (root / "labels.txt").unlink()
+    shutil.copytree(root / "train" / "move_up", root / "train" / "Untitled Folder")
+    cfg = compose_config(tmp_path / "run", data_dir, ["data=kinetics", f"data.root={root}", "data.num_classes=4",
+                                                      *TINY_KINETICS_FIT])
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(DatasetLayoutError, match=r"has 5 classes \(Untitled Folder, move_down, move_left, move_right, move_up\)"):
+        datamodule.setup("fit")

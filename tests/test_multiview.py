@@ -87,6 +87,26 @@ def test_test_metrics_score_videos_clips_and_classes(tmp_path):
     assert (tmp_path / "confusion_matrix_test.png").stat().st_size > 0
 
 
+def test_an_unreadable_test_video_is_left_out_of_every_metric_and_counted(tmp_path):
+    """A video the loader could not read (``valid`` False, zeros standing in for its views) must
+    change no score: the metrics count each readable video once and say how many were left out."""
+    table = torch.tensor([[3.0, 0.0], [3.0, 1.0], [0.0, 3.0], [1.0, 3.0]])  # video 0 says class 0, video 1 class 1
+    videos = torch.arange(4.0).view(2, 2, 1, 1, 1, 1).expand(2, 2, 1, 1, 1, 2).contiguous()
+    readable = {"video": videos, "label": torch.tensor([0, 1]), "valid": torch.tensor([True, True])}
+    # The unreadable one between them: its zeros would score as class 0 against label -1.
+    with_bad = {"video": torch.stack([videos[0], torch.zeros_like(videos[0]), videos[1]]),
+                "label": torch.tensor([0, -1, 1]), "valid": torch.tensor([True, False, True])}
+    scores = []
+    for batch in (readable, with_bad):
+        module = VideoClassifier(LookupNet(table), torch.optim.SGD, num_classes=2)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        scores.append(trainer.test(module, dataloaders=DataLoader([batch], batch_size=None), verbose=False)[0])
+    assert scores[1]["test/videos_left_out"] == 1 and scores[0]["test/videos_left_out"] == 0
+    for key in ("test/top1", "test/clip_top1", "test/mean_class_accuracy"):
+        assert scores[1][key] == pytest.approx(scores[0][key]) == pytest.approx(1.0)
+    assert module.test_logits["test"].shape[:2] == (2, 2)  # the export's references hold readable videos only
+
+
 def test_test_items_hold_every_view_of_a_video_decoded_once(tmp_path, data_dir):
     cfg = compose_config(tmp_path, data_dir, [*TINY_RUN, "data.test_views={clips:2,crops:3}"])
     datamodule = instantiate(cfg.data)

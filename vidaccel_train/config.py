@@ -57,6 +57,9 @@ def validate(cfg) -> None:
             f"full-size clips only; set data.low_res_epochs<={qat_start} or start QAT later"
         )
     _int_at_least(cfg, "data.decoder_threads", 0, "0 (FFmpeg chooses) or more")
+    aspect = OmegaConf.select(cfg, "data.display_aspect", throw_on_missing=False)
+    if aspect is not None and aspect not in ("square", "stored"):
+        raise ConfigError(f"data.display_aspect must be square or stored, got {aspect!r}")
     if cfg.data.crop_size > cfg.data.eval_short_side:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
     synthetic = cfg.data.get("synthetic")

@@ -48,11 +48,19 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, dict]:
     return ExecuTorchModel(artifact), manifest
 
 
+def clip_frames(video: str | Path, manifest: dict) -> torch.Tensor:
+    """The centre clip of ``video`` as the manifest's model takes it, before scaling: uint8
+    ``(T, 3, H, W)``, upright, at the display aspect the model was trained at (``stored`` for
+    manifests written before the option existed)."""
+    clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+    display_aspect = manifest.get("display_aspect", "stored")
+    return read_clip(video, lambda info: clip.timestamps(clip.centre_start(info)), display_aspect=display_aspect)[0]
+
+
 def predict(artifact: str | Path, video: str | Path, topk: int = 5) -> list[tuple[str, float]]:
     """Top-``topk`` (class name, probability) for the centre clip of ``video``."""
     program, manifest = load_verified(artifact)
-    clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
-    frames, _ = read_clip(video, lambda info: clip.timestamps(clip.centre_start(info)))
+    frames = clip_frames(video, manifest)
     transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"], manifest["std"])
     batch = transform(tv_tensors.Video(frames)).unsqueeze(0)
     probabilities = torch.softmax(program(batch).reshape(-1), dim=0)

@@ -3,12 +3,16 @@ start, middle and end, in parallel, with a progress bar.
 
 Writes a clean index that is itself a dataset root (``data.root=<out> data.layout=list_file``):
 ``<split>.txt`` (absolute path and label index per readable clip), ``labels.txt``, and
-``bad_files.txt`` (``<path>\t<reason>`` for every missing, unreadable or too-short clip), plus
-``summary.json`` with the counts.
+``bad_files.txt`` (``<path>\t<reason>`` for every missing, unreadable or too-short clip),
+``report.csv`` (per file what the reader found: codec, size, frame rate, duration and where it
+came from, start offset, rotation, mirror, sample aspect ratio), plus ``summary.json`` with the
+counts per split: readable, bad, missing, not video, and how many files are rotated, start at
+an offset, have no duration in their header or are anamorphic, and the codecs.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from concurrent.futures import ProcessPoolExecutor
@@ -18,8 +22,9 @@ from typing import Sequence
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vidaccel_train.data.layouts import LABELS_FILE, index_splits
-from vidaccel_train.data.video_io import VideoDecodeError, probe, read_frames_at
+from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, probe, read_frames_at
 
+REPORT_FILE = "report.csv"
 # Where in a video the check decodes a frame, as fractions of its duration.
 CHECK_POINTS = (0.0, 0.5, 0.98)
 
@@ -36,21 +41,65 @@ def write_labels_and_bad_files(out_dir: Path, class_names: list[str], bad: dict[
     (out_dir / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in sorted(bad.items())))
 
 
-def check_video(path: str, min_duration_s: float = 0.0) -> str | None:
-    """``None`` if ``path`` decodes at its start, middle and end; else why not."""
+# The columns of report.csv: one row per listed file.
+REPORT_COLUMNS = (
+    "split", "path", "label", "status", "reason", "codec", "width", "height", "fps", "duration_s", "duration_source",
+    "start_s", "rotation", "mirrored", "sample_aspect",
+)
+
+
+def describe(info: VideoInfo) -> dict:
+    """What the reader found in a file, as ``report.csv`` columns (rotation in clockwise
+    degrees, start offset in seconds, the sample aspect ratio as a number)."""
+    return {
+        "codec": info.codec,
+        "width": info.width,
+        "height": info.height,
+        "fps": round(info.fps, 3),
+        "duration_s": round(info.duration_s, 3) if math.isfinite(info.duration_s) else "",
+        "duration_source": info.duration_source,
+        "start_s": round(info.start_s, 3),
+        "rotation": info.rotation,
+        "mirrored": int(info.orientation.mirrored),
+        "sample_aspect": round(info.sample_aspect, 4),
+    }
+
+
+def check_video(path: str, min_duration_s: float = 0.0) -> tuple[str | None, dict]:
+    """``(None, what was found)`` if ``path`` decodes at its start, middle and end; else
+    ``(why not, what was found before it failed)``."""
+    found: dict = {}
     try:
         info = probe(path)
+        found = describe(info)
         duration = info.duration_s if math.isfinite(info.duration_s) else 0.0
         if duration < min_duration_s:
-            return f"{duration:.2f} s long, shorter than the {min_duration_s:.2f} s asked for"
+            return f"{duration:.2f} s long, shorter than the {min_duration_s:.2f} s asked for", found
         read_frames_at(path, [duration * point for point in CHECK_POINTS])
     except VideoDecodeError as err:
-        return str(err).removeprefix(f"{path}: ")
-    return None
+        return str(err).removeprefix(f"{path}: "), found
+    return None, found
 
 
-def _check(args: tuple[str, float]) -> str | None:
+def _check(args: tuple[str, float]) -> tuple[str | None, dict]:
     return check_video(*args)
+
+
+def conditions(rows: list[dict]) -> dict:
+    """How many readable files of ``rows`` need the reader's care: turned by a display matrix,
+    starting at a timestamp other than 0, without a duration in the header, with non-square
+    pixels; and the codecs."""
+    readable = [row for row in rows if row["status"] == "ok"]
+    codecs: dict[str, int] = {}
+    for row in readable:
+        codecs[row["codec"]] = codecs.get(row["codec"], 0) + 1
+    return {
+        "rotated": sum(row["rotation"] != 0 or row["mirrored"] == 1 for row in readable),
+        "start_offset": sum(abs(row["start_s"]) > 1e-3 for row in readable),
+        "no_header_duration": sum(row["duration_source"] != "stream" for row in readable),
+        "anamorphic": sum(abs(row["sample_aspect"] - 1) > 1e-3 for row in readable),
+        "codecs": dict(sorted(codecs.items(), key=lambda item: -item[1])),
+    }
 
 
 def check_dataset(
@@ -67,19 +116,31 @@ def check_dataset(
     indexes, class_names = index_splits(root, splits, layout)
     bad: dict[str, str] = {path: why for index in indexes.values() for path, why in index.missing.items()}
     summary = {"root": str(Path(root).resolve()), "classes": len(class_names), "splits": {}}
+    rows: list[dict] = []
     with ProcessPoolExecutor(max(1, workers)) as pool, file_progress() as progress:
         for split, index in indexes.items():
             task = progress.add_task(f"checking {split}", total=len(index.samples))
             jobs = [(path, min_duration_s) for path, _ in index.samples]
-            good = []
-            for (path, label), reason in zip(index.samples, pool.map(_check, jobs, chunksize=8)):
+            good, split_rows = [], []
+            for (path, label), (reason, found) in zip(index.samples, pool.map(_check, jobs, chunksize=8)):
                 progress.advance(task)
+                row = dict.fromkeys(REPORT_COLUMNS, "") | found
+                row.update(split=split, path=path, label=class_names[label], status="ok" if reason is None else "bad",
+                           reason=reason or "")
+                split_rows.append(row)
                 if reason is None:
                     good.append(f"{Path(path).resolve()} {label}\n")
                 else:
                     bad[path] = reason
             (out_dir / f"{split}.txt").write_text("".join(good))
-            summary["splits"][split] = {"readable": len(good), "bad": len(index.samples) - len(good), "missing": len(index.missing)}
+            summary["splits"][split] = {"readable": len(good), "bad": len(index.samples) - len(good),
+                                        "missing": len(index.missing), "not_video": len(index.ignored),
+                                        **conditions(split_rows)}
+            rows += split_rows
     write_labels_and_bad_files(out_dir, class_names, bad)
+    with open(out_dir / REPORT_FILE, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import tv_tensors
 
-from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, read_clip
+from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, check_display_aspect, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,12 @@ class ClipDataset(Dataset):
     Items are indices, or ``(index, seed, epoch)`` from :class:`EpochShuffleSampler`: the seed
     makes the random clip and augmentation of that item reproducible, and the epoch picks the
     transform (``early_transform`` before ``early_epochs``, ``transform`` from then on). A file
-    that cannot be decoded is reported to ``bad_files`` and the next file in the list stands in
-    for it, so a run goes on; ``max_consecutive_failures`` bad files in a row mean the split itself is broken.
+    that cannot be decoded is reported to ``bad_files``; in training the next file in the list
+    stands in for it, so a run goes on (``max_consecutive_failures`` bad files in a row mean the
+    split itself is broken); in evaluation nothing stands in: its item has ``valid`` False and
+    zero frames, and the metrics leave it out, so each readable video counts once. Every item
+    has ``video``, ``label``, ``index`` and ``valid``. ``display_aspect``: see
+    :func:`~vidaccel_train.data.video_io.read_clip`.
     """
 
     def __init__(
@@ -163,8 +167,10 @@ class ClipDataset(Dataset):
         decoder_threads: int = 0,
         early_transform=None,
         early_epochs: int = 0,
+        display_aspect: str = "square",
     ):
         self.samples = list(samples)
+        self.display_aspect = check_display_aspect(display_aspect)
         self.clip = clip
         self.train = train
         self.clips_per_video = clips_per_video
@@ -192,6 +198,14 @@ class ClipDataset(Dataset):
         return self.early_transform if early else self.transform
 
     def _load_or_substitute(self, index: int, epoch: int | None) -> dict:
+        if not self.train:
+            try:
+                return self._load(index, epoch)
+            except VideoDecodeError as err:
+                path = self.samples[index][0]
+                if self.bad_files is not None:
+                    self.bad_files.record(path, str(err).removeprefix(f"{path}: "))
+                return self._left_out(index, epoch)
         failures = []
         for attempt in range(min(self.max_consecutive_failures, len(self.samples))):
             candidate = (index + attempt) % len(self.samples)
@@ -219,16 +233,25 @@ class ClipDataset(Dataset):
                 starts = self.clip.uniform_starts(info, count)
             return [t for start in starts for t in self.clip.timestamps(start)]
 
-        frames, _ = read_clip(path, timestamps, self.decoder_threads)
+        frames, _ = read_clip(path, timestamps, self.decoder_threads, self.display_aspect)
+        return self._item(self._views(frames, epoch), label, index)
+
+    def _views(self, frames: torch.Tensor, epoch: int | None) -> torch.Tensor:
+        """The transformed clips of ``(clips * T, 3, H, W)`` frames, shaped as an item's ``video``."""
         transform = self.transform_for(epoch)
         views = [transform(tv_tensors.Video(clip)) for clip in frames.split(self.clip.num_frames)]
         if self.clips_per_video is None:
-            return self._item(views[0], label, index)
-        return self._item(torch.stack(views) if self.train else torch.cat(views), label, index)
+            return views[0]
+        return torch.stack(views) if self.train else torch.cat(views)
+
+    def _left_out(self, index: int, epoch: int | None) -> dict:
+        """The item of an unreadable evaluation video: zeros of an item's shape, ``valid`` False."""
+        frames = torch.zeros(self.clip.num_frames * (self.clips_per_video or 1), 3, 16, 16, dtype=torch.uint8)
+        return self._item(torch.zeros_like(self._views(frames, epoch)), -1, index, valid=False)
 
     @staticmethod
-    def _item(video: torch.Tensor, label: int, index: int) -> dict:
-        return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index)}
+    def _item(video: torch.Tensor, label: int, index: int, valid: bool = True) -> dict:
+        return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index), "valid": torch.tensor(valid)}
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -239,4 +262,5 @@ def collate_clips(items: list[dict]) -> dict:
         "video": batch["video"].flatten(0, 1),
         "label": batch["label"].repeat_interleave(clips),
         "index": batch["index"].repeat_interleave(clips),
+        "valid": batch["valid"].repeat_interleave(clips),
     }

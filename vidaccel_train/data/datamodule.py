@@ -16,7 +16,7 @@ from vidaccel_train.config import ConfigError
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
-from vidaccel_train.data.video_io import VideoDecodeError, probe
+from vidaccel_train.data.video_io import VideoDecodeError, check_display_aspect, probe
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,14 @@ class VideoDataModule(L.LightningDataModule):
     sides alike): progressive resizing, as X3D's multigrid training, for several times the
     steps per second while the network learns coarse motion; later epochs, validation, testing
     and export use the full ``crop_size``.
+
+    ``display_aspect``: ``square`` (default) resamples anamorphic videos (non-square stored
+    pixels, such as Kinetics copies resized to 340x256 that keep 16:9) to square pixels as a
+    player shows them; ``stored`` feeds the stored pixels, as PySlowFast and MMAction2 trained
+    the zoo weights. Videos are always read upright (display matrix) and timed from their first frame.
+
+    Raises:
+        ValueError: an unknown ``display_aspect``.
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class VideoDataModule(L.LightningDataModule):
         decoder_threads: int = 1,
         low_res_epochs: int = 0,
         low_res_scale: float = 0.6,
+        display_aspect: str = "square",
     ):
         super().__init__()
         self.root = Path(root)
@@ -94,6 +103,7 @@ class VideoDataModule(L.LightningDataModule):
         self.decoder_threads = decoder_threads
         self.low_res_epochs = low_res_epochs
         self.low_res_scale = low_res_scale
+        self.display_aspect = check_display_aspect(display_aspect)
         self.seed = seed or 0
         # Unreadable videos are skipped and named here (the run directory by default).
         self.bad_files = BadFileLog(bad_files_report) if bad_files_report else None
@@ -150,12 +160,13 @@ class VideoDataModule(L.LightningDataModule):
             clips_per_video = {"train": self.train_clips if self.train_clips > 1 else None, "test": self.test_clips}.get(role)
             self.datasets[role] = ClipDataset(
                 index.samples, self.clip, train, transform, self.bad_files, clips_per_video=clips_per_video,
-                decoder_threads=self.decoder_threads, **early,
+                decoder_threads=self.decoder_threads, display_aspect=self.display_aspect, **early,
             )
         if len(self.class_names) != self.num_classes:
+            shown = ", ".join(self.class_names[:12]) + (f", ... ({len(self.class_names) - 12} more)" if len(self.class_names) > 12 else "")
             raise DatasetLayoutError(
-                f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes; "
-                f"set data.num_classes={len(self.class_names)}"
+                f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes "
+                f"({shown}); set data.num_classes={len(self.class_names)}, or remove the folders that are not classes"
             )
 
     def low_res_transform(self):

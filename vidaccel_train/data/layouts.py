@@ -17,10 +17,24 @@ annotations or folders (sorted names), so every split and every checkpoint agree
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+log = logging.getLogger(__name__)
+
+# Every container FFmpeg reads that people keep video in, matched in any case: phone and camera
+# exports (.m4v, .3gp, .MTS AVCHD), broadcast and streaming segments (.ts, .m2ts), browser
+# recordings (.webm), older formats (.flv, .wmv, .mpg, .vob), raw streams (.h264, .hevc, .ivf).
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".flv", ".f4v", ".wmv", ".asf",
+    ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".vob", ".ts", ".m2ts", ".mts", ".m2t", ".3gp", ".3g2",
+    ".ogv", ".ogg", ".mxf", ".dv", ".nut", ".ivf", ".y4m", ".h264", ".264", ".h265", ".hevc", ".265",
+    ".rm", ".rmvb", ".divx",
+)
+# Left out wherever a dataset is indexed: dot names (.DS_Store, macOS's ._<name> AppleDouble
+# sidecars, .ipynb_checkpoints, .git) and the __MACOSX folder of zips made on a Mac.
+HIDDEN_FOLDERS = ("__MACOSX",)
 LABELS_FILE = "labels.txt"
 LAYOUTS = ("class_folders", "annotations", "list_file")
 # The names a split goes by in the wild (Kinetics calls its validation split "validate").
@@ -38,6 +52,22 @@ class DatasetLayoutError(ValueError):
     """The data root does not hold a dataset in the expected layout."""
 
 
+def is_hidden(path: Path, below: Path | None = None) -> bool:
+    """Whether ``path`` (or a folder between ``below`` and it) is hidden: a dot name or ``__MACOSX``."""
+    parts = path.relative_to(below).parts if below is not None else (path.name,)
+    return any(part.startswith(".") or part in HIDDEN_FOLDERS for part in parts)
+
+
+def is_video_file(path: Path) -> bool:
+    """A visible file with one of :data:`VIDEO_EXTENSIONS` (any case)."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not is_hidden(path)
+
+
+def _read_text(path: Path) -> str:
+    """A text file as spreadsheets and editors save it: with or without a UTF-8 byte-order mark."""
+    return path.read_text(encoding="utf-8-sig")
+
+
 @dataclass
 class SplitIndex:
     """The readable samples of a split, and the rows that named a file that is not there."""
@@ -45,13 +75,14 @@ class SplitIndex:
     samples: list[tuple[str, int]]
     class_names: list[str]
     missing: dict[str, str] = field(default_factory=dict)  # path or clip name -> why
+    ignored: list[str] = field(default_factory=list)  # visible files in class folders that are not videos by extension
 
 
 def read_class_names(root: Path) -> list[str] | None:
     labels = Path(root) / LABELS_FILE
     if not labels.is_file():
         return None
-    return [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in _read_text(labels).splitlines() if line.strip()]
 
 
 def index_split(root: str | Path, split: str, layout: str = "auto", class_names: list[str] | None = None) -> SplitIndex:
@@ -85,7 +116,7 @@ def detect_layout(root: Path, split: str) -> str:
     if _find_split_file(root, split, (".txt",)) is not None:
         return "list_file"
     folder = _find_split_dir(root, split)
-    if folder is not None and any(p.is_dir() for p in folder.iterdir()):
+    if folder is not None and _class_folders(folder):
         return "class_folders"
     raise DatasetLayoutError(f"{root}: cannot tell the layout of split '{split}'; {EXPECTED_LAYOUTS}")
 
@@ -110,8 +141,12 @@ def _find_split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
+def _class_folders(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p))
+
+
 def _is_annotation_csv(path: Path) -> bool:
-    with open(path, newline="") as stream:
+    with open(path, newline="", encoding="utf-8-sig") as stream:
         header = next(csv.reader(stream), [])
     return "youtube_id" in [column.strip() for column in header]
 
@@ -120,22 +155,31 @@ def _index_class_folders(root: Path, split: str, names: list[str] | None) -> Spl
     split_dir = _find_split_dir(root, split)
     if split_dir is None:
         raise DatasetLayoutError(f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)")
-    names = names or _train_class_names(root, "class_folders") or sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    names = names or _train_class_names(root, "class_folders") or [p.name for p in _class_folders(split_dir)]
     index = {name: i for i, name in enumerate(names)}
     samples: list[tuple[str, int]] = []
-    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    ignored: list[str] = []
+    for folder in _class_folders(split_dir):
         if folder.name not in index:
             raise DatasetLayoutError(f"{folder}: class '{folder.name}' is not in the class list of {root}")
         for clip in sorted(folder.iterdir()):
-            if clip.suffix.lower() in VIDEO_EXTENSIONS:
+            if is_hidden(clip):
+                continue
+            if clip.is_file() and is_video_file(clip):
                 samples.append((str(clip), index[folder.name]))
+            else:
+                ignored.append(str(clip))
     if not samples:
-        raise DatasetLayoutError(f"{split_dir}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in class folders")
-    return SplitIndex(samples, names)
+        raise DatasetLayoutError(f"{split_dir}: no video files in class folders (by extension: .mp4, .mkv, .webm, .mov, "
+                                 f".avi and {len(VIDEO_EXTENSIONS) - 5} more, in any case)")
+    if ignored:
+        log.warning("%d entries of %s are not video files by their extension and were left out (%s%s)", len(ignored),
+                    split_dir, ", ".join(Path(p).name for p in ignored[:5]), ", ..." if len(ignored) > 5 else "")
+    return SplitIndex(samples, names, ignored=ignored)
 
 
 def _read_annotations(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as stream:
+    with open(path, newline="", encoding="utf-8-sig") as stream:
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(stream)]
     if rows and not {"youtube_id", "time_start", "time_end"} <= rows[0].keys():
         raise DatasetLayoutError(f"{path}: needs the columns youtube_id,time_start,time_end (and label)")
@@ -157,7 +201,7 @@ def _index_annotations(root: Path, split: str, names: list[str] | None) -> Split
     names = names or _train_class_names(root, "annotations") or sorted({row["label"] for row in rows})
     index = {name: i for i, name in enumerate(names)}
     clips_dir = _find_split_dir(root, split) or root
-    on_disk = {p.stem: p for p in clips_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS}
+    on_disk = {p.stem: p for p in sorted(clips_dir.rglob("*")) if is_video_file(p) and not is_hidden(p, clips_dir)}
     samples, missing = [], {}
     for row in rows:
         if row["label"] not in index:
@@ -177,7 +221,7 @@ def _index_list_file(root: Path, split: str, names: list[str] | None) -> SplitIn
     if path is None:
         raise DatasetLayoutError(f"no list file for split '{split}' under {root}; {EXPECTED_LAYOUTS}")
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
@@ -206,7 +250,7 @@ def _train_class_names(root: Path, layout: str) -> list[str] | None:
     """The class list as the train split defines it, so val/test indices match training."""
     if layout == "class_folders":
         folder = _find_split_dir(root, "train")
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder else None
+        return [p.name for p in _class_folders(folder)] if folder else None
     path = _find_split_file(root, "train", (".csv",))
     if path is None:
         return None

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from fractions import Fraction
+
 import av
+import numpy as np
 import torch
 
 from vidaccel_train.data.check import file_progress, write_labels_and_bad_files
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_splits
-from vidaccel_train.data.video_io import VideoDecodeError, read_clip
+from vidaccel_train.data.video_io import UPRIGHT, VideoDecodeError, VideoInfo, iter_frames, read_clip
 
 REPORT_FILE = "prepare_report.json"
 
@@ -49,38 +52,32 @@ class EncodeSettings:
 
 
 def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) -> None:
-    """Re-encode ``source``'s first video stream to ``target`` (H.264, yuv420p, no audio),
-    each frame at its original timestamp. Raises :class:`VideoDecodeError` naming the file."""
+    """Re-encode ``source``'s first video stream to ``target`` (H.264, yuv420p, no audio) as the
+    reader sees it: upright (a display matrix is applied to the pixels), timed from its first
+    frame, each frame at its original time; non-square pixels keep their sample aspect ratio.
+    Raises :class:`VideoDecodeError` naming the file."""
     source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
-        with av.open(str(source)) as reader:
-            if not reader.streams.video or reader.streams.video[0].codec_context is None:
-                raise VideoDecodeError(f"{source}: no decodable video stream")
-            stream = reader.streams.video[0]
-            stream.thread_type = "AUTO"
-            width, height = settings.even_size(stream.width, stream.height)
-            with av.open(str(partial), mode="w", format="mp4") as writer:
-                rate = stream.average_rate or stream.guessed_rate or 30
-                out = writer.add_stream("libx264", rate=rate)
-                out.width, out.height, out.pix_fmt = width, height, "yuv420p"
-                out.codec_context.time_base = stream.time_base
-                out.options = {
-                    "crf": str(settings.crf),
-                    "preset": settings.preset,
-                    "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
-                                   ":scenecut=0:bframes=0",
-                }
-                written = 0
-                for frame in reader.decode(stream):
-                    if frame.pts is None:
-                        continue
-                    scaled = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
-                    scaled.pts, scaled.time_base = frame.pts, stream.time_base
-                    for packet in out.encode(scaled):
-                        writer.mux(packet)
-                    written += 1
+        with av.open(str(partial), mode="w", format="mp4") as writer:
+            out = None
+            written = 0
+            for seconds, frame, info in iter_frames(source):
+                if out is None:
+                    out, size = _open_output(writer, info, frame.time_base, settings)
+                    time_base = out.codec_context.time_base
+                if info.orientation == UPRIGHT:
+                    scaled = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+                else:
+                    upright = info.orientation.apply(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                    scaled = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright.numpy()), format="rgb24").reformat(
+                        width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+                scaled.pts, scaled.time_base = round(seconds / time_base), time_base
+                for packet in out.encode(scaled):
+                    writer.mux(packet)
+                written += 1
+            if out is not None:
                 for packet in out.encode():
                     writer.mux(packet)
         if not written:
@@ -92,6 +89,27 @@ def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) 
     except (av.error.FFmpegError, OSError, ValueError) as err:
         partial.unlink(missing_ok=True)
         raise VideoDecodeError(f"{source}: cannot be re-encoded ({err})") from err
+
+
+def _open_output(writer, info: VideoInfo, time_base: Fraction, settings: EncodeSettings):
+    """The copy's H.264 stream for frames of ``info`` and their upright, scaled size ``(w, h)``."""
+    transposed = info.orientation.transpose
+    upright = (info.coded_height, info.coded_width) if transposed else (info.coded_width, info.coded_height)
+    size = settings.even_size(*upright)
+    rate = Fraction(info.fps).limit_denominator(100_000) if info.fps > 0 else 30
+    out = writer.add_stream("libx264", rate=rate)
+    out.width, out.height, out.pix_fmt = *size, "yuv420p"
+    out.codec_context.time_base = time_base
+    if info.anamorphic:  # turned upright, a stored pixel's width is its height
+        aspect = Fraction(info.sample_aspect).limit_denominator(1000)
+        out.codec_context.sample_aspect_ratio = 1 / aspect if transposed else aspect
+    out.options = {
+        "crf": str(settings.crf),
+        "preset": settings.preset,
+        "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
+                       ":scenecut=0:bframes=0",
+    }
+    return out, size
 
 
 def _transcode_job(args: tuple[str, str, EncodeSettings]) -> str | None:

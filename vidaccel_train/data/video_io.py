@@ -1,19 +1,43 @@
-"""Video decoding and encoding with PyAV.
+"""The one video reader of every path (training clips, multi-view testing, ``predict``, the
+export's verification, the dataset check and the training copy), and the encoder of the
+generated data, with PyAV.
 
-Decoding seeks to the keyframe before the first wanted timestamp and stops after the last
-one, so a clip of a long video costs only the frames it spans.
+The reader's contract: the frame at time ``t`` is the frame a player shows at ``t``,
+
+- with ``t`` in seconds from the stream's first presented frame (its presentation timestamp
+  is ``VideoInfo.start_s``, which is often not 0: cuts made with ``ffmpeg -ss ... -c copy``,
+  MPEG-TS/HLS segments, recordings that start mid-stream);
+- upright, as the stream's display matrix says (phone recordings: rotations of 90, 180 and
+  270 degrees, and mirrors), which PyAV reports but does not apply;
+- at the display aspect with ``display_aspect="square"`` (anamorphic files resampled to square
+  pixels, as a player does), or as stored with ``"stored"``.
+
+The duration is the stream's own (mp4, mov, avi, MPEG-TS) or, where the stream has none
+(Matroska and WebM, whose container duration counts from timestamp 0, browser recordings that
+have none at all), the end of the last packet, found with one seek and remembered for the
+file in this process. Decoding seeks to the keyframe before the first wanted time and stops
+after the last one, so a clip of a long video costs only the frames it spans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
 import torch
+
+DISPLAY_ASPECTS = ("square", "stored")
+
+# Codecs for which decoding with non-reference frames skipped is proven frame-exact (tests/
+# test_real_world_video.py): every wanted frame equals the one a full decode shows then. AV1 is
+# not among them (libdav1d then returns some frames one early); unknown codecs decode every frame.
+SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg"})
 
 
 class VideoDecodeError(RuntimeError):
@@ -21,11 +45,90 @@ class VideoDecodeError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Orientation:
+    """How a stored frame becomes the upright frame a player shows: optionally transposed
+    (rows become columns), then mirrored left-right and/or top-bottom. The eight cases are the
+    display matrices of 0/90/180/270 degree rotations with and without a mirror."""
+
+    transpose: bool = False
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+
+    @classmethod
+    def from_display_matrix(cls, matrix: Sequence[int]) -> "Orientation":
+        """From FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX`` (9 int32, 16.16 fixed point), which maps
+        a stored pixel ``(x, y)`` to ``(a x + c y, b x + d y)`` on screen. Rotations other than
+        multiples of 90 degrees are rounded to the nearest multiple."""
+        a, b, c, d = (float(v) for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+        if abs(a) + abs(d) >= abs(b) + abs(c):  # x stays x: no transpose
+            return cls(False, a < 0, d < 0)
+        # Screen x comes from stored y (x' = c y), screen y from stored x (y' = b x).
+        return cls(True, c < 0, b < 0)
+
+    @property
+    def rotation(self) -> int:
+        """Clockwise degrees a player turns the stored frame (0, 90, 180 or 270), before ``mirrored``."""
+        if self.transpose:
+            return 90 if self.flip_horizontal != self.mirrored else 270
+        return 180 if self.flip_vertical else 0
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the display is a mirror image of the stored frame (after the rotation)."""
+        if self.transpose:
+            return self.flip_horizontal == self.flip_vertical
+        return self.flip_horizontal != self.flip_vertical
+
+    def apply(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(..., H, W, C)`` stored -> ``(..., H', W', C)`` upright."""
+        if self.transpose:
+            frames = frames.transpose(-3, -2)
+        dims = [d for d, flip in ((-3, self.flip_vertical), (-2, self.flip_horizontal)) if flip]
+        return frames.flip(dims) if dims else frames
+
+
+UPRIGHT = Orientation()
+
+
+@dataclass(frozen=True)
 class VideoInfo:
+    """What the reader knows of a file's first video stream.
+
+    ``duration_s``: seconds from the first presented frame to the end of the last.
+    ``fps``: the stream's average frame rate (0 if unknown).
+    ``width``, ``height``: pixels of the frames the reader returns (upright; at the display
+    aspect when read with ``display_aspect="square"``); ``coded_width``, ``coded_height``: as stored.
+    ``start_s``: the presentation timestamp of the first frame, seconds on the stream's clock.
+    ``duration_source``: ``"stream"`` (the header) or ``"last packet"`` (none in the header).
+    ``orientation``: from the display matrix (``UPRIGHT`` when there is none).
+    ``sample_aspect``: display width of a stored pixel over its height (1.0: square pixels).
+    """
+
     duration_s: float
     fps: float
     width: int
     height: int
+    codec: str = ""
+    start_s: float = 0.0
+    duration_source: str = "stream"
+    orientation: Orientation = UPRIGHT
+    sample_aspect: float = 1.0
+    coded_width: int = 0
+    coded_height: int = 0
+
+    @property
+    def rotation(self) -> int:
+        return self.orientation.rotation
+
+    @property
+    def anamorphic(self) -> bool:
+        return abs(self.sample_aspect - 1.0) > 1e-3
+
+
+def check_display_aspect(display_aspect: str) -> str:
+    if display_aspect not in DISPLAY_ASPECTS:
+        raise ValueError(f"display_aspect must be one of {', '.join(DISPLAY_ASPECTS)}, got {display_aspect!r}")
+    return display_aspect
 
 
 def _video_stream(container: av.container.InputContainer, path: Path, threads: int = 0) -> av.video.stream.VideoStream:
@@ -39,65 +142,196 @@ def _video_stream(container: av.container.InputContainer, path: Path, threads: i
     return stream
 
 
-def _info(container, stream) -> VideoInfo:
+# The end of the last packet of files whose header has no stream duration, by (path, size,
+# mtime): found once per file and process (a training worker reads each file every epoch).
+_END_CACHE: dict[tuple[str, int, int], float] = {}
+_END_CACHE_LIMIT = 1_000_000
+
+
+def _last_packet_end(container, stream, path: Path) -> float:
+    """Seconds on the stream's clock where the last packet ends: one seek to the end and the
+    packets after the last keyframe (a file without an index is read through, not decoded)."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _END_CACHE:
+        return _END_CACHE[key]
+    time_base = float(stream.time_base)
+    rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+    end = -math.inf
+    for attempt in ("seek", "scan"):
+        try:
+            if attempt == "seek":
+                container.seek(2**62, stream=stream, backward=True, any_frame=False)
+            else:
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                if packet.pts is None:
+                    continue
+                length = packet.duration * time_base if packet.duration else (1 / rate if rate > 0 else 0.0)
+                end = max(end, packet.pts * time_base + length)
+        except av.error.FFmpegError:
+            continue
+        if math.isfinite(end):
+            break
+    if len(_END_CACHE) >= _END_CACHE_LIMIT:
+        _END_CACHE.clear()
+    _END_CACHE[key] = end
+    return end
+
+
+def _info(container, stream, path: Path, display_aspect: str = "stored") -> VideoInfo:
+    """The stream's timing, codec and stored geometry (upright: the orientation comes with the frames)."""
     fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / av.time_base
-    elif stream.frames and fps:
-        duration = stream.frames / fps
+    time_base = float(stream.time_base)
+    if stream.start_time is not None:
+        start = stream.start_time * time_base
+    elif container.start_time is not None:
+        start = container.start_time / av.time_base
     else:
-        duration = math.nan
-    return VideoInfo(duration, fps, stream.width, stream.height)
+        start = 0.0
+    if stream.duration is not None and stream.duration > 0:
+        duration, source = stream.duration * time_base, "stream"
+    else:
+        duration, source = _last_packet_end(container, stream, path) - start, "last packet"
+        if not math.isfinite(duration):
+            duration = math.nan
+    sar = stream.sample_aspect_ratio
+    sample_aspect = float(sar) if sar and sar > 0 else 1.0
+    coded_width, coded_height = stream.width, stream.height
+    width = _display_width(coded_width, sample_aspect) if display_aspect == "square" else coded_width
+    height = coded_height
+    return VideoInfo(
+        duration, fps, width, height, stream.codec_context.name, start, source, UPRIGHT, sample_aspect,
+        coded_width, coded_height,
+    )
 
 
-def probe(path: str | Path) -> VideoInfo:
-    path = Path(path)
-    try:
-        with av.open(str(path)) as container:
-            return _info(container, _video_stream(container, path))
-    except VideoDecodeError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise VideoDecodeError(f"{path}: cannot open as video ({err})") from err
+def _oriented(info: VideoInfo, orientation: Orientation) -> VideoInfo:
+    """``info`` with the orientation the decoded frames carry (width and height swapped by a transpose)."""
+    if orientation == info.orientation:
+        return info
+    width, height = (info.height, info.width) if orientation.transpose != info.orientation.transpose else (info.width, info.height)
+    return dataclasses.replace(info, orientation=orientation, width=width, height=height)
 
 
-def read_clip(
-    path: str | Path, choose_timestamps: Callable[[VideoInfo], Sequence[float]], threads: int = 0
-) -> tuple[torch.Tensor, VideoInfo]:
-    """Open ``path`` once, let ``choose_timestamps`` pick times from its info, decode them.
+def _display_width(coded_width: int, sample_aspect: float) -> int:
+    """Stored width at square pixels, as players scale it (the height is kept)."""
+    return max(1, round(coded_width * sample_aspect))
 
-    ``threads`` are FFmpeg's decoder threads: 0 lets FFmpeg choose (about one per core), 1 decodes
-    in the calling thread, which is faster when loader workers already fill the cores.
 
-    Returns uint8 ``(T, 3, H, W)`` in the order the timestamps were given (they may repeat or
-    overlap, as the clips of a multi-view test do). Each timestamp takes the last frame shown at
-    or before it; timestamps past the end take the last frame.
+def _frame_orientation(frame: av.VideoFrame) -> Orientation:
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    if matrix is None:
+        return UPRIGHT
+    return Orientation.from_display_matrix(np.frombuffer(bytes(matrix), dtype=np.int32))
+
+
+def _open_error(path: Path, err: Exception, doing: str) -> VideoDecodeError:
+    return VideoDecodeError(f"{path}: {doing} ({err})")
+
+
+def probe(path: str | Path, display_aspect: str = "stored") -> VideoInfo:
+    """The file's :class:`VideoInfo`, with the orientation of its first frame (one frame decoded).
+
+    Raises:
+        VideoDecodeError: not a video file, no decoder, or nothing decodable.
     """
     path = Path(path)
     try:
         with av.open(str(path)) as container:
+            stream = _video_stream(container, path, threads=1)
+            info = _info(container, stream, path, display_aspect)
+            if info.duration_source != "stream":  # the duration's seek left the file at its end
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+            first = next(iter(container.decode(stream)), None)
+            if first is None:
+                raise VideoDecodeError(f"{path}: no decodable frames")
+            return _oriented(info, _frame_orientation(first))
+    except VideoDecodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise _open_error(path, err, "cannot open as video") from err
+
+
+def read_clip(
+    path: str | Path,
+    choose_timestamps: Callable[[VideoInfo], Sequence[float]],
+    threads: int = 0,
+    display_aspect: str = "stored",
+) -> tuple[torch.Tensor, VideoInfo]:
+    """Open ``path`` once, let ``choose_timestamps`` pick times (seconds from the first frame)
+    from its info, decode the frames a player shows then.
+
+    ``threads`` are FFmpeg's decoder threads: 0 lets FFmpeg choose (about one per core), 1 decodes
+    in the calling thread, which is faster when loader workers already fill the cores.
+    ``display_aspect``: ``"square"`` resamples anamorphic frames to square pixels (the width
+    scaled, as players do), ``"stored"`` keeps the stored pixels.
+
+    Returns uint8 ``(T, 3, H, W)`` in the order the timestamps were given (they may repeat or
+    overlap, as the clips of a multi-view test do), upright, and the info (``choose_timestamps``
+    sees it before any frame is decoded, so without the orientation). Each timestamp takes the
+    last frame shown at or before it; timestamps before the first frame take the first frame,
+    past the end the last frame.
+
+    Raises:
+        VideoDecodeError: the file cannot be opened or decoded; the message names it.
+    """
+    path = Path(path)
+    check_display_aspect(display_aspect)
+    try:
+        with av.open(str(path)) as container:
             stream = _video_stream(container, path, threads)
-            info = _info(container, stream)
+            info = _info(container, stream, path, display_aspect)
             requested = [float(t) for t in choose_timestamps(info)]
             order = sorted(range(len(requested)), key=requested.__getitem__)
-            decoded = _decode_span(container, stream, [requested[i] for i in order])
+            width = _display_width(info.coded_width, info.sample_aspect) if display_aspect == "square" else None
+            # Past the end is the last frame: ask for the instant before the end (no seek beyond it).
+            limit = info.duration_s - 1e-3 if math.isfinite(info.duration_s) else math.inf
+            wanted = [info.start_s + min(requested[i], limit) for i in order]
+            decoded, orientation = _decode_span(container, stream, wanted, width, info.codec, info.start_s)
             frames = [None] * len(requested)
             for slot, frame in zip(order, decoded):
                 frames[slot] = frame
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise VideoDecodeError(f"{path}: decoding failed ({err})") from err
+        raise _open_error(path, err, "decoding failed") from err
     if not frames or any(f is None for f in frames):
         raise VideoDecodeError(f"{path}: no decodable frames")
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), info
+    upright = orientation.apply(torch.from_numpy(np.stack(frames)))
+    return upright.permute(0, 3, 1, 2).contiguous(), _oriented(info, orientation)
 
 
-def read_frames_at(path: str | Path, timestamps_s: Sequence[float]) -> torch.Tensor:
-    """Decode the frames shown at fixed ``timestamps_s`` as uint8 ``(T, 3, H, W)``."""
-    return read_clip(path, lambda _info: timestamps_s)[0]
+def read_frames_at(path: str | Path, timestamps_s: Sequence[float], display_aspect: str = "stored") -> torch.Tensor:
+    """Decode the frames shown at fixed ``timestamps_s`` (seconds from the first frame) as
+    uint8 ``(T, 3, H, W)``; see :func:`read_clip`."""
+    return read_clip(path, lambda _info: timestamps_s, display_aspect=display_aspect)[0]
+
+
+def iter_frames(path: str | Path, threads: int = 0) -> Iterator[tuple[float, av.VideoFrame, VideoInfo]]:
+    """Every frame of ``path`` in presentation order as ``(seconds from the first frame, the
+    frame as stored, the info with its orientation)``: for re-encoding a whole file.
+
+    Raises:
+        VideoDecodeError: the file cannot be opened or decoded; the message names it.
+    """
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = _video_stream(container, path, threads)
+            info = _info(container, stream, path)
+            if info.duration_source != "stream":
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+            time_base = float(stream.time_base)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                info = _oriented(info, _frame_orientation(frame))
+                yield frame.pts * time_base - info.start_s, frame, info
+    except VideoDecodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise _open_error(path, err, "decoding failed") from err
 
 
 # Frames decoded only to reach the next wanted timestamp need not be complete: FFmpeg may skip
@@ -106,25 +340,44 @@ def read_frames_at(path: str | Path, timestamps_s: Sequence[float]) -> torch.Ten
 _SKIP_MARGIN_FRAMES = 2
 
 
-def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | None]:
-    """The frame shown at each of the sorted ``wanted`` times, decoding from the keyframe before
-    the first; non-reference frames well before the next wanted time are not decoded at all, and
-    a wanted time more than two keyframe intervals ahead is reached by seeking (files made for
-    random access, with a keyframe every few frames, then cost little between far-apart clips)."""
+def _to_rgb(frame: av.VideoFrame, width: int | None) -> np.ndarray:
+    if width is None or width == frame.width:
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(width=width, height=frame.height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+
+
+def _decode_span(container, stream, wanted: list[float], width: int | None, codec_name: str, start_s: float):
+    """The frame shown at each of the sorted ``wanted`` times (seconds on the stream's clock),
+    as ``(H, W, 3)`` arrays (``width`` wide if given), and the orientation the frames carry.
+
+    Decodes from the keyframe before the first; non-reference frames well before the next
+    wanted time are not decoded at all (codecs of :data:`SKIP_NONREF_CODECS` only), and a wanted
+    time more than two keyframe intervals ahead is reached by seeking (files made for random
+    access, with a keyframe every few frames, then cost little between far-apart clips). A seek
+    that lands past the wanted time (MPEG-TS seeks by byte position) is retried from earlier,
+    back to before the first frame (``start_s``) if need be."""
     time_base = float(stream.time_base)
     rate = float(stream.average_rate or stream.guessed_rate or 0.0)
-    margin = _SKIP_MARGIN_FRAMES / rate if rate > 0 else math.inf  # unknown rate: skip nothing
+    skipping = codec_name in SKIP_NONREF_CODECS and rate > 0
+    margin = _SKIP_MARGIN_FRAMES / rate if skipping else math.inf  # unknown rate or codec: skip nothing
     codec = stream.codec_context
     picked: list[np.ndarray | None] = [None] * len(wanted)
+    orientation = None
     next_slot = 0
     previous = None  # (frame, its rgb array once converted)
     # The widest gap between keyframes passed since the last seek bounds what a seek costs.
     last_keyframe, keyframe_gap = None, 0.0
-    packets = _seek(container, stream, wanted[0])
+    target, backoff = wanted[0], 1.0
+    packets, fresh = _seek(container, stream, target), True  # fresh: no frame decoded since the seek
     seeked_for = 0
     while True:
         packet = next(packets, None)
         if packet is None:
+            if fresh and target > start_s - 4.0:  # the seek found nothing to decode: from earlier
+                target, backoff = target - backoff, 2 * backoff
+                previous, last_keyframe, keyframe_gap = None, None, 0.0
+                packets = _seek(container, stream, target)
+                continue
             break
         if packet.pts is not None:
             t_packet = packet.pts * time_base
@@ -134,49 +387,68 @@ def _decode_span(container, stream, wanted: list[float]) -> list[np.ndarray | No
                 last_keyframe = t_packet
             if seeked_for < next_slot and keyframe_gap > 0 and wanted[next_slot] - t_packet > 2 * keyframe_gap:
                 seeked_for, previous, last_keyframe, keyframe_gap = next_slot, None, None, 0.0
-                packets = _seek(container, stream, wanted[next_slot])
+                target, backoff = wanted[next_slot], 1.0
+                packets, fresh = _seek(container, stream, target), True
                 continue
             codec.skip_frame = "NONREF" if t_packet < wanted[next_slot] - margin else "DEFAULT"
         for frame in packet.decode():
             if frame.pts is None:
                 continue
+            if orientation is None:
+                orientation = _frame_orientation(frame)
             t = frame.pts * time_base
+            if fresh:
+                fresh = False
+                # (a seek to the very first frame can land past it too: back off to before it)
+                if t > wanted[next_slot] and t > start_s + 1e-6 and target > start_s - 4.0:
+                    target, backoff = target - backoff, 2 * backoff
+                    previous, last_keyframe, keyframe_gap = None, None, 0.0
+                    packets, fresh = _seek(container, stream, target), True
+                    break
             # Every wanted timestamp before this frame is shown by the previous frame.
             while next_slot < len(wanted) and wanted[next_slot] < t:
                 source = previous if previous is not None else [frame, None]
                 if source[1] is None:
-                    source[1] = source[0].to_ndarray(format="rgb24")
+                    source[1] = _to_rgb(source[0], width)
                 picked[next_slot] = source[1]
                 next_slot += 1
             if next_slot == len(wanted):
-                return picked
+                return picked, orientation
             previous = [frame, None]
     if previous is not None:
-        array = previous[1] if previous[1] is not None else previous[0].to_ndarray(format="rgb24")
+        array = previous[1] if previous[1] is not None else _to_rgb(previous[0], width)
         for slot in range(next_slot, len(wanted)):
             picked[slot] = array
-    return picked
+    return picked, orientation or UPRIGHT
 
 
 def _seek(container, stream, time_s: float):
-    """Packets from the keyframe at or before ``time_s`` on (the decoder is flushed)."""
+    """Packets from the keyframe at or before ``time_s`` (stream clock) on (the decoder is flushed)."""
     container.seek(int(max(time_s, 0.0) / float(stream.time_base)), stream=stream, backward=True, any_frame=False)
     return iter(container.demux(stream))
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: int, qp: int = 20) -> None:
-    """Encode ``(H, W, 3)`` uint8 frames to H.264 (yuv420p, even sizes) with PyAV, deterministically."""
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: int,
+    qp: int = 20,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+) -> None:
+    """Encode ``(H, W, 3)`` uint8 frames (yuv420p, even sizes) with PyAV, deterministically:
+    H.264 at a constant quantizer ``qp`` by default, or ``codec`` with its ``options``."""
     path = Path(path)
     iterator = iter(frames)
     first = next(iterator)
     height, width = first.shape[:2]
     if height % 2 or width % 2:
-        raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
+        raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # Constant quantizer: x264's rate-control lookahead (mbtree) makes crf output vary run to run.
-        stream.options = {"qp": str(qp), "preset": "veryfast", "g": str(fps)}
+        stream.options = options if options is not None else {"qp": str(qp), "preset": "veryfast", "g": str(fps)}
         for array in (first, *iterator):
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)

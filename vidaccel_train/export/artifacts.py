@@ -144,7 +144,10 @@ def _collect_logits(loader, predictors: dict[str, Callable[[torch.Tensor], torch
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
     labels = []
     for batch in loader:
-        for views, label in zip(batch["video"], batch["label"]):
+        valid = batch.get("valid", torch.ones(len(batch["label"]), dtype=torch.bool))
+        for views, label, readable in zip(batch["video"], batch["label"], valid):
+            if not readable:  # an unreadable video (named in bad_files.txt): left out, as the test does
+                continue
             labels.append(int(label))
             for name, predict in predictors.items():
                 if isinstance(predict, nn.Module):
@@ -334,6 +337,7 @@ def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, thre
         "target_fps": clip.target_fps,
         "crop_size": datamodule.crop_size,
         "short_side": datamodule.eval_short_side,
+        "display_aspect": datamodule.display_aspect,
         "int8_source": source if "int8" in precisions else None,
         "verified_on": {"videos": videos, "clips": videos * views},
         "reference_eager_fp32": {

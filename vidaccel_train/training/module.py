@@ -199,12 +199,33 @@ class VideoClassifier(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._measure(self(batch["video"]), batch["label"], "train")
 
+    def _readable(self, batch: dict, stage: str) -> dict | None:
+        """The batch without the videos that could not be read (see ``ClipDataset``), which
+        every metric leaves out; their count is logged as ``<stage>/videos_left_out``. None when
+        nothing is left."""
+        valid = batch.get("valid")
+        left_out = 0 if valid is None else int((~valid).sum())
+        self.log(f"{stage}/videos_left_out", float(left_out), on_step=False, on_epoch=True, reduce_fx="sum",
+                 batch_size=len(batch["label"]))
+        if not left_out:
+            return batch
+        if left_out == len(valid):
+            return None
+        return {key: value[valid] if torch.is_tensor(value) and len(value) == len(valid) else value
+                for key, value in batch.items()}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        batch = self._readable(batch, "val")
+        if batch is None:
+            return
         self._measure(self(batch["video"]), batch["label"], "val")
         if self.quant_state is not None:
             self._measure(self._float_logits(batch["video"]), batch["label"], "val_fp32")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        batch = self._readable(batch, "test")
+        if batch is None:
+            return
         video, labels = batch["video"], batch["label"]
         videos, views = video.shape[:2]
         clips, clip_labels = video.flatten(0, 1), labels.repeat_interleave(views)
