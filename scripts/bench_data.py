@@ -10,20 +10,26 @@ every frame of the span and subsamples afterwards; ours converts only the frames
 Ours is also measured with one decoder thread instead of FFmpeg's choice, with
 ``--clips-per-video`` clips per decoded video (``data.train_clips_per_video``), and with every
 frame decoded (without skipping the non-reference frames that lie well before a wanted one).
+
+With ``--baseline-rev REV`` it measures instead the reader of git revision REV against today's,
+alternating rounds in one run (the same files, loader, transform and workers).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
+import subprocess
 import time
+import types
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from vidaccel_train.data import video_io
+from vidaccel_train.data import clips, video_io
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
@@ -88,6 +94,34 @@ def clips_per_second(loader: DataLoader, batches: int) -> float:
     return clips / (time.perf_counter() - started)
 
 
+def reader_of_revision(revision: str):
+    """``read_clip`` as the git ``revision`` of ``vidaccel_train/data/video_io.py`` had it."""
+    source = subprocess.run(["git", "show", f"{revision}:vidaccel_train/data/video_io.py"], check=True,
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    module = types.ModuleType(f"video_io_{revision}")
+    exec(compile(source, f"{revision}:video_io.py", "exec"), module.__dict__)
+    return lambda path, choose, threads=0, display_aspect=None: module.read_clip(path, choose, threads)
+
+
+def compare_readers(revision: str, rounds: int, measure, clips_per_video: int) -> None:
+    """The training pipeline with the reader of ``revision`` and with today's, alternating, in
+    one process (workers fork with the reader in place); prints each round and the median ratio."""
+    readers = {revision: reader_of_revision(revision), "today": clips.read_clip}
+    for count in (1, clips_per_video):
+        rates = {name: [] for name in readers}
+        for _ in range(rounds):
+            for name, reader in readers.items():
+                clips.read_clip = reader
+                try:
+                    rates[name].append(measure(count))
+                finally:
+                    clips.read_clip = readers["today"]
+        ratio = statistics.median(b / a for a, b in zip(rates[revision], rates["today"]))
+        print(f"  {count} clip(s)/video, 1 decoder thread: reader at {revision} "
+              f"{', '.join(f'{r:.1f}' for r in rates[revision])} clips/s; today "
+              f"{', '.join(f'{r:.1f}' for r in rates['today'])}; today / {revision} (median of rounds) {ratio:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="a dataset root in any layout (its train split is read)")
@@ -96,6 +130,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--clips-per-video", type=int, default=2, help="clips per decoded video in the repeated-clip variants")
+    parser.add_argument("--baseline-rev", help="a git revision: its video reader against today's, side by side "
+                        "(1 decoder thread, 1 and --clips-per-video clips per video, --rounds alternating rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --baseline-rev")
     args = parser.parse_args()
 
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
@@ -114,6 +151,12 @@ def main() -> None:
             return clips_per_second(loader, args.batches)
         finally:
             video_io._SKIP_MARGIN_FRAMES = margin
+
+    print(f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
+          f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}")
+    if args.baseline_rev:
+        compare_readers(args.baseline_rev, args.rounds, lambda cpv: ours(cpv, 1), args.clips_per_video)
+        return
 
     variants = {
         "ours, 1 clip/video, 1 thread, every frame decoded": ours(1, 1, skip_non_reference=False),
@@ -136,8 +179,6 @@ def main() -> None:
     assert isinstance(stock._labeled_videos, LabeledVideoPaths) and len(stock._labeled_videos) == len(index.samples)
     stock_rate = clips_per_second(DataLoader(stock, **loader_args), args.batches)
 
-    print(f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
-          f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}")
     print(f"  {'pytorchvideo.data.Kinetics (PyAV)':45s} {stock_rate:8.1f} clips/s")
     for name, rate in variants.items():
         print(f"  {name:45s} {rate:8.1f} clips/s  {rate / stock_rate:5.2f}x stock")

@@ -88,7 +88,8 @@ def test_both_programs_run_in_the_executorch_runtime(export_dir):
 def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data_dir):
     video = next(data_dir.glob("synthetic/synthetic-*/test/move_right/*.mp4"))
     result = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(export_dir / "model_int8.pte"),
-                             str(video), "--topk", "2", "--json"], capture_output=True, text=True, timeout=300)
+                             str(video), "--topk", "2", "--json", "--views", "1x1"], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = json.loads(result.stdout)["predictions"]
     assert len(predictions) == 2 and predictions[0]["score"] >= predictions[1]["score"]

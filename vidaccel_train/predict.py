@@ -1,34 +1,91 @@
-"""Classify a video with an exported artifact.
+"""Classify videos with an exported artifact, as the run's test scored them.
 
-    python -m vidaccel_train.predict <run>/export/model_int8.pte clip.mp4 [--topk 5] [--json]
+    python -m vidaccel_train.predict ARTIFACT INPUT [INPUT ...] [--topk 5] [--json] [--csv FILE]
+    python -m vidaccel_train.predict ARTIFACT --data-root ROOT --split val   # a labelled split: top-1/top-5, confusion
+    python -m vidaccel_train.predict ARTIFACT long.mp4 --timeline [--stride 1.0] [--out DIR]
 
-The manifest beside the artifact says how to decode and normalise the clip and names the
-classes; an artifact whose sha256 differs from the manifest's is refused.
+ARTIFACT is a .pte of an export folder; the manifest beside it says how to decode and
+normalise clips, names the classes and records the test views (clips x crops) the export was
+verified on, which predict uses unless --views says otherwise: its probabilities for a video
+are those of the export's verification. An artifact whose sha256 differs from the manifest's is
+refused. An INPUT is a video, a folder (searched recursively for videos, any extension FFmpeg
+reads, in any case; hidden files left out) or a list file (.txt/.csv/.lst: one video per line,
+optionally followed by its label, a class name or index). Labelled inputs are scored.
+
+--timeline slides one clip over the whole video every --stride seconds and writes, per video,
+<stem>.timeline.csv and .json (top-k per window with its start and end) and a .png of the
+classes over time into --out, with the overall label (windows' probabilities averaged).
+
+Unreadable videos are named on one line each and the others go on; the exit code is then 1.
+A missing or modified artifact, an unknown option or an input without videos: one error line,
+exit code 2, before any decoding.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, is_hidden, is_video_file
 from vidaccel_train.data.transforms import build_transform
-from vidaccel_train.data.video_io import VideoDecodeError, read_clip
+from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip
 from vidaccel_train.export.artifacts import MANIFEST, sha256_of
 from vidaccel_train.export.executorch import ExecuTorchModel, LoweringError
+from vidaccel_train.quiet import native_stderr_muted
+from vidaccel_train.training.module import aggregate_views
+
+LIST_SUFFIXES = (".txt", ".csv", ".lst")
+# The views of manifests written before they recorded the test's: the centre clip, centre crop.
+LEGACY_VIEWS = {"clips": 1, "crops": 1}
 
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing, unlisted, or not the file its manifest describes."""
 
 
+class PredictError(ValueError):
+    """Inputs or options that cannot be run: said before any decoding."""
+
+
+@dataclass(frozen=True)
+class Views:
+    """Clips spread evenly over a video times crops along its long side, as ``test`` takes them."""
+
+    clips: int
+    crops: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Views":
+        """``"10x3"`` -> 10 clips x 3 crops. Raises :class:`PredictError` for anything else."""
+        parts = text.lower().replace(" ", "").split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise PredictError(f"--views takes CLIPSxCROPS with positive numbers, such as 10x3, got {text!r}")
+        return cls(int(parts[0]), int(parts[1]))
+
+    def __str__(self) -> str:
+        return f"{self.clips} clips x {self.crops} crops"
+
+
 def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, dict]:
-    """The program and its manifest, after checking the file against the manifest's sha256."""
+    """The program and its manifest, after checking the file against the manifest's sha256.
+
+    Raises:
+        ArtifactError: the file or its manifest is missing, the file is not listed, or its
+            sha256 is not the manifest's.
+    """
     artifact = Path(artifact)
     manifest_path = artifact.parent / MANIFEST
     if not artifact.is_file():
@@ -45,50 +102,482 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, dict]:
             f"refusing {artifact}: its sha256 {actual[:16]}… is not the manifest's {record['sha256'][:16]}…; "
             "the file was modified or damaged. Export it again (python -m vidaccel_train.export ckpt_path=...)."
         )
-    return ExecuTorchModel(artifact), manifest
+    with native_stderr_muted():  # ExecuTorch's CPU probe prints lookups of ARM-only files on load
+        program = ExecuTorchModel(artifact)
+    return program, manifest
 
 
-def clip_frames(video: str | Path, manifest: dict) -> torch.Tensor:
-    """The centre clip of ``video`` as the manifest's model takes it, before scaling: uint8
+@dataclass
+class Prediction:
+    """One video's result: class probabilities ``(classes,)`` averaged over its views, or why it
+    could not be read. ``label`` is the true class index when the input named one."""
+
+    video: str
+    label: int | None = None
+    probabilities: torch.Tensor | None = None
+    error: str | None = None
+    decode_s: float = 0.0
+    model_s: float = 0.0
+
+    def top(self, k: int, classes: Sequence[str]) -> list[tuple[str, float]]:
+        scores, indices = self.probabilities.topk(min(k, len(classes)))
+        return [(classes[i], float(s)) for s, i in zip(scores, indices)]
+
+
+class _Readable(Dataset):
+    """A video's views as ``ClipDataset`` makes them for ``test``, with the error of a file that
+    cannot be read instead of an exception, and the seconds the decode took."""
+
+    def __init__(self, dataset: ClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        started = time.perf_counter()
+        try:
+            item = self.dataset.read(index)
+        except VideoDecodeError as err:
+            path = self.dataset.samples[index][0]
+            return {"index": index, "error": str(err).removeprefix(f"{path}: "), "decode_s": time.perf_counter() - started}
+        return {"index": index, "video": item["video"], "error": "", "decode_s": time.perf_counter() - started}
+
+
+def _as_is(item: dict) -> dict:
+    return item
+
+
+class Predictor:
+    """An exported artifact with its manifest's input contract, run on videos.
+
+    ``views`` default to the test views the manifest records (``test``'s protocol);
+    ``workers`` decode videos in parallel while the program runs in this process.
+
+    Raises:
+        ArtifactError: see :func:`load_verified`.
+    """
+
+    def __init__(self, artifact: str | Path, views: Views | None = None, workers: int = 0):
+        self.program, self.manifest = load_verified(artifact)
+        manifest = self.manifest
+        self.classes: list[str] = list(manifest["classes"])
+        self.clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+        self.views = views or Views(**manifest.get("test_views", LEGACY_VIEWS))
+        self.display_aspect = manifest.get("display_aspect", "stored")
+        self.transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"],
+                                         manifest["std"], crops=self.views.crops)
+        self.workers = workers
+        self._warm = False
+
+    def logits(self, views: torch.Tensor) -> torch.Tensor:
+        """``(views, C, T, H, W)`` -> ``(views, classes)``: each view alone, as the program was
+        exported (batch 1) and as the export verified it."""
+        outputs = []
+        for view in views:
+            if not self._warm:  # the runtime's thread pool starts on the first call
+                with native_stderr_muted():
+                    outputs.append(self.program(view.unsqueeze(0).contiguous()).reshape(-1))
+                self._warm = True
+            else:
+                outputs.append(self.program(view.unsqueeze(0).contiguous()).reshape(-1))
+        return torch.stack(outputs).float()
+
+    def dataset(self, samples: Sequence[tuple[str, int]]) -> ClipDataset:
+        return ClipDataset(samples, self.clip, train=False, transform=self.transform, clips_per_video=self.views.clips,
+                           display_aspect=self.display_aspect)
+
+    def run(self, videos: Sequence[tuple[str, int | None]]) -> Iterator[Prediction]:
+        """A :class:`Prediction` per ``(path, label or None)``, in order."""
+        dataset = _Readable(self.dataset([(path, -1 if label is None else label) for path, label in videos]))
+        workers = min(self.workers, len(videos)) if len(videos) > 1 else 0
+        loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is)
+        for item in loader:
+            path, label = videos[item["index"]]
+            if item["error"]:
+                yield Prediction(path, label, error=item["error"], decode_s=item["decode_s"])
+                continue
+            started = time.perf_counter()
+            probabilities = aggregate_views(self.logits(item["video"]).unsqueeze(0))[0]
+            yield Prediction(path, label, probabilities, decode_s=item["decode_s"], model_s=time.perf_counter() - started)
+
+    def timeline(self, video: str | Path, stride_s: float, chunk: int = 16) -> "Timeline":
+        """One clip every ``stride_s`` seconds over the whole video (``views.crops`` crops each),
+        read ``chunk`` windows at a time.
+
+        Raises:
+            VideoDecodeError: the video cannot be read.
+        """
+        info = probe(video, self.display_aspect)
+        duration = info.duration_s if math.isfinite(info.duration_s) else self.clip.span_s
+        last = max(0.0, duration - self.clip.span_s)
+        starts = [i * stride_s for i in range(int(last / stride_s + 1e-9) + 1)]
+        probabilities = []
+        for first in range(0, len(starts), chunk):
+            batch = starts[first:first + chunk]
+            frames, _ = read_clip(video, lambda _: [t for s in batch for t in self.clip.timestamps(s)],
+                                  display_aspect=self.display_aspect)
+            for clip in frames.split(self.clip.num_frames):
+                views = self.transform(tv_tensors.Video(clip))
+                probabilities.append(aggregate_views(self.logits(views).unsqueeze(0))[0])
+        return Timeline(str(video), self.classes, starts, self.clip.span_s, torch.stack(probabilities), duration)
+
+
+@dataclass
+class Timeline:
+    """Class probabilities ``(windows, classes)`` of clips starting at ``starts`` (seconds from
+    the first frame), each ``span_s`` long; ``overall``: their mean."""
+
+    video: str
+    classes: list[str]
+    starts: list[float]
+    span_s: float
+    probabilities: torch.Tensor
+    duration_s: float
+    overall: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.overall = self.probabilities.mean(0)
+
+    def rows(self, topk: int) -> list[dict]:
+        rows = []
+        for start, probabilities in zip(self.starts, self.probabilities):
+            scores, indices = probabilities.topk(min(topk, len(self.classes)))
+            rows.append({"start_s": round(start, 3), "end_s": round(start + self.span_s, 3),
+                         "top": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(scores, indices)]})
+        return rows
+
+    def write(self, out_dir: Path, topk: int) -> list[Path]:
+        """``<stem>.timeline.csv``, ``.json`` and ``.png`` in ``out_dir``; returns their paths."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = out_dir / f"{Path(self.video).stem}.timeline"
+        rows = self.rows(topk)
+        overall = self.overall.topk(min(topk, len(self.classes)))
+        summary = {"video": self.video, "duration_s": round(self.duration_s, 3), "window_s": self.span_s,
+                   "overall": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(*overall)],
+                   "windows": rows}
+        paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".png")]
+        paths[0].write_text(json.dumps(summary, indent=2))
+        with open(paths[1], "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["start_s", "end_s", *[f"{kind}{k + 1}" for k in range(min(topk, len(self.classes))) for kind in ("label", "score")]])
+            for row in rows:
+                writer.writerow([row["start_s"], row["end_s"], *[v for top in row["top"] for v in (top["label"], top["score"])]])
+        self._plot(paths[2], topk)
+        return paths
+
+    def _plot(self, path: Path, topk: int) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        shown = self.overall.topk(min(topk, len(self.classes))).indices.tolist()
+        centres = [start + self.span_s / 2 for start in self.starts]
+        figure, axes = plt.subplots(figsize=(10, 4))
+        for index in shown:
+            axes.plot(centres, self.probabilities[:, index].numpy(), marker="o" if len(centres) < 40 else None,
+                      label=f"{self.classes[index]} ({float(self.overall[index]):.2f})")
+        axes.set_xlim(0, max(self.duration_s, self.span_s))
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("seconds (window centre)")
+        axes.set_ylabel("probability")
+        best = self.classes[int(self.overall.argmax())]
+        axes.set_title(f"{Path(self.video).name}: {len(self.starts)} windows of {self.span_s:.2f} s; overall: {best}")
+        axes.legend(loc="upper right", fontsize=8)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+
+
+def predict(artifact: str | Path, video: str | Path, topk: int = 5, views: Views | None = None) -> list[tuple[str, float]]:
+    """Top-``topk`` (class name, probability) of ``video`` under the manifest's test views.
+
+    Raises:
+        ArtifactError: see :func:`load_verified`.
+        VideoDecodeError: the video cannot be read.
+    """
+    predictor = Predictor(artifact, views)
+    result = next(predictor.run([(str(video), None)]))
+    if result.error:
+        raise VideoDecodeError(f"{video}: {result.error}")
+    return result.top(topk, predictor.classes)
+
+
+def clip_frames(video: str | Path, manifest: dict, start_s: float | None = None) -> torch.Tensor:
+    """One clip of ``video`` as the manifest's model takes it, before scaling: uint8
     ``(T, 3, H, W)``, upright, at the display aspect the model was trained at (``stored`` for
-    manifests written before the option existed)."""
+    manifests written before the option existed); the centre clip unless ``start_s`` is given."""
     clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
     display_aspect = manifest.get("display_aspect", "stored")
-    return read_clip(video, lambda info: clip.timestamps(clip.centre_start(info)), display_aspect=display_aspect)[0]
+    choose = (lambda info: clip.timestamps(clip.centre_start(info) if start_s is None else start_s))
+    return read_clip(video, choose, display_aspect=display_aspect)[0]
 
 
-def predict(artifact: str | Path, video: str | Path, topk: int = 5) -> list[tuple[str, float]]:
-    """Top-``topk`` (class name, probability) for the centre clip of ``video``."""
-    program, manifest = load_verified(artifact)
-    frames = clip_frames(video, manifest)
-    transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"], manifest["std"])
-    batch = transform(tv_tensors.Video(frames)).unsqueeze(0)
-    probabilities = torch.softmax(program(batch).reshape(-1), dim=0)
-    scores, indices = probabilities.topk(min(topk, probabilities.numel()))
-    return [(manifest["classes"][i], float(s)) for s, i in zip(scores, indices)]
+# ---------------------------------------------------------------------------------- inputs
+
+
+def _class_index(text: str, classes: Sequence[str], where: str) -> int:
+    if text in classes:
+        return classes.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
+        return int(text)
+    raise PredictError(f"{where}: label {text!r} is neither one of the model's {len(classes)} classes nor an index below {len(classes)}")
+
+
+def _read_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int | None]]:
+    """``path [label]`` lines (label: a class name or index; separated by spaces or a comma);
+    relative paths are relative to the list's folder; blank lines and ``#`` comments skipped."""
+    def located(name: str) -> Path:
+        return Path(name) if Path(name).is_absolute() else path.parent / name
+
+    videos = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip().rstrip(",") for p in line.replace(",", " ").rsplit(maxsplit=1)]
+        if located(line).exists() or len(parts) == 1:
+            videos.append((str(located(line)), None))
+        else:
+            videos.append((str(located(parts[0])), _class_index(parts[1], classes, f"{path}:{number}")))
+    return videos
+
+
+def collect_inputs(inputs: Sequence[str], classes: Sequence[str]) -> list[tuple[str, int | None]]:
+    """``(video path, label index or None)`` for every input: videos, folders (recursively),
+    list files. Raises :class:`PredictError` for an input that does not exist or holds no video."""
+    videos: list[tuple[str, int | None]] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, path))
+            if not found:
+                raise PredictError(f"{path}: no video files in this folder or below it")
+            videos += [(str(p), None) for p in found]
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            listed = _read_list(path, classes)
+            if not listed:
+                raise PredictError(f"{path}: the list names no video")
+            videos += listed
+        elif path.is_file():
+            videos.append((str(path), None))
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    return videos
+
+
+def split_inputs(root: str, split: str, layout: str, classes: Sequence[str]) -> list[tuple[str, int]]:
+    """The labelled videos of ``split`` under ``root``, with the model's class indices."""
+    try:
+        index = index_split(root, split, layout)
+    except DatasetLayoutError as err:
+        raise PredictError(str(err)) from err
+    unknown = sorted(set(index.class_names) - set(classes))
+    if unknown:
+        raise PredictError(f"{root}: classes {', '.join(unknown[:8])} are not among the model's {len(classes)} classes")
+    return [(path, classes.index(index.class_names[label])) for path, label in index.samples]
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+
+def score(results: Sequence[Prediction], classes: Sequence[str]) -> dict | None:
+    """Top-1, top-5 and mean class accuracy of the labelled, readable ``results`` (as ``test``
+    scores averaged views), with the confusion matrix (rows: true class); None without labels."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+    scored = [r for r in results if r.label is not None and r.probabilities is not None]
+    if not scored:
+        return None
+    probabilities = torch.stack([r.probabilities for r in scored])
+    labels = torch.tensor([r.label for r in scored])
+    count = len(classes)
+    return {
+        "videos": len(scored),
+        "top1": float(MulticlassAccuracy(count, top_k=1)(probabilities, labels)),
+        "top5": float(MulticlassAccuracy(count, top_k=min(5, count))(probabilities, labels)),
+        "mean_class_accuracy": float(MulticlassAccuracy(count, top_k=1, average="macro")(probabilities, labels)),
+        "confusion": MulticlassConfusionMatrix(count)(probabilities, labels).tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, as every CLI of the project
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m vidaccel_train.predict", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", help="a .pte of an export folder (manifest.json beside it)")
+    parser.add_argument("inputs", nargs="*", help="videos, folders and list files")
+    parser.add_argument("--data-root", help="score a labelled split of a dataset root (any layout data.layout reads)")
+    parser.add_argument("--split", default="val", help="the split of --data-root (default: val)")
+    parser.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS])
+    parser.add_argument("--views", help="CLIPSxCROPS per video (default: the test views in the manifest)")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per video instead of a table")
+    parser.add_argument("--csv", help="also write one row per video to this CSV file")
+    parser.add_argument("--timeline", action="store_true", help="classify every window of each video over time")
+    parser.add_argument("--stride", type=float, help="seconds between timeline windows (default: the clip's span)")
+    parser.add_argument("--out", default="timelines", help="folder for the timeline files (default: ./timelines)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes decoding videos in parallel (default: up to 4)")
+    return parser
+
+
+def _check(args, parser) -> None:
+    if args.topk < 1:
+        parser.error(f"--topk must be 1 or more, got {args.topk}")
+    if args.workers < 0:
+        parser.error(f"--workers must be 0 or more, got {args.workers}")
+    if args.stride is not None and not args.stride > 0:
+        parser.error(f"--stride must be a positive number of seconds, got {args.stride}")
+    if not args.inputs and not args.data_root:
+        parser.error("name videos, folders or list files, or a --data-root")
+    if args.timeline and args.data_root:
+        parser.error("--timeline takes videos, not a --data-root")
+
+
+def _progress(total: int, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True, disable=quiet or total <= 3)
+
+
+def _print_table(results: Sequence[Prediction], classes: Sequence[str], topk: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    table.add_column("video", overflow="fold")
+    table.add_column("prediction")
+    table.add_column("score", justify="right")
+    if topk > 1:
+        table.add_column(f"next {topk - 1}")
+    labelled = any(r.label is not None for r in results)
+    if labelled:
+        table.add_column("label")
+    for result in results:
+        if result.error:
+            table.add_row(result.video, f"error: {result.error}", "", *([""] * (topk > 1)), *([""] * labelled))
+            continue
+        top = result.top(topk, classes)
+        row = [result.video, top[0][0], f"{top[0][1]:.4f}"]
+        if topk > 1:
+            row.append(", ".join(f"{label} {score:.3f}" for label, score in top[1:]))
+        if labelled:
+            row.append("" if result.label is None else ("= " if classes[result.label] == top[0][0] else "≠ ") + classes[result.label])
+        table.add_row(*row)
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _record(result: Prediction, classes: Sequence[str], topk: int) -> dict:
+    record = {"video": result.video}
+    if result.label is not None:
+        record["label"] = classes[result.label]
+    if result.error:
+        record["error"] = result.error
+    else:
+        record["predictions"] = [{"label": label, "score": score} for label, score in result.top(topk, classes)]
+    return record
+
+
+def _write_csv(path: str, results: Sequence[Prediction], classes: Sequence[str], topk: int) -> None:
+    k = min(topk, len(classes))
+    with open(path, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["video", "label", "error", *[f"{kind}{i + 1}" for i in range(k) for kind in ("prediction", "score")]])
+        for r in results:
+            top = [] if r.error else [v for label, score in r.top(k, classes) for v in (label, f"{score:.6f}")]
+            writer.writerow([r.video, "" if r.label is None else classes[r.label], r.error or "", *top])
+
+
+def _print_scores(scores: dict, classes: Sequence[str], left_out: int) -> None:
+    print(f"{scores['videos']} labelled videos{f' ({left_out} unreadable, left out)' if left_out else ''}: "
+          f"top-1 {scores['top1']:.4f}, top-5 {scores['top5']:.4f}, mean class accuracy {scores['mean_class_accuracy']:.4f}")
+    if len(classes) <= 20:
+        width = max(len(c) for c in classes)
+        print(f"confusion (rows: true class, columns: predicted, in the order {', '.join(classes)}):")
+        for name, row in zip(classes, scores["confusion"]):
+            print(f"  {name:>{width}}  " + " ".join(f"{n:4d}" for n in row))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidaccel_train.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", help="a .pte from an export folder (manifest.json beside it)")
-    parser.add_argument("video", help="a video file (mp4, webm, mkv, avi, ...)")
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from vidaccel_train.quiet import silence_third_party_noise
+
+    silence_third_party_noise()
+    parser = _parser()
     args = parser.parse_args(argv)
+    _check(args, parser)
     try:
-        top = predict(args.artifact, args.video, args.topk)
-    except (ArtifactError, LoweringError, VideoDecodeError) as err:
+        views = Views.parse(args.views) if args.views else None
+        predictor = Predictor(args.artifact, views, args.workers)
+        classes = predictor.classes
+        videos = collect_inputs(args.inputs, classes)
+        if args.data_root:
+            videos += split_inputs(args.data_root, args.split, args.layout, classes)
+    except (ArtifactError, LoweringError, PredictError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"video": str(args.video), "artifact": str(args.artifact),
-                          "predictions": [{"label": label, "score": score} for label, score in top]}))
-    else:
-        width = max(len(label) for label, _ in top)
-        for label, score in top:
-            print(f"{label:<{width}}  {score:.4f}")
-    return 0
+
+    if args.timeline:
+        return _main_timeline(predictor, videos, args)
+
+    started = time.perf_counter()
+    results: list[Prediction] = []
+    with _progress(len(videos), quiet=False) as progress:
+        task = progress.add_task(f"predicting ({predictor.views})", total=len(videos))
+        for result in predictor.run(videos):
+            results.append(result)
+            progress.advance(task)
+            if args.json:
+                print(json.dumps(_record(result, classes, args.topk)), flush=True)
+    if not args.json:
+        _print_table(results, classes, args.topk)
+    if args.csv:
+        _write_csv(args.csv, results, classes, args.topk)
+    bad = [r for r in results if r.error]
+    scores = score(results, classes)
+    if not args.json:
+        if scores:
+            _print_scores(scores, classes, sum(r.label is not None for r in bad))
+        readable = [r for r in results if not r.error]
+        wall = time.perf_counter() - started
+        decode = sum(r.decode_s for r in results) / max(1, len(results))
+        model = sum(r.model_s for r in readable) / max(1, len(readable))
+        print(f"{len(results)} videos in {wall:.1f} s ({predictor.views} each): decode {decode * 1000:.0f} ms a video "
+              f"in {min(args.workers, len(videos)) if len(videos) > 1 else 1} process(es), model {model * 1000:.1f} ms a video"
+              + (f"; {len(bad)} unreadable" if bad else "") + (f"; rows in {args.csv}" if args.csv else ""))
+    for result in bad:
+        print(f"error: {result.video}: {result.error}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _main_timeline(predictor: Predictor, videos: Sequence[tuple[str, int | None]], args) -> int:
+    stride = args.stride or predictor.clip.span_s
+    failed = 0
+    for video, _ in videos:
+        try:
+            timeline = predictor.timeline(video, stride)
+        except VideoDecodeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        paths = timeline.write(Path(args.out), args.topk)
+        best = int(timeline.overall.argmax())
+        if args.json:
+            print(json.dumps(json.loads(paths[0].read_text())))
+        else:
+            print(f"{video}: {len(timeline.starts)} windows of {timeline.span_s:.2f} s every {stride:.2f} s; overall "
+                  f"{timeline.classes[best]} {float(timeline.overall[best]):.4f}; {', '.join(str(p) for p in paths)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

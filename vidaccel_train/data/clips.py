@@ -200,7 +200,7 @@ class ClipDataset(Dataset):
     def _load_or_substitute(self, index: int, epoch: int | None) -> dict:
         if not self.train:
             try:
-                return self._load(index, epoch)
+                return self.read(index, epoch)
             except VideoDecodeError as err:
                 path = self.samples[index][0]
                 if self.bad_files is not None:
@@ -211,7 +211,7 @@ class ClipDataset(Dataset):
             candidate = (index + attempt) % len(self.samples)
             path = self.samples[candidate][0]
             try:
-                return self._load(candidate, epoch)
+                return self.read(candidate, epoch)
             except VideoDecodeError as err:
                 failures.append(path)
                 if self.bad_files is not None:
@@ -222,7 +222,12 @@ class ClipDataset(Dataset):
             + (f", and {self.bad_files.path}" if self.bad_files is not None else "")
         )
 
-    def _load(self, index: int, epoch: int | None) -> dict:
+    def read(self, index: int, epoch: int | None = None) -> dict:
+        """Item ``index`` decoded and transformed, nothing standing in for it.
+
+        Raises:
+            VideoDecodeError: the file cannot be read.
+        """
         path, label = self.samples[index]
         count = self.clips_per_video or 1
 

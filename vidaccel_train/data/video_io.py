@@ -299,7 +299,7 @@ def read_clip(
     if not frames or any(f is None for f in frames):
         raise VideoDecodeError(f"{path}: no decodable frames")
     upright = orientation.apply(torch.from_numpy(np.stack(frames)))
-    return upright.permute(0, 3, 1, 2).contiguous(), _oriented(info, orientation)
+    return upright.permute(0, 3, 1, 2), _oriented(info, orientation)
 
 
 def read_frames_at(path: str | Path, timestamps_s: Sequence[float], display_aspect: str = "stored") -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
 from vidaccel_train.export.callback import ExportCallback, net_builder
+from vidaccel_train.quiet import silence_third_party_noise
 
 log = logging.getLogger("vidaccel_train.export")
 
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    silence_third_party_noise()
+    # The checkpoint's callbacks (ModelCheckpoint, QAT, ...) are training's: the export needs none of them.
+    warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
     manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
     for artifact in manifest["artifacts"]:
         print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "

@@ -338,6 +338,7 @@ def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, thre
         "crop_size": datamodule.crop_size,
         "short_side": datamodule.eval_short_side,
         "display_aspect": datamodule.display_aspect,
+        "test_views": {"clips": datamodule.test_clips, "crops": datamodule.test_crops},
         "int8_source": source if "int8" in precisions else None,
         "verified_on": {"videos": videos, "clips": videos * views},
         "reference_eager_fp32": {
