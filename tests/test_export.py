@@ -16,7 +16,8 @@ from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import read_clip
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.__main__ import export_checkpoint
-from vidaccel_train.export.artifacts import _fidelity, export_artifacts, sha256_of
+from vidaccel_train.export.artifacts import _fidelity, export_artifacts
+from vidaccel_train.export.manifest import sha256_of
 from vidaccel_train.export.callback import net_builder
 from vidaccel_train.models import create_model
 from vidaccel_train.predict import ArtifactError, load_verified, predict

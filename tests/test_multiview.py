@@ -13,7 +13,7 @@ from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.transforms import SpatialCrops, build_transform, crop_offsets
 from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
 from vidaccel_train.training import VideoClassifier
-from vidaccel_train.training.module import aggregate_views
+from vidaccel_train.data.clips import aggregate_views
 
 from conftest import TINY_RUN, compose_config
 

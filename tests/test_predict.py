@@ -18,8 +18,8 @@ from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 from vidaccel_train.data.video_io import write_video
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.artifacts import _collect_logits
-from vidaccel_train.predict import Views, predict
-from vidaccel_train.training.module import aggregate_views
+from vidaccel_train.predict import Views, main, predict
+from vidaccel_train.data.clips import aggregate_views
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,11 +146,21 @@ def test_a_long_video_becomes_a_timeline_of_what_happens_when(artifact, run_conf
         (["{artifact}"], "name videos"),
     ],
 )
-def test_bad_input_is_one_error_line_and_exit_code_2(artifact, test_split, tmp_path, args, message):
+def test_bad_input_is_one_error_line_and_exit_code_2(artifact, test_split, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
     values = {"missing": tmp_path / "model.pte", "video": test_split.datasets["test"].samples[0][0],
               "artifact": artifact, "empty": tmp_path / "empty", "tmp": tmp_path}
-    result = _predict_cli(*[a.format(**values) for a in args])
-    assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: ") and message in result.stderr
-    assert result.stdout == ""
+    try:
+        code = main([a.format(**values) for a in args])
+    except SystemExit as exit:  # argparse's own exit
+        code = exit.code
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert out == ""
+
+
+def test_an_unknown_option_is_one_line_from_the_command_too(artifact):
+    result = _predict_cli(artifact, "clip.mp4", "--frobnicate")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: unrecognized arguments: --frobnicate (see --help)\n"

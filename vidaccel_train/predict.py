@@ -38,14 +38,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
 from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, is_hidden, is_video_file
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip
-from vidaccel_train.export.artifacts import MANIFEST, sha256_of
+from vidaccel_train.export.manifest import MANIFEST, sha256_of
 from vidaccel_train.export.executorch import ExecuTorchModel, LoweringError
 from vidaccel_train.quiet import native_stderr_muted
-from vidaccel_train.training.module import aggregate_views
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
 # The views of manifests written before they recorded the test's: the centre clip, centre crop.
@@ -250,13 +249,13 @@ class Timeline:
     def write(self, out_dir: Path, topk: int) -> list[Path]:
         """``<stem>.timeline.csv``, ``.json`` and ``.png`` in ``out_dir``; returns their paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"{Path(self.video).stem}.timeline"
+        stem = f"{Path(self.video).stem}.timeline"
         rows = self.rows(topk)
         overall = self.overall.topk(min(topk, len(self.classes)))
         summary = {"video": self.video, "duration_s": round(self.duration_s, 3), "window_s": self.span_s,
                    "overall": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(*overall)],
                    "windows": rows}
-        paths = [stem.with_suffix(".json"), stem.with_suffix(".csv"), stem.with_suffix(".png")]
+        paths = [out_dir / f"{stem}.{suffix}" for suffix in ("json", "csv", "png")]
         paths[0].write_text(json.dumps(summary, indent=2))
         with open(paths[1], "w", newline="") as stream:
             writer = csv.writer(stream)
@@ -284,7 +283,7 @@ class Timeline:
         axes.set_ylabel("probability")
         best = self.classes[int(self.overall.argmax())]
         axes.set_title(f"{Path(self.video).name}: {len(self.starts)} windows of {self.span_s:.2f} s; overall: {best}")
-        axes.legend(loc="upper right", fontsize=8)
+        axes.legend(loc="best", fontsize=8)
         figure.tight_layout()
         figure.savefig(path, dpi=100)
         plt.close(figure)
@@ -447,8 +446,9 @@ def _progress(total: int, quiet: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)  # a bar for people at a terminal; nothing in logs and pipes
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=quiet or total <= 3)
+                    console=console, transient=True, disable=quiet or total <= 3 or not console.is_terminal)
 
 
 def _print_table(results: Sequence[Prediction], classes: Sequence[str], topk: int) -> None:

@@ -259,6 +259,13 @@ class ClipDataset(Dataset):
         return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index), "valid": torch.tensor(valid)}
 
 
+def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
+    """``(videos, views, classes)`` logits -> per-video class probabilities: the mean of the
+    views' softmax, as the X3D and SlowFast papers test (and ``test``, the export's verification
+    and ``predict`` score a video)."""
+    return logits.float().softmax(-1).mean(1)
+
+
 def collate_clips(items: list[dict]) -> dict:
     """Batches of videos of ``(clips, C, T, H, W)`` as batches of clips: each clip one sample."""
     batch = default_collate(items)

@@ -10,7 +10,6 @@ the export folder only when all of it succeeded.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,17 +24,14 @@ import torch
 from torch import nn
 
 from vidaccel_train.config import ConfigError
+from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch, write_atomic
+from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of
 from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quiet import native_stderr_muted
 from vidaccel_train.quantization import pt2e
-from vidaccel_train.training.module import aggregate_views
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-ARTIFACT_FORMAT = "executorch-xnnpack"
-
 
 PRECISIONS = ("fp32", "int8")
 
@@ -60,14 +56,6 @@ class ArtifactRecord:
     widest_disagreeing_gap: float
     latency_ms: float
     threads: int
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def set_runtime_threads(threads: int) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.reports import write_confusion_matrix
 
@@ -20,12 +21,6 @@ TEST_STAGES = ("test", "test_fp32")
 
 def _drop_int8_cache(module: "VideoClassifier", incompatible_keys) -> None:
     module._int8_cache.clear()
-
-
-def aggregate_views(logits: torch.Tensor) -> torch.Tensor:
-    """``(videos, views, classes)`` logits -> per-video class probabilities: the mean of the
-    views' softmax, as the X3D and SlowFast papers test."""
-    return logits.float().softmax(-1).mean(1)
 
 
 class VideoClassifier(L.LightningModule):
