@@ -21,6 +21,7 @@ import argparse
 import math
 import statistics
 import subprocess
+import sys
 import time
 import types
 from pathlib import Path
@@ -99,6 +100,7 @@ def reader_of_revision(revision: str):
     source = subprocess.run(["git", "show", f"{revision}:vidaccel_train/data/video_io.py"], check=True,
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
     module = types.ModuleType(f"video_io_{revision}")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up
     exec(compile(source, f"{revision}:video_io.py", "exec"), module.__dict__)
     return lambda path, choose, threads=0, display_aspect=None: module.read_clip(path, choose, threads)
 
