@@ -111,3 +111,67 @@ def test_custom_architecture_from_config(tmp_path, data_dir):
     assert type(model.s2.pathway0_res0.layers.act_func_1).__name__ == "HardSwish"
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 4, 64, 64)).shape == (1, cfg.data.num_classes)
+
+
+class _RunsCode:
+    """An object whose unpickling runs a shell command, as a booby-trapped checkpoint carries."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path, data_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "x3d_tiny_weights.pyth"
+    torch.save({"model_state": create_model("x3d_tiny", num_classes=4).state_dict(), "extra": _RunsCode(f"touch {marker}")}, path)
+    with pytest.raises(CheckpointError, match="refusing .*x3d_tiny_weights.pyth: loading it would run code"):
+        create_model("x3d_tiny", num_classes=4, checkpoint=str(path))
+    assert not marker.exists()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vidaccel_train", "experiment=smoke", f"model.checkpoint={path}",
+         f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and not marker.exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "refusing" in errors[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3},  # someone's Lightning module
+        lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},  # a DDP save
+        lambda sd: {f"module.{k}": v for k, v in sd.items()},  # a bare DDP state_dict
+        lambda sd: {"model_state": sd, "epoch": 7},  # PySlowFast
+        lambda sd: {"model": sd},
+        lambda sd: {"state_dict": {f"model.module._orig_mod.{k}": v for k, v in sd.items()}},  # nested wrappers
+    ],
+    ids=["lightning", "ddp_lightning", "ddp", "pyslowfast", "model", "nested"],
+)
+def test_the_wrappings_checkpoints_come_in_load_the_same_weights(tmp_path, caplog, wrap):
+    torch.manual_seed(3)
+    source = create_model("x3d_tiny", num_classes=4).eval()
+    path = tmp_path / "wrapped.ckpt"
+    torch.save(wrap(source.state_dict()), path)
+    loaded = create_model("x3d_tiny", num_classes=4, checkpoint=str(path)).eval()
+    clip = torch.randn(1, 3, 4, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(clip), source(clip))
+
+
+def test_a_file_without_weights_says_what_it_found(tmp_path):
+    path = tmp_path / "notes.pt"
+    torch.save({"epoch": 3, "config": {"lr": 0.1}}, path)
+    with pytest.raises(CheckpointError, match=r"notes.pt holds no state_dict: found \['config', 'epoch'\]"):
+        create_model("x3d_tiny", checkpoint=str(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import signal
 import sys
 import warnings
@@ -13,6 +14,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -68,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if ckpt_path is None and not list((output_dir / "checkpoints").glob("*.ckpt")):
                 for message in FRESH_START_WARNINGS:
                     warnings.filterwarnings("ignore", message=message)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test"):
@@ -78,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             tested = None if trainer.fast_dev_run else cfg.get("test_ckpt", "best")
         else:
             tested = ckpt_path
-        trainer.test(module, datamodule=datamodule, ckpt_path=tested)
+        trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test")})
         metrics_file = {"tested_checkpoint": trainer.ckpt_path, "metrics": metrics}
     else:
@@ -114,10 +116,19 @@ def run_search(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         run_search(cfg) if cfg.get("hparams_search") else run(cfg)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, InstantiationException) as err:
+        if isinstance(err, InstantiationException):  # a component refused its arguments while Hydra built it
+            if not isinstance(err.__cause__, USER_ERRORS):
+                raise
+            err = err.__cause__
         print(f"error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and goes on with the sweep
+        sys.exit(2)
+    except pickle.UnpicklingError as err:  # Lightning's safe load of a ckpt_path= file
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        print(f"error: refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
+              f"({reason[:200]}); checkpoints are read with PyTorch's safe loader", file=sys.stderr)
         sys.exit(2)
     except SIGTERMException:
         print(

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
 from vidaccel_train.export.callback import ExportCallback, net_builder
+from vidaccel_train.models.zoo import CheckpointError, load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
 
 log = logging.getLogger("vidaccel_train.export")
@@ -27,14 +28,11 @@ log = logging.getLogger("vidaccel_train.export")
 def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+        raise CheckpointError(f"checkpoint {ckpt_path} does not exist")
+    checkpoint = load_checkpoint(ckpt_path)  # the safe loader: nothing in the file runs
     run_config = checkpoint.get("run_config")
     if not run_config:
-        raise RuntimeError(f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported")
+        raise CheckpointError(f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported")
     cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
     out_dir = cfg.get("out_dir") or ckpt_path.resolve().parent.parent / "export"
     export_settings = {k: v for k, v in (cfg.get("callbacks", {}) or {}).get("export", {}).items() if k != "_target_"}
@@ -47,7 +45,7 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     # The test's confusion matrices go beside the export, in the run the checkpoint came from.
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback],
                         default_root_dir=Path(out_dir).parent)
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
     return callback.manifest
 
 
@@ -61,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     silence_third_party_noise()
     # The checkpoint's callbacks (ModelCheckpoint, QAT, ...) are training's: the export needs none of them.
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
-    manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
+    try:
+        manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for artifact in manifest["artifacts"]:
         print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
               f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,7 @@ def download_zoo_checkpoint(name: str) -> dict[str, torch.Tensor]:
         )
     cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.checkpoint_file
     try:
-        return torch.hub.load_state_dict_from_url(entry.checkpoint_url, map_location="cpu", progress=True)
+        return torch.hub.load_state_dict_from_url(entry.checkpoint_url, map_location="cpu", progress=True, weights_only=True)
     except (urllib.error.URLError, OSError) as err:
         raise CheckpointError(
             f"could not download {entry.checkpoint_url} ({err}). Without network, put the file at "
@@ -117,27 +118,79 @@ def download_zoo_checkpoint(name: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
+# Keys under which checkpoints people hand around keep the network's weights.
+_STATE_DICT_KEYS = ("state_dict", "model_state", "model", "module", "net")
+# Prefixes that wrappers put on every key: DDP and DataParallel, Lightning modules holding the
+# network as self.model / self.net (ours), torch.compile.
+_WRAPPER_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A network state_dict from a PyTorchVideo ``.pyth`` file or one of our Lightning ``.ckpt``."""
+    """The tensors of a checkpoint file, loaded with PyTorch's safe loader (``weights_only``:
+    tensors and plain containers only; nothing in the file runs). Takes a bare state_dict
+    (PyTorchVideo's ``.pyth``), one under ``state_dict`` (Lightning, ours included),
+    ``model_state`` (PySlowFast), ``model``, ``module`` or ``net``; wrapper prefixes are
+    stripped by :func:`load_weights`.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, would run code to load, holds a
+            quantized model, or holds no state_dict (top-level keys and sample keys named).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+    blob = load_checkpoint(path)
     if isinstance(blob, dict) and blob.get("quantization"):
         raise CheckpointError(
             f"{path} holds a quantized ({blob['quantization']['mode']}) deploy-form model, not train-form "
             "weights: export it with python -m vidaccel_train.export, or resume it with ckpt_path"
         )
-    if isinstance(blob, dict) and "state_dict" in blob:  # Lightning checkpoint of ours
-        return {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
-    if isinstance(blob, dict) and "model_state" in blob:  # PyTorchVideo / SlowFast training checkpoint
-        return blob["model_state"]
-    if isinstance(blob, dict) and all(isinstance(v, torch.Tensor) for v in blob.values()):
-        return blob
-    raise CheckpointError(f"{path} holds no state_dict (expected a .pyth state_dict or a vidaccel_train .ckpt)")
+    for key in (None, *_STATE_DICT_KEYS):
+        candidate = blob if key is None else (blob.get(key) if isinstance(blob, dict) else None)
+        if isinstance(candidate, dict) and candidate and all(isinstance(v, torch.Tensor) for v in candidate.values()):
+            if key is not None and key != "state_dict":
+                log.info("%s: the weights under '%s'", path, key)
+            return dict(candidate)
+    found = sorted(map(str, blob))[:8] if isinstance(blob, dict) else type(blob).__name__
+    raise CheckpointError(
+        f"{path} holds no state_dict: found {found}; expected tensors by name, bare or under one of "
+        f"{', '.join(_STATE_DICT_KEYS)}"
+    )
+
+
+def load_checkpoint(path: str | Path):
+    """``torch.load`` with the safe loader: a file whose pickle would run code is refused.
+
+    Raises:
+        CheckpointError: unreadable or damaged, or it needs code to load.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"refusing {path}: loading it would run code stored in the file ({reason[:200]}). Checkpoints are "
+            "read with PyTorch's safe loader (tensors and plain containers only). If you trust the file, convert "
+            "it once where it may run: torch.save(torch.load(path, weights_only=False)['<key holding the "
+            "weights>'], 'weights.pt') and pass weights.pt"
+        ) from err
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+
+
+def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:
+    """``state_dict`` without the prefixes every key carries (``module.``, ``model.``, ...) when
+    its keys do not match the model's as they are; one log line says which were stripped."""
+    stripped = []
+    while state_dict and not (set(state_dict) & own):
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+        stripped.append(prefix)
+    if stripped:
+        log.info("checkpoint keys carried the prefix %s on every key: stripped", "".join(stripped))
+    return state_dict
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -146,6 +199,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[
     Returns the keys left at their fresh initialisation; any other mismatch raises, naming keys.
     """
     own = model.state_dict()
+    state_dict = _strip_wrapper_prefixes(state_dict, set(own))
     skipped = [k for k in HEAD_KEYS if k in state_dict and k in own and state_dict[k].shape != own[k].shape]
     incoming = {k: v for k, v in state_dict.items() if k not in skipped}
     missing = sorted(set(own) - set(incoming) - set(skipped))
