@@ -164,3 +164,18 @@ def test_an_unknown_option_is_one_line_from_the_command_too(artifact):
     result = _predict_cli(artifact, "clip.mp4", "--frobnicate")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "error: unrecognized arguments: --frobnicate (see --help)\n"
+
+
+def test_list_files_take_class_names_with_spaces_csv_and_a_header(tmp_path):
+    from vidaccel_train.predict import _read_list
+
+    classes = ["abseiling", "air drumming", "answering questions"]
+    (tmp_path / "my clip.mp4").write_bytes(b"")
+    (tmp_path / "b.mp4").write_bytes(b"")
+    plain = tmp_path / "list.txt"
+    plain.write_text("# phone videos\nmy clip.mp4 air drumming\nb.mp4 2\nb.mp4\n")
+    assert _read_list(plain, classes) == [(str(tmp_path / "my clip.mp4"), 1), (str(tmp_path / "b.mp4"), 2),
+                                          (str(tmp_path / "b.mp4"), None)]
+    table = tmp_path / "list.csv"
+    table.write_text("path,label\nmy clip.mp4,answering questions\nb.mp4,abseiling\n")
+    assert _read_list(table, classes) == [(str(tmp_path / "my clip.mp4"), 2), (str(tmp_path / "b.mp4"), 0)]

@@ -21,7 +21,7 @@ from vidaccel_train.data.check import check_dataset
 from vidaccel_train.data.clips import ClipDataset, ClipSpec
 from vidaccel_train.data.prepare import EncodeSettings, transcode
 from vidaccel_train.data.video_io import VideoInfo, probe, read_clip
-from vidaccel_train.predict import clip_frames
+from vidaccel_train.predict import Views, views_dataset
 
 from video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices, write_case
 
@@ -158,12 +158,15 @@ def test_training_clips_start_anywhere_in_the_video_and_hold_the_right_frames(co
 
 
 @pytest.mark.parametrize("name", ["rotated_cw90.mp4", "offset_10s.mp4", "browser_vp9.webm", "anamorphic.mp4"])
-def test_predict_reads_the_centre_clip_upright_at_the_right_times(corpus, name):
+def test_predict_reads_its_views_upright_at_the_right_times(corpus, name):
+    """What predict decodes for a manifest: its clips spread over the video, upright, timed from the first frame."""
     case = corpus[name]
     manifest = {"num_frames": 4, "sampling_rate": 3, "target_fps": 30, "display_aspect": "square"}
     spec = ClipSpec(4, 3, 30)
-    wanted = spec.timestamps(spec.centre_start(_true_info(case)))
-    assert read_indices(clip_frames(case.path, manifest)) == [case.expected(t) for t in wanted]
+    item = views_dataset(manifest, [(str(case.path), 0)], Views(5, 1), _Frames()).read(0)
+    starts = spec.uniform_starts(_true_info(case), 5)
+    got = read_indices(item["video"].reshape(-1, 3, HEIGHT, WIDTH))
+    assert got == [case.expected(t) for start in starts for t in spec.timestamps(start)]
 
 
 def test_the_dataset_check_reports_what_it_found_in_each_file(corpus, tmp_path):

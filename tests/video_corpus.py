@@ -195,6 +195,8 @@ CONDITIONS: dict[str, Callable[[Path], Case]] = {
     "rotated_180.mp4": lambda d: write_case(d / "rotated_180.mp4", rotation_cw=180),
     "mirrored.mp4": lambda d: write_case(d / "mirrored.mp4", mirror=True),
     "rotated_cw90_mirrored.mp4": lambda d: write_case(d / "rotated_cw90_mirrored.mp4", rotation_cw=90, mirror=True),
+    "rotated_cw270_mirrored.mov": lambda d: write_case(d / "rotated_cw270_mirrored.mov", rotation_cw=270, mirror=True),
+    "flipped_vertically.mp4": lambda d: write_case(d / "flipped_vertically.mp4", rotation_cw=180, mirror=True),
     "offset_1.4s.mp4": lambda d: write_case(d / "offset_1.4s.mp4", offset_s=1.4),
     "offset_10s.mp4": lambda d: write_case(d / "offset_10s.mp4", offset_s=10.0),
     "offset_1.4s.mkv": lambda d: write_case(d / "offset_1.4s.mkv", offset_s=1.4),
@@ -214,6 +216,8 @@ CONDITIONS: dict[str, Callable[[Path], Case]] = {
                                      options={"x265-params": "log-level=none:bframes=4:keyint=250", "crf": "18"}),
     "mjpeg.avi": lambda d: write_case(d / "mjpeg.avi", codec="mjpeg", pix_fmt="yuvj420p", options={}),
     "vfr.mkv": lambda d: write_case(d / "vfr.mkv", frame_times=[0.0, 0.1, 0.15, 0.4, 0.45, 0.5, 0.9, 1.0, 1.35, 1.4, 2.0, 2.05]),
+    # Phones drop frames: one frame shown for 0.8 s, with B-frames around it.
+    "vfr.mp4": lambda d: write_case(d / "vfr.mp4", frame_times=[0.0, 0.1, 0.2, 0.3, 1.1, 1.2, 1.25, 1.3, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5]),
     "one_frame.mp4": lambda d: write_case(d / "one_frame.mp4", count=1),
     "anamorphic.mp4": lambda d: write_case(d / "anamorphic.mp4", sample_aspect=Fraction(4, 3)),
 }

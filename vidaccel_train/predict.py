@@ -91,8 +91,12 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, dict]:
         raise ArtifactError(f"{artifact} does not exist")
     if not manifest_path.is_file():
         raise ArtifactError(f"no {MANIFEST} beside {artifact}: predict needs the export folder as written")
-    manifest = json.loads(manifest_path.read_text())
-    record = next((a for a in manifest["artifacts"] if a["file"] == artifact.name), None)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        record = next((a for a in manifest["artifacts"] if a["file"] == artifact.name), None)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
+                            "export the checkpoint again") from err
     if record is None:
         raise ArtifactError(f"{artifact.name} is not listed in {manifest_path}")
     actual = sha256_of(artifact)
@@ -143,6 +147,16 @@ class _Readable(Dataset):
         return {"index": index, "video": item["video"], "error": "", "decode_s": time.perf_counter() - started}
 
 
+def views_dataset(manifest: dict, samples: Sequence[tuple[str, int]], views: Views, transform) -> ClipDataset:
+    """``samples``' views as ``test`` reads them for the manifest's model: ``views.clips``
+    clips spread over each video, through ``transform`` (the eval transform with
+    ``views.crops`` crops), at the manifest's display aspect (``stored`` for manifests written
+    before the option existed)."""
+    clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+    return ClipDataset(samples, clip, train=False, transform=transform, clips_per_video=views.clips,
+                       display_aspect=manifest.get("display_aspect", "stored"))
+
+
 def _as_is(item: dict) -> dict:
     return item
 
@@ -160,12 +174,16 @@ class Predictor:
     def __init__(self, artifact: str | Path, views: Views | None = None, workers: int = 0):
         self.program, self.manifest = load_verified(artifact)
         manifest = self.manifest
-        self.classes: list[str] = list(manifest["classes"])
-        self.clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
-        self.views = views or Views(**manifest.get("test_views", LEGACY_VIEWS))
-        self.display_aspect = manifest.get("display_aspect", "stored")
-        self.transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"],
-                                         manifest["std"], crops=self.views.crops)
+        try:
+            self.classes: list[str] = list(manifest["classes"])
+            self.clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+            self.views = views or Views(**manifest.get("test_views", LEGACY_VIEWS))
+            self.display_aspect = manifest.get("display_aspect", "stored")
+            self.transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"],
+                                             manifest["std"], crops=self.views.crops)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(f"the manifest beside {artifact} lacks or garbles the input contract ({type(err).__name__}: "
+                                f"{err}); export the checkpoint again") from err
         self.workers = workers
         self._warm = False
 
@@ -183,8 +201,7 @@ class Predictor:
         return torch.stack(outputs).float()
 
     def dataset(self, samples: Sequence[tuple[str, int]]) -> ClipDataset:
-        return ClipDataset(samples, self.clip, train=False, transform=self.transform, clips_per_video=self.views.clips,
-                           display_aspect=self.display_aspect)
+        return views_dataset(self.manifest, samples, self.views, self.transform)
 
     def run(self, videos: Sequence[tuple[str, int | None]]) -> Iterator[Prediction]:
         """A :class:`Prediction` per ``(path, label or None)``, in order."""
@@ -246,10 +263,11 @@ class Timeline:
                          "top": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(scores, indices)]})
         return rows
 
-    def write(self, out_dir: Path, topk: int) -> list[Path]:
-        """``<stem>.timeline.csv``, ``.json`` and ``.png`` in ``out_dir``; returns their paths."""
+    def write(self, out_dir: Path, topk: int, name: str | None = None) -> list[Path]:
+        """``<name>.timeline.csv``, ``.json`` and ``.png`` in ``out_dir`` (``name``: the video's
+        stem by default); returns their paths."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"{Path(self.video).stem}.timeline"
+        stem = f"{name or Path(self.video).stem}.timeline"
         rows = self.rows(topk)
         overall = self.overall.topk(min(topk, len(self.classes)))
         summary = {"video": self.video, "duration_s": round(self.duration_s, 3), "window_s": self.span_s,
@@ -303,16 +321,6 @@ def predict(artifact: str | Path, video: str | Path, topk: int = 5, views: Views
     return result.top(topk, predictor.classes)
 
 
-def clip_frames(video: str | Path, manifest: dict, start_s: float | None = None) -> torch.Tensor:
-    """One clip of ``video`` as the manifest's model takes it, before scaling: uint8
-    ``(T, 3, H, W)``, upright, at the display aspect the model was trained at (``stored`` for
-    manifests written before the option existed); the centre clip unless ``start_s`` is given."""
-    clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
-    display_aspect = manifest.get("display_aspect", "stored")
-    choose = (lambda info: clip.timestamps(clip.centre_start(info) if start_s is None else start_s))
-    return read_clip(video, choose, display_aspect=display_aspect)[0]
-
-
 # ---------------------------------------------------------------------------------- inputs
 
 
@@ -324,22 +332,41 @@ def _class_index(text: str, classes: Sequence[str], where: str) -> int:
     raise PredictError(f"{where}: label {text!r} is neither one of the model's {len(classes)} classes nor an index below {len(classes)}")
 
 
+def _split_label(fields: list[str], classes: Sequence[str]) -> tuple[str, str | None]:
+    """A line's fields as (path, label): the longest run of trailing fields that names a class
+    (Kinetics' names have spaces) or is a class index; no label if none does."""
+    for cut in range(1, len(fields)):
+        label = " ".join(fields[cut:])
+        if label in classes or (label.isdigit() and int(label) < len(classes)):
+            return " ".join(fields[:cut]), label
+    return " ".join(fields), None
+
+
 def _read_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int | None]]:
-    """``path [label]`` lines (label: a class name or index; separated by spaces or a comma);
-    relative paths are relative to the list's folder; blank lines and ``#`` comments skipped."""
+    """``path [label]`` lines (label: a class name, spaces allowed, or an index; a ``.csv``
+    is read as CSV, a header row skipped); relative paths are relative to the list's folder;
+    blank lines and ``#`` comments skipped."""
     def located(name: str) -> Path:
         return Path(name) if Path(name).is_absolute() else path.parent / name
 
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".csv":
+        rows = [[field.strip() for field in row] for row in csv.reader(text.splitlines())]
+    else:
+        rows = [line.split() for line in text.splitlines()]
     videos = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for number, fields in enumerate(rows, 1):
+        fields = [f for f in fields if f]
+        if not fields or fields[0].startswith("#"):
             continue
-        parts = [p.strip().rstrip(",") for p in line.replace(",", " ").rsplit(maxsplit=1)]
-        if located(line).exists() or len(parts) == 1:
-            videos.append((str(located(line)), None))
-        else:
-            videos.append((str(located(parts[0])), _class_index(parts[1], classes, f"{path}:{number}")))
+        whole = " ".join(fields)
+        if located(whole).exists() or len(fields) == 1:
+            videos.append((str(located(whole)), None))
+            continue
+        name, label = (fields[0], fields[1]) if path.suffix.lower() == ".csv" else _split_label(fields, classes)
+        if number == 1 and not located(name).exists() and (label is None or label not in classes and not label.isdigit()):
+            continue  # a header row (path,label)
+        videos.append((str(located(name)), None if label is None else _class_index(label, classes, f"{path}:{number}")))
     return videos
 
 
@@ -523,7 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         videos = collect_inputs(args.inputs, classes)
         if args.data_root:
             videos += split_inputs(args.data_root, args.split, args.layout, classes)
-    except (ArtifactError, LoweringError, PredictError) as err:
+        if args.csv and not Path(args.csv).resolve().parent.is_dir():
+            raise PredictError(f"--csv {args.csv}: its folder does not exist")
+        if args.timeline:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+    except (ArtifactError, LoweringError, PredictError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -545,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         _write_csv(args.csv, results, classes, args.topk)
     bad = [r for r in results if r.error]
     scores = score(results, classes)
+    if args.json and scores:
+        print(json.dumps({"summary": {**scores, "classes": list(classes),
+                                      "unreadable": sum(r.label is not None for r in bad)}}))
     if not args.json:
         if scores:
             _print_scores(scores, classes, sum(r.label is not None for r in bad))
@@ -563,14 +597,18 @@ def main(argv: list[str] | None = None) -> int:
 def _main_timeline(predictor: Predictor, videos: Sequence[tuple[str, int | None]], args) -> int:
     stride = args.stride or predictor.clip.span_s
     failed = 0
+    names: dict[str, int] = {}
     for video, _ in videos:
+        stem = Path(video).stem
+        names[stem] = names.get(stem, 0) + 1
+        name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"  # two folders' clip.mp4 keep both
         try:
             timeline = predictor.timeline(video, stride)
         except VideoDecodeError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        paths = timeline.write(Path(args.out), args.topk)
+        paths = timeline.write(Path(args.out), args.topk, name)
         best = int(timeline.overall.argmax())
         if args.json:
             print(json.dumps(json.loads(paths[0].read_text())))

@@ -25,12 +25,12 @@ log = logging.getLogger(__name__)
 
 # Every container FFmpeg reads that people keep video in, matched in any case: phone and camera
 # exports (.m4v, .3gp, .MTS AVCHD), broadcast and streaming segments (.ts, .m2ts), browser
-# recordings (.webm), older formats (.flv, .wmv, .mpg, .vob), raw streams (.h264, .hevc, .ivf).
+# recordings (.webm), older formats (.flv, .wmv, .mpg, .vob), IVF (VP8/VP9/AV1). Raw elementary
+# streams (.h264, .hevc, .m2v) are left out: they carry no timestamps to sample by.
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".flv", ".f4v", ".wmv", ".asf",
-    ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".vob", ".ts", ".m2ts", ".mts", ".m2t", ".3gp", ".3g2",
-    ".ogv", ".ogg", ".mxf", ".dv", ".nut", ".ivf", ".y4m", ".h264", ".264", ".h265", ".hevc", ".265",
-    ".rm", ".rmvb", ".divx",
+    ".mpg", ".mpeg", ".mpe", ".vob", ".ts", ".m2ts", ".mts", ".m2t", ".3gp", ".3g2",
+    ".ogv", ".ogg", ".mxf", ".dv", ".nut", ".ivf", ".rm", ".rmvb", ".divx",
 )
 # Left out wherever a dataset is indexed: dot names (.DS_Store, macOS's ._<name> AppleDouble
 # sidecars, .ipynb_checkpoints, .git) and the __MACOSX folder of zips made on a Mac.

@@ -94,8 +94,7 @@ def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) 
 def _open_output(writer, info: VideoInfo, time_base: Fraction, settings: EncodeSettings):
     """The copy's H.264 stream for frames of ``info`` and their upright, scaled size ``(w, h)``."""
     transposed = info.orientation.transpose
-    upright = (info.coded_height, info.coded_width) if transposed else (info.coded_width, info.coded_height)
-    size = settings.even_size(*upright)
+    size = settings.even_size(info.width, info.height)  # upright, stored pixels
     rate = Fraction(info.fps).limit_denominator(100_000) if info.fps > 0 else 30
     out = writer.add_stream("libx264", rate=rate)
     out.width, out.height, out.pix_fmt = *size, "yuv420p"

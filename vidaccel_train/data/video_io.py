@@ -284,21 +284,22 @@ def read_clip(
             info = _info(container, stream, path, display_aspect)
             requested = [float(t) for t in choose_timestamps(info)]
             order = sorted(range(len(requested)), key=requested.__getitem__)
-            width = _display_width(info.coded_width, info.sample_aspect) if display_aspect == "square" else None
+            size = (info.width, info.height)  # every frame at the stream's (display) size
             # Past the end is the last frame: ask for the instant before the end (no seek beyond it).
             limit = info.duration_s - 1e-3 if math.isfinite(info.duration_s) else math.inf
             wanted = [info.start_s + min(requested[i], limit) for i in order]
-            decoded, orientation = _decode_span(container, stream, wanted, width, info.codec, info.start_s)
+            decoded, orientation = _decode_span(container, stream, wanted, size, info.codec, info.start_s)
             frames = [None] * len(requested)
             for slot, frame in zip(order, decoded):
                 frames[slot] = frame
+            if not frames or any(f is None for f in frames):
+                raise VideoDecodeError(f"{path}: no decodable frames")
+            stacked = np.stack(frames)
     except VideoDecodeError:
         raise
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
         raise _open_error(path, err, "decoding failed") from err
-    if not frames or any(f is None for f in frames):
-        raise VideoDecodeError(f"{path}: no decodable frames")
-    upright = orientation.apply(torch.from_numpy(np.stack(frames)))
+    upright = orientation.apply(torch.from_numpy(stacked))
     return upright.permute(0, 3, 1, 2), _oriented(info, orientation)
 
 
@@ -340,15 +341,18 @@ def iter_frames(path: str | Path, threads: int = 0) -> Iterator[tuple[float, av.
 _SKIP_MARGIN_FRAMES = 2
 
 
-def _to_rgb(frame: av.VideoFrame, width: int | None) -> np.ndarray:
-    if width is None or width == frame.width:
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 at ``size`` ``(width, height)``: the display width of an anamorphic
+    stream, and one size for every frame of a stream whose frame size changes midway (browser
+    and WebRTC recordings), scaled in the same pass as the colour conversion."""
+    if (frame.width, frame.height) == size:
         return frame.to_ndarray(format="rgb24")
-    return frame.reformat(width=width, height=frame.height, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    return frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation="BILINEAR").to_ndarray()
 
 
-def _decode_span(container, stream, wanted: list[float], width: int | None, codec_name: str, start_s: float):
+def _decode_span(container, stream, wanted: list[float], size: tuple[int, int], codec_name: str, start_s: float):
     """The frame shown at each of the sorted ``wanted`` times (seconds on the stream's clock),
-    as ``(H, W, 3)`` arrays (``width`` wide if given), and the orientation the frames carry.
+    as ``(H, W, 3)`` arrays at ``size`` ``(width, height)``, and the orientation the frames carry.
 
     Decodes from the keyframe before the first; non-reference frames well before the next
     wanted time are not decoded at all (codecs of :data:`SKIP_NONREF_CODECS` only), and a wanted
@@ -359,7 +363,9 @@ def _decode_span(container, stream, wanted: list[float], width: int | None, code
     time_base = float(stream.time_base)
     rate = float(stream.average_rate or stream.guessed_rate or 0.0)
     skipping = codec_name in SKIP_NONREF_CODECS and rate > 0
-    margin = _SKIP_MARGIN_FRAMES / rate if skipping else math.inf  # unknown rate or codec: skip nothing
+    # A frame may be skipped when it ends this long before the wanted time (unknown rate or codec: never).
+    margin = (_SKIP_MARGIN_FRAMES - 1) / rate if skipping else math.inf
+    frame_s = 1 / rate if rate > 0 else 0.0
     codec = stream.codec_context
     picked: list[np.ndarray | None] = [None] * len(wanted)
     orientation = None
@@ -390,7 +396,10 @@ def _decode_span(container, stream, wanted: list[float], width: int | None, code
                 target, backoff = wanted[next_slot], 1.0
                 packets, fresh = _seek(container, stream, target), True
                 continue
-            codec.skip_frame = "NONREF" if t_packet < wanted[next_slot] - margin else "DEFAULT"
+            # Judged by the packet's end, not its start: a frame of a variable-frame-rate file
+            # can be shown for several average frame durations.
+            shown_until = t_packet + max(packet.duration * time_base if packet.duration else 0.0, frame_s)
+            codec.skip_frame = "NONREF" if shown_until < wanted[next_slot] - margin else "DEFAULT"
         for frame in packet.decode():
             if frame.pts is None:
                 continue
@@ -409,14 +418,14 @@ def _decode_span(container, stream, wanted: list[float], width: int | None, code
             while next_slot < len(wanted) and wanted[next_slot] < t:
                 source = previous if previous is not None else [frame, None]
                 if source[1] is None:
-                    source[1] = _to_rgb(source[0], width)
+                    source[1] = _to_rgb(source[0], size)
                 picked[next_slot] = source[1]
                 next_slot += 1
             if next_slot == len(wanted):
                 return picked, orientation
             previous = [frame, None]
     if previous is not None:
-        array = previous[1] if previous[1] is not None else _to_rgb(previous[0], width)
+        array = previous[1] if previous[1] is not None else _to_rgb(previous[0], size)
         for slot in range(next_slot, len(wanted)):
             picked[slot] = array
     return picked, orientation or UPRIGHT

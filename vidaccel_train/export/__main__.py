@@ -33,6 +33,8 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     run_config = checkpoint.get("run_config")
     if not run_config:
         raise CheckpointError(f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported")
+    if "display_aspect" not in run_config.get("data", {}):  # trained before the option: on stored pixels
+        run_config = {**run_config, "data": {**run_config["data"], "display_aspect": "stored"}}
     cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
     out_dir = cfg.get("out_dir") or ckpt_path.resolve().parent.parent / "export"
     export_settings = {k: v for k, v in (cfg.get("callbacks", {}) or {}).get("export", {}).items() if k != "_target_"}
