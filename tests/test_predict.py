@@ -58,10 +58,12 @@ def test_predict_on_the_test_split_gives_the_exports_verification(artifact, test
 
     result = _predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--json", "--topk", "4")
     assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    *records, summary = [json.loads(line) for line in result.stdout.splitlines()]
     samples = test_split.datasets["test"].samples
     assert [r["video"] for r in records] == [path for path, _ in samples]
     classes = manifest["classes"]
+    top1 = next(a["top1"] for a in manifest["artifacts"] if a["file"] == artifact.name)
+    assert summary["summary"]["videos"] == len(samples) and summary["summary"]["top1"] == pytest.approx(top1, abs=1e-6)
     for record, probabilities, (_, label) in zip(records, expected, samples):
         assert record["label"] == classes[label]
         got = {p["label"]: p["score"] for p in record["predictions"]}
@@ -69,7 +71,6 @@ def test_predict_on_the_test_split_gives_the_exports_verification(artifact, test
 
     table = _predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--workers", "2")
     assert table.returncode == 0, table.stderr[-2000:]
-    top1 = next(a["top1"] for a in manifest["artifacts"] if a["file"] == artifact.name)
     assert f"{len(samples)} labelled videos: top-1 {top1:.4f}" in table.stdout
     assert "confusion (rows: true class" in table.stdout
     assert table.stderr == ""  # nothing from ExecuTorch's CPU probe or any other library
@@ -91,7 +92,8 @@ def test_many_inputs_per_call_with_a_bad_file_named_once(artifact, test_split, t
 
     result = _predict_cli(artifact, tmp_path / "clips", listed, broken, "--json", "--csv", out_csv, "--topk", "2")
     assert result.returncode == 1  # one unreadable video
-    records = [json.loads(line) for line in result.stdout.splitlines()]
+    *records, summary = [json.loads(line) for line in result.stdout.splitlines()]
+    assert summary["summary"]["videos"] == 3  # the labelled ones (the list file's)
     assert len(records) == 6 and [bool(r.get("error")) for r in records] == [False] * 5 + [True]
     assert records[-1]["video"] == str(broken) and [line for line in result.stderr.splitlines()] == [
         f"error: {broken}: {records[-1]['error']}"]

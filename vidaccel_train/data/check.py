@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,12 @@ from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, probe, rea
 REPORT_FILE = "report.csv"
 # Where in a video the check decodes a frame, as fractions of its duration.
 CHECK_POINTS = (0.0, 0.5, 0.98)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for the per-file dataset tools, spawned: a forked child would inherit the
+    caller's thread pools (torch, ExecuTorch) mid-use and can hang."""
+    return ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"))
 
 
 def file_progress() -> Progress:
@@ -117,7 +124,7 @@ def check_dataset(
     bad: dict[str, str] = {path: why for index in indexes.values() for path, why in index.missing.items()}
     summary = {"root": str(Path(root).resolve()), "classes": len(class_names), "splits": {}}
     rows: list[dict] = []
-    with ProcessPoolExecutor(max(1, workers)) as pool, file_progress() as progress:
+    with process_pool(workers) as pool, file_progress() as progress:
         for split, index in indexes.items():
             task = progress.add_task(f"checking {split}", total=len(index.samples))
             jobs = [(path, min_duration_s) for path, _ in index.samples]

@@ -19,7 +19,6 @@ import json
 import math
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +29,7 @@ import av
 import numpy as np
 import torch
 
-from vidaccel_train.data.check import file_progress, write_labels_and_bad_files
+from vidaccel_train.data.check import file_progress, process_pool, write_labels_and_bad_files
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_splits
 from vidaccel_train.data.video_io import UPRIGHT, VideoDecodeError, VideoInfo, iter_frames, read_clip
@@ -196,7 +195,7 @@ def prepare_dataset(
     report = {"root": str(Path(root).resolve()), "settings": vars(settings) | {"bframes": 0}, "splits": {}}
     pairs: list[tuple[str, str]] = []
     started = time.perf_counter()
-    with ProcessPoolExecutor(max(1, workers)) as pool, file_progress() as progress:
+    with process_pool(workers) as pool, file_progress() as progress:
         for split, index in indexes.items():
             task = progress.add_task(f"re-encoding {split}", total=len(index.samples))
             names = _target_names(index.samples, split, class_names)
