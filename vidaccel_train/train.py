@@ -42,6 +42,18 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
+def quantization_callback(cfg: DictConfig):
+    """The ``quant`` group's callback, or None: with ``quant=none`` an experiment's ``quant.*``
+    settings (merged into the empty group) have nothing to configure and are left aside."""
+    quant = cfg.get("quant")
+    if not quant:
+        return None
+    if "_target_" not in quant:
+        log.info("quant=none: fp32 only; the settings %s do not apply", ", ".join(f"quant.{key}" for key in quant))
+        return None
+    return instantiate(quant)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
     validate(cfg)
@@ -56,8 +68,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("quant"):
-        callbacks.append(instantiate(cfg.quant))
+    quantization = quantization_callback(cfg)
+    if quantization is not None:
+        callbacks.append(quantization)
     trainer_cfg = cfg.trainer
     if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
         log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
