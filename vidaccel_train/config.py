@@ -7,14 +7,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from vidaccel_train.errors import ConfigError
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and a value that would."""
 
 
 def _int_at_least(cfg, key: str, minimum: int, expected: str) -> None:

@@ -21,18 +21,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vidaccel_train.allocator import keep_freed_memory
-from vidaccel_train.config import CONFIG_DIR, ConfigError, runs_on_cpu, validate
-from vidaccel_train.data.layouts import DatasetLayoutError
-from vidaccel_train.data.video_io import VideoDecodeError
-from vidaccel_train.export.executorch import LoweringError
-from vidaccel_train.models.zoo import CheckpointError
+from vidaccel_train.config import CONFIG_DIR, runs_on_cpu, validate
+from vidaccel_train.errors import USER_ERRORS
 from vidaccel_train.quiet import FRESH_START_WARNINGS
-from vidaccel_train.training.resilience import DiskFullError, resolve_checkpoint
+from vidaccel_train.training.resilience import resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-# Mistakes in the config, the data or a checkpoint: their message says what to do, a traceback adds nothing.
-USER_ERRORS = (ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
