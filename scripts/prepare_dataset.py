@@ -21,8 +21,8 @@ import sys
 
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import LAYOUTS
-from vidaccel_train.errors import USER_ERRORS
 from vidaccel_train.data.prepare import EncodeSettings, prepare_dataset
+from vidaccel_train.errors import USER_ERRORS
 from vidaccel_train.models.zoo import zoo_entry
 
 
