@@ -17,7 +17,8 @@ import os
 import sys
 
 from vidaccel_train.data.check import check_dataset
-from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError
+from vidaccel_train.data.layouts import LAYOUTS
+from vidaccel_train.errors import USER_ERRORS
 
 
 def main() -> int:
@@ -31,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         summary = check_dataset(args.root, args.out, args.splits, args.layout, args.workers, args.min_duration)
-    except DatasetLayoutError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

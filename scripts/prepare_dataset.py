@@ -20,8 +20,9 @@ import os
 import sys
 
 from vidaccel_train.data.clips import ClipSpec
-from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError
+from vidaccel_train.data.layouts import LAYOUTS
 from vidaccel_train.data.prepare import EncodeSettings, prepare_dataset
+from vidaccel_train.errors import USER_ERRORS
 from vidaccel_train.models.zoo import zoo_entry
 
 
@@ -46,7 +47,7 @@ def main() -> int:
         report = prepare_dataset(args.root, args.out, args.splits, args.layout, settings, args.workers,
                                  args.measure_videos, ClipSpec(entry.num_frames, entry.sampling_rate),
                                  args.psnr_short_side)
-    except DatasetLayoutError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2))

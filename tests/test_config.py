@@ -130,3 +130,29 @@ def test_the_slurm_launcher_composes_for_cluster_sweeps():
     result = _cli("--cfg", "hydra", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout
+
+
+def test_quant_none_on_an_experiment_that_sets_quant_keys_trains_fp32(tmp_path, data_dir):
+    from vidaccel_train.config import validate
+    from vidaccel_train.train import quantization_callback
+
+    cfg = compose_config(tmp_path, data_dir, ["experiment=smoke", "quant=none"])
+    assert set(cfg.quant) == {"start_epoch", "freeze_observer_epoch", "lr_scale"}  # merged into the empty group
+    validate(cfg)
+    assert quantization_callback(cfg) is None
+    assert quantization_callback(compose_config(tmp_path, data_dir, ["experiment=smoke"])) is not None
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["quant.start_epoch=12", "quant.freeze_observer_epoch=null"], "quant.start_epoch=12 but trainer.max_epochs=12"),
+        (["quant.start_epoch=11", "quant.freeze_observer_epoch=10"], "quant.freeze_observer_epoch=10 comes before QAT starts"),
+    ],
+)
+def test_qat_settings_that_cannot_run_are_one_error_line_before_any_work(tmp_path, overrides, message):
+    result = _cli("experiment=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [next(line for line in errors if line.startswith("error: "))] and message in errors[0]
+    assert "Fitting" not in result.stdout + result.stderr and not (tmp_path / "data").exists()

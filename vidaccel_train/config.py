@@ -7,14 +7,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from vidaccel_train.errors import ConfigError
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and a value that would."""
 
 
 def _int_at_least(cfg, key: str, minimum: int, expected: str) -> None:
@@ -45,12 +43,25 @@ def validate(cfg) -> None:
     if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 1):
         raise ConfigError(f"data.low_res_scale must be in (0, 1], got {scale!r}")
     low_res_epochs = OmegaConf.select(cfg, "data.low_res_epochs", throw_on_missing=False) or 0
-    qat_start = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False)
+    quant = cfg.get("quant")
+    qat = bool(quant) and str(quant.get("_target_", "")).endswith("QuantizationAwareTraining")
+    qat_start = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False) if qat else None
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
     if qat_start is not None and isinstance(max_epochs, int):
         from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
 
+        if qat_start >= max_epochs:
+            raise ConfigError(
+                f"quant.start_epoch={qat_start} but trainer.max_epochs={max_epochs}: QAT would never run; "
+                f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
+            )
         qat_start = QuantizationAwareTraining.resolve_start(qat_start, max_epochs)
+        freeze = OmegaConf.select(cfg, "quant.freeze_observer_epoch", throw_on_missing=False)
+        if freeze is not None and freeze < qat_start:
+            raise ConfigError(
+                f"quant.freeze_observer_epoch={freeze} comes before QAT starts (epoch {qat_start}): set it to "
+                f"{qat_start} or later, or quant.freeze_observer_epoch=null"
+            )
     if qat_start is not None and qat_start >= 0 and low_res_epochs > qat_start:
         raise ConfigError(
             f"data.low_res_epochs={low_res_epochs} but QAT starts at epoch {qat_start}: the quantized graph takes "

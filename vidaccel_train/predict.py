@@ -41,22 +41,15 @@ from torchvision import tv_tensors
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
 from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, is_hidden, is_video_file
 from vidaccel_train.data.transforms import build_transform
-from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip
+from vidaccel_train.data.video_io import probe, read_clip
 from vidaccel_train.export.manifest import MANIFEST, sha256_of
-from vidaccel_train.export.executorch import ExecuTorchModel, LoweringError
+from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
+from vidaccel_train.export.executorch import ExecuTorchModel
 from vidaccel_train.quiet import native_stderr_muted
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
 # The views of manifests written before they recorded the test's: the centre clip, centre crop.
 LEGACY_VIEWS = {"clips": 1, "crops": 1}
-
-
-class ArtifactError(RuntimeError):
-    """An artifact that is missing, unlisted, or not the file its manifest describes."""
-
-
-class PredictError(ValueError):
-    """Inputs or options that cannot be run: said before any decoding."""
 
 
 @dataclass(frozen=True)
@@ -554,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PredictError(f"--csv {args.csv}: its folder does not exist")
         if args.timeline:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-    except (ArtifactError, LoweringError, PredictError, OSError) as err:
+    except (*USER_ERRORS, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -21,18 +21,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vidaccel_train.allocator import keep_freed_memory
-from vidaccel_train.config import CONFIG_DIR, ConfigError, runs_on_cpu, validate
-from vidaccel_train.data.layouts import DatasetLayoutError
-from vidaccel_train.data.video_io import VideoDecodeError
-from vidaccel_train.export.executorch import LoweringError
-from vidaccel_train.models.zoo import CheckpointError
+from vidaccel_train.config import CONFIG_DIR, runs_on_cpu, validate
+from vidaccel_train.errors import USER_ERRORS
 from vidaccel_train.quiet import FRESH_START_WARNINGS
-from vidaccel_train.training.resilience import DiskFullError, resolve_checkpoint
+from vidaccel_train.training.resilience import resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-# Mistakes in the config, the data or a checkpoint: their message says what to do, a traceback adds nothing.
-USER_ERRORS = (ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -40,6 +34,18 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def quantization_callback(cfg: DictConfig):
+    """The ``quant`` group's callback, or None: with ``quant=none`` an experiment's ``quant.*``
+    settings (merged into the empty group) have nothing to configure and are left aside."""
+    quant = cfg.get("quant")
+    if not quant:
+        return None
+    if "_target_" not in quant:
+        log.info("quant=none: fp32 only; the settings %s do not apply", ", ".join(f"quant.{key}" for key in quant))
+        return None
+    return instantiate(quant)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -56,8 +62,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("quant"):
-        callbacks.append(instantiate(cfg.quant))
+    quantization = quantization_callback(cfg)
+    if quantization is not None:
+        callbacks.append(quantization)
     trainer_cfg = cfg.trainer
     if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
         log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")

@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidaccel_train.errors import DatasetLayoutError
+
 log = logging.getLogger(__name__)
 
 # Every container FFmpeg reads that people keep video in, matched in any case: phone and camera
@@ -46,10 +48,6 @@ EXPECTED_LAYOUTS = (
     "<youtube_id>_<start:06d>_<end:06d>.mp4 (Kinetics annotations); or <root>/<split>.txt with "
     "'<path> <label index>' lines (PyTorchVideo list files)"
 )
-
-
-class DatasetLayoutError(ValueError):
-    """The data root does not hold a dataset in the expected layout."""
 
 
 def is_hidden(path: Path, below: Path | None = None) -> bool:

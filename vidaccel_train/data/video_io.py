@@ -32,16 +32,14 @@ import av
 import numpy as np
 import torch
 
+from vidaccel_train.errors import VideoDecodeError
+
 DISPLAY_ASPECTS = ("square", "stored")
 
 # Codecs for which decoding with non-reference frames skipped is proven frame-exact (tests/
 # test_real_world_video.py): every wanted frame equals the one a full decode shows then. AV1 is
 # not among them (libdav1d then returns some frames one early); unknown codecs decode every frame.
 SKIP_NONREF_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mjpeg"})
-
-
-class VideoDecodeError(RuntimeError):
-    """A file that cannot be read as video; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
 from vidaccel_train.export.callback import ExportCallback, net_builder
-from vidaccel_train.models.zoo import CheckpointError, load_checkpoint
+from vidaccel_train.errors import USER_ERRORS, CheckpointError
+from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
 
 log = logging.getLogger("vidaccel_train.export")
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
     try:
         manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
-    except CheckpointError as err:
+    except (*USER_ERRORS, InstantiationException) as err:
+        if isinstance(err, InstantiationException):  # a component refused its arguments while Hydra built it
+            if not isinstance(err.__cause__, USER_ERRORS):
+                raise
+            err = err.__cause__
         print(f"error: {err}", file=sys.stderr)
         return 2
     for artifact in manifest["artifacts"]:

@@ -13,12 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidaccel_train.errors import LoweringError
+
 # Graph plumbing that stays outside a delegate in any lowered program.
 _PLUMBING = {"executorch_call_delegate", "getitem"}
-
-
-class LoweringError(RuntimeError):
-    """The program could not be lowered or does not run wholly inside XNNPACK."""
 
 
 @dataclass

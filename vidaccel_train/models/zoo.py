@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidaccel_train.errors import CheckpointError
 from vidaccel_train.models.x3d import EfficientX3dNet, StageSpec, x3d_stages
 
 _ZOO_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
@@ -51,10 +52,6 @@ ZOO: dict[str, ZooEntry] = {
         arch={"stem_channels": 16, "head_channels": 144, "fc_channels": 256, "init": "pytorch"},
     ),
 }
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found, read, or matched to the model."""
 
 
 def list_models() -> list[str]:

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vidaccel_train.errors import DiskFullError
 from vidaccel_train.models.zoo import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 
 # Temporary files of AtomicCheckpointIO: ".<name>.tmp-<pid>" beside the checkpoint.
 STAGING_INFIX = ".tmp-"
-
-
-class DiskFullError(RuntimeError):
-    """A checkpoint that does not fit on its disk; the message names the directory and sizes."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,0 +1,45 @@
+"""The errors a user can cause and fix, on the ground floor: this module imports nothing of the
+project, so any layer raises them and every command line turns them into one ``error:`` line
+(exit code 2) instead of a traceback. Each message names the file, key or value at fault and
+what would work."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and a value that would."""
+
+
+class DatasetLayoutError(ValueError):
+    """The data root does not hold a dataset in the expected layout."""
+
+
+class VideoDecodeError(RuntimeError):
+    """A file that cannot be read as video; the message names the file and the reason."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read safely, or matched to the model."""
+
+
+class LoweringError(RuntimeError):
+    """The program could not be lowered or does not run wholly inside XNNPACK."""
+
+
+class DiskFullError(RuntimeError):
+    """A checkpoint that does not fit on its disk; the message names the directory and sizes."""
+
+
+class ArtifactError(RuntimeError):
+    """An exported artifact that is missing, unlisted, or not the file its manifest describes."""
+
+
+class PredictError(ValueError):
+    """Inputs or options of ``predict`` that cannot be run: said before any decoding."""
+
+
+# What every command line reports as one ``error:`` line and exit code 2.
+USER_ERRORS = (
+    ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError, ArtifactError,
+    PredictError,
+)
