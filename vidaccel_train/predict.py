@@ -579,8 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         decode = sum(r.decode_s for r in results) / max(1, len(results))
         model = sum(r.model_s for r in readable) / max(1, len(readable))
+        workers = min(args.workers, len(videos)) if len(videos) > 1 else 0
         print(f"{len(results)} videos in {wall:.1f} s ({predictor.views} each): decode {decode * 1000:.0f} ms a video "
-              f"in {min(args.workers, len(videos)) if len(videos) > 1 else 1} process(es), model {model * 1000:.1f} ms a video"
+              f"{f'in {workers} worker processes' if workers else 'in this process'}, model {model * 1000:.1f} ms a video"
               + (f"; {len(bad)} unreadable" if bad else "") + (f"; rows in {args.csv}" if args.csv else ""))
     for result in bad:
         print(f"error: {result.video}: {result.error}", file=sys.stderr)
