@@ -43,3 +43,13 @@ USER_ERRORS = (
     ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError, ArtifactError,
     PredictError,
 )
+
+
+def as_user_error(err: BaseException) -> BaseException | None:
+    """``err`` if it is one of :data:`USER_ERRORS`, or the one it was raised from (Hydra's
+    ``InstantiationException`` wraps what a component raised while being built); else None."""
+    while err is not None:
+        if isinstance(err, USER_ERRORS):
+            return err
+        err = err.__cause__
+    return None

@@ -14,7 +14,6 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.config import CONFIG_DIR, runs_on_cpu, validate
-from vidaccel_train.errors import USER_ERRORS
+from vidaccel_train.errors import as_user_error
 from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.training.resilience import resolve_checkpoint
 
@@ -123,19 +122,18 @@ def run_search(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> None:
     try:
         run_search(cfg) if cfg.get("hparams_search") else run(cfg)
-    except (*USER_ERRORS, InstantiationException) as err:
-        if isinstance(err, InstantiationException):  # a component refused its arguments while Hydra built it
-            if not isinstance(err.__cause__, USER_ERRORS):
-                raise
-            err = err.__cause__
-        print(f"error: {err}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and goes on with the sweep
-        sys.exit(2)
     except pickle.UnpicklingError as err:  # Lightning's safe load of a ckpt_path= file
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         print(f"error: refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
               f"({reason[:200]}); checkpoints are read with PyTorch's safe loader", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        user_error = as_user_error(err)  # also what a component refused while Hydra built it
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and goes on with the sweep
         sys.exit(2)
     except SIGTERMException:
         print(

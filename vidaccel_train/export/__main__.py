@@ -14,13 +14,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
 from vidaccel_train.export.callback import ExportCallback, net_builder
-from vidaccel_train.errors import USER_ERRORS, CheckpointError
+from vidaccel_train.errors import CheckpointError, as_user_error
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
 
@@ -65,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
     try:
         manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
-    except (*USER_ERRORS, InstantiationException) as err:
-        if isinstance(err, InstantiationException):  # a component refused its arguments while Hydra built it
-            if not isinstance(err.__cause__, USER_ERRORS):
-                raise
-            err = err.__cause__
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = as_user_error(err)  # also what a component refused while Hydra built it
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
         return 2
     for artifact in manifest["artifacts"]:
         print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
