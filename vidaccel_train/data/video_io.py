@@ -171,6 +171,7 @@ def _last_packet_end(container, stream, path: Path) -> float:
             continue
         if math.isfinite(end):
             break
+    container.seek(0, stream=stream, backward=True, any_frame=False)  # leave the file where it was opened
     if len(_END_CACHE) >= _END_CACHE_LIMIT:
         _END_CACHE.clear()
     _END_CACHE[key] = end
@@ -239,8 +240,6 @@ def probe(path: str | Path, display_aspect: str = "stored") -> VideoInfo:
         with av.open(str(path)) as container:
             stream = _video_stream(container, path, threads=1)
             info = _info(container, stream, path, display_aspect)
-            if info.duration_source != "stream":  # the duration's seek left the file at its end
-                container.seek(0, stream=stream, backward=True, any_frame=False)
             first = next(iter(container.decode(stream)), None)
             if first is None:
                 raise VideoDecodeError(f"{path}: no decodable frames")
@@ -319,8 +318,6 @@ def iter_frames(path: str | Path, threads: int = 0) -> Iterator[tuple[float, av.
         with av.open(str(path)) as container:
             stream = _video_stream(container, path, threads)
             info = _info(container, stream, path)
-            if info.duration_source != "stream":
-                container.seek(0, stream=stream, backward=True, any_frame=False)
             time_base = float(stream.time_base)
             for frame in container.decode(stream):
                 if frame.pts is None:
