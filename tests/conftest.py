@@ -52,6 +52,23 @@ def smoke_run(tmp_path_factory, data_dir) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def start_weights(tmp_path_factory) -> Path:
+    """An x3d_tiny state_dict to start QAT from its first epoch (``model.checkpoint=``): the
+    config refuses QAT from epoch 0 on untrained weights. Its BatchNorm statistics come from a
+    few random clips; the tests that use it check QAT's mechanics, not what it learns."""
+    from vidaccel_train.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("x3d_tiny", num_classes=4, dropout=0.0).train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(4, 3, 4, 32, 32))
+    path = tmp_path_factory.mktemp("weights") / "x3d_tiny.pyth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
 def compose_config(run_dir: Path, data_dir: Path, overrides: list[str] = ()) -> DictConfig:
     """The training config as the CLI composes it, with every path under the test's folders."""
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

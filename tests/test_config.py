@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -78,13 +80,12 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["data.batch_size=0"], "data.batch_size must be a positive integer"),
         (["optim.lr=-1"], "optim.lr must be a positive number"),
         (["data=kinetics"], "data.root is not set"),
-        (["model.clip.num_frames=40"], "spans 16.00 s but the generated videos last"),
+        (["model.clip.num_frames=40", "data.synthetic.duration_s=2.0"], "spans 16.00 s but the generated videos last"),
         (["model.clip.crop_size=400"], "data.crop_size=400 is larger than data.eval_short_side"),
         (["test_ckpt=first"], "test_ckpt must be best or last"),
         (["data.decoder_threads=-1"], "data.decoder_threads must be 0 (FFmpeg chooses) or more, got -1"),
         (["callbacks.export.precisions=[int4]"], "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']"),
         (["callbacks.export.precisions=[]"], "callbacks.export.precisions must name one or more"),
-        (["data.low_res_epochs=21"], "data.low_res_epochs=21 but QAT starts at epoch 20"),
     ],
 )
 def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):
@@ -132,15 +133,113 @@ def test_the_slurm_launcher_composes_for_cluster_sweeps():
     assert "SlurmLauncher" in result.stdout and "partition: gpu" in result.stdout
 
 
-def test_quant_none_on_an_experiment_that_sets_quant_keys_trains_fp32(tmp_path, data_dir):
-    from vidaccel_train.config import validate
-    from vidaccel_train.train import quantization_callback
+def test_quant_none_on_an_experiment_that_sets_quant_keys_trains_fp32(tmp_path, data_dir, caplog):
+    from vidaccel_train.config import reconcile, validate
 
     cfg = compose_config(tmp_path, data_dir, ["experiment=smoke", "quant=none"])
     assert set(cfg.quant) == {"start_epoch", "freeze_observer_epoch", "lr_scale"}  # merged into the empty group
+    with caplog.at_level("INFO"):
+        reconcile(cfg)
     validate(cfg)
-    assert quantization_callback(cfg) is None
-    assert quantization_callback(compose_config(tmp_path, data_dir, ["experiment=smoke"])) is not None
+    assert cfg.quant is None and "quant=none: fp32 only; the settings quant.start_epoch" in caplog.text
+    cfg = compose_config(tmp_path, data_dir, ["experiment=smoke"])
+    reconcile(cfg)
+    assert cfg.quant.start_epoch == 8
+
+
+def test_an_experiment_on_real_data_leaves_its_generator_settings_aside(tmp_path, data_dir, caplog):
+    from vidaccel_train.config import reconcile, validate
+
+    cfg = compose_config(tmp_path, data_dir, ["experiment=finetune", "data=kinetics", f"data.root={tmp_path}"])
+    assert set(cfg.data.synthetic) == {"classes"}  # merged into data=kinetics, which generates nothing
+    with caplog.at_level("INFO"):
+        reconcile(cfg)
+    validate(cfg)
+    assert cfg.data.synthetic is None and "the settings data.synthetic.classes do not apply" in caplog.text
+
+
+def test_low_resolution_epochs_end_where_qat_starts(tmp_path, data_dir, caplog):
+    from vidaccel_train.config import reconcile, validate
+
+    cfg = compose_config(tmp_path, data_dir, ["trainer.max_epochs=10"])  # QAT in the last epoch, 9
+    assert cfg.data.low_res_epochs == 19
+    with caplog.at_level("INFO"):
+        reconcile(cfg)
+    validate(cfg)
+    assert cfg.data.low_res_epochs == 9 and "the low-resolution epochs end at epoch 9, where QAT starts" in caplog.text
+    cfg = compose_config(tmp_path, data_dir, ["trainer.max_epochs=10", "quant=none"])
+    reconcile(cfg)
+    assert cfg.data.low_res_epochs == 19  # no QAT: every epoch may be low-resolution
+
+
+def test_every_model_fits_the_default_generated_videos(tmp_path, data_dir):
+    """The README's `python -m vidaccel_train model=x3d_s` on the default data: the generated
+    videos last long enough for the model's clip."""
+    from vidaccel_train.config import validate
+
+    for model in ("x3d_xs", "x3d_s", "x3d_m", "x3d_l"):
+        cfg = compose_config(tmp_path, data_dir, [f"model={model}"])
+        validate(cfg)
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        span = data["num_frames"] * data["sampling_rate"] / data["target_fps"]
+        assert span <= data["synthetic"]["duration_s"] <= max(2.0, span + 0.5), model
+    assert compose_config(tmp_path, data_dir, []).data.synthetic.duration_s == 2.0  # the main job's data unchanged
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+# validate() checks across groups: quant x trainer (epochs, devices) and model x data (clip span,
+# crop); optim stands alone. Each experiment is composed with every pair of those.
+COMBINATIONS = [
+    [*([f"experiment={e}"] if e else []), *pair]
+    for e in [None, *_options("experiment")]
+    for pair in [
+        *([f"quant={q}", f"trainer={t}"] for q in _options("quant") for t in _options("trainer")),
+        *([f"model={m}", f"data={d}"] for m in _options("model") for d in _options("data")),
+        *([f"optim={o}"] for o in _options("optim")),
+    ]
+]
+FIX = re.compile(r"\b(set|pass|run with|raise|lower|start from|or) ")
+
+
+def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys_and_the_fix(tmp_path, data_dir):
+    """Config composition and validate() only (no data, no model): each combination's callbacks,
+    loggers and trainer arguments instantiate to Lightning objects, or it is refused with one line
+    that names the settings and what to do."""
+    from lightning.pytorch.loggers import Logger
+
+    from vidaccel_train.config import reconcile, validate
+    from vidaccel_train.errors import ConfigError
+
+    rejected = {}
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        for overrides in COMBINATIONS:
+            paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}"]
+            real_data = ["data.root=/datasets/kinetics"] if "data=kinetics" in overrides else []
+            cfg = compose("train", overrides=[*paths, *overrides, *real_data])
+            reconcile(cfg)
+            try:
+                validate(cfg)
+            except ConfigError as err:
+                message = str(err)
+                assert "\n" not in message and re.search(r"\b[a-z_]+\.[a-z_.]+\b", message) and FIX.search(message), message
+                rejected[" ".join(overrides)] = message
+                continue
+            callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
+            if cfg.get("quant"):
+                callbacks.append(instantiate(cfg.quant))
+            assert all(isinstance(c, L.Callback) for c in callbacks), overrides
+            loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c and "_target_" in c]
+            assert all(isinstance(c, Logger) for c in loggers), overrides
+            OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    # What is refused, and why: a GPU trainer without CUDA; a model clip longer than smoke's 1.2 s
+    # videos (every model but x3d_tiny, on smoke's generated data).
+    expected = {" ".join(o) for o in COMBINATIONS if "trainer=gpu" in o and not torch.cuda.is_available()}
+    expected |= {" ".join(o) for o in COMBINATIONS
+                 if o[0] == "experiment=smoke" and "data=synthetic" in o and "model=x3d_tiny" not in o}
+    assert set(rejected) == expected, sorted(set(rejected) ^ expected)
 
 
 @pytest.mark.parametrize(

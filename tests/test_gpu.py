@@ -38,12 +38,13 @@ def _manifest(run_dir):
         ("fp32", ["trainer.precision=32-true", "trainer.max_epochs=2"], False),
         ("bf16", ["trainer.precision=bf16-mixed", "trainer.max_epochs=2"], True),  # PTQ in the export
         ("qat_mid_run", QAT, True),
-        ("qat_epoch0", [*QAT, "quant.start_epoch=0"], False),
+        ("qat_epoch0", [*QAT, "quant.start_epoch=0", "model.checkpoint=START_WEIGHTS"], False),
         ("ptq", ["quant=ptq", "quant.calibration_batches=2", "trainer.max_epochs=2"], False),
         ("ddp_one_gpu", [*QAT, "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=1"], False),
     ],
 )
-def test_a_gpu_run_fits_tests_and_exports(tmp_path, data_dir, name, overrides, export):
+def test_a_gpu_run_fits_tests_and_exports(tmp_path, data_dir, start_weights, name, overrides, export):
+    overrides = [o.replace("START_WEIGHTS", str(start_weights)) for o in overrides]
     result = run_cli(tmp_path, data_dir, [*GPU, *overrides, *(EXPORT if export else [])])
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = _metrics(tmp_path)

@@ -52,9 +52,10 @@ def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
     assert all(torch.equal(final[k], reference[k]) for k in reference)
 
 
-def test_qat_from_the_first_epoch_observes_its_ranges_and_tests_int8(tmp_path, data_dir):
+def test_qat_from_the_first_epoch_observes_its_ranges_and_tests_int8(tmp_path, data_dir, start_weights):
     observed = tmp_path / "observers.txt"
     metrics = run(compose_config(tmp_path, data_dir, [*QAT_RUN, "quant.start_epoch=0", "trainer.max_epochs=3",
+                                                      f"model.checkpoint={start_weights}",
                                                       "+callbacks.observers._target_=conftest.RecordObservers",
                                                       f"+callbacks.observers.path={observed}"]))
     assert {"test/top1", "test_fp32/top1"} <= set(metrics)  # the int8 conversion needs observed ranges

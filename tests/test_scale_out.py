@@ -95,9 +95,9 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("start_epoch", [0, 1])
-def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_epoch):
+def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_weights, start_epoch):
     run = [*DDP_QAT, f"quant.start_epoch={start_epoch}", "quant.freeze_observer_epoch=2", "trainer.max_epochs=3",
-           "data.num_workers=2"]
+           "data.num_workers=2", f"model.checkpoint={start_weights}"]
     unstopped, stopped = tmp_path / "unstopped", tmp_path / "stopped"
     assert run_cli(unstopped, data_dir, run).returncode == 0
     cut = run_cli(stopped, data_dir, [*run, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1",

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vidaccel_train.allocator import keep_freed_memory
-from vidaccel_train.config import CONFIG_DIR, runs_on_cpu, validate
+from vidaccel_train.config import CONFIG_DIR, reconcile, runs_on_cpu, validate
 from vidaccel_train.errors import as_user_error
 from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.training.resilience import resolve_checkpoint
@@ -35,20 +35,9 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
-def quantization_callback(cfg: DictConfig):
-    """The ``quant`` group's callback, or None: with ``quant=none`` an experiment's ``quant.*``
-    settings (merged into the empty group) have nothing to configure and are left aside."""
-    quant = cfg.get("quant")
-    if not quant:
-        return None
-    if "_target_" not in quant:
-        log.info("quant=none: fp32 only; the settings %s do not apply", ", ".join(f"quant.{key}" for key in quant))
-        return None
-    return instantiate(quant)
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
+    reconcile(cfg)
     validate(cfg)
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
@@ -61,9 +50,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    quantization = quantization_callback(cfg)
-    if quantization is not None:
-        callbacks.append(quantization)
+    if cfg.get("quant"):
+        callbacks.append(instantiate(cfg.quant))
     trainer_cfg = cfg.trainer
     if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
         log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")

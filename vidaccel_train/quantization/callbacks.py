@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -68,6 +69,10 @@ class QuantizationAwareTraining(L.Callback):
                 "QAT would never start; lower quant.start_epoch or raise trainer.max_epochs"
             )
         if self.start_epoch == 0 and pl_module.quant_state is None:
+            norms = [m for m in pl_module.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if norms and all(int(m.num_batches_tracked) == 0 for m in norms):
+                log.warning("QAT from the first epoch on untrained weights: BatchNorm is folded without statistics, "
+                            "so this run exercises the code but will not learn (start from model.checkpoint=PATH)")
             # Before the strategy wraps and places the model: DDP and the optimizer see the QAT graph.
             pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale,
                                          requantize_moved_values=self.requantize_moved_values)
