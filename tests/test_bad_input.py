@@ -1,6 +1,7 @@
 """Broken, missing and odd files never stop a run: each is skipped and named once."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,29 @@ def test_the_prepare_script_writes_a_random_access_copy_that_trains(broken_datas
                  "+trainer.fast_dev_run=true", *(o for o in TINY_FIT if not o.startswith("data.synthetic"))]
     run(compose_config(run_dir, data_dir, overrides))
     assert not (run_dir / "bad_files.txt").exists()
+
+
+CLI_MISTAKES = [
+    ("train", ["-m", "vidaccel_train", "data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
+    ("train_component", ["-m", "vidaccel_train", "quant=ptq", "quant.calibration_batches=0"],
+     "quant.calibration_batches must be a positive integer, got 0"),
+    ("train_lightning_name", ["-m", "vidaccel_train", "model.checkpoint={tmp}/epoch=3-step=100.ckpt"],
+     "quote the value: 'model.checkpoint=\"{tmp}/epoch=3-step=100.ckpt\"'"),
+    ("export", ["-m", "vidaccel_train.export", "ckpt_path={tmp}/missing.ckpt"], "checkpoint {tmp}/missing.ckpt does not exist"),
+    ("predict", ["-m", "vidaccel_train.predict", "{tmp}/missing.pte", "{tmp}/video.mp4"], "{tmp}/missing.pte does not exist"),
+    ("check_dataset", ["scripts/check_dataset.py", "{tmp}/kinetics", "--out", "{tmp}/out"], "{tmp}/kinetics: no such folder"),
+    ("prepare_dataset", ["scripts/prepare_dataset.py", "{tmp}/kinetics", "{tmp}/out"], "{tmp}/kinetics: no such folder"),
+]
+
+
+@pytest.mark.parametrize("name, args, message", CLI_MISTAKES, ids=[m[0] for m in CLI_MISTAKES])
+def test_every_command_line_says_a_mistake_in_one_error_line_and_exits_2(tmp_path, name, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[1] == "vidaccel_train":
+        args += [f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"]
+    result = subprocess.run([sys.executable, *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    errors = [line for line in result.stderr.splitlines() if line.strip() and line != "Seed set to 42"]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: ") and message.replace("{tmp}", str(tmp_path)) in errors[0]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # nothing generated or written

@@ -76,94 +76,80 @@ def reconcile(cfg) -> None:
             cfg.data.low_res_epochs = start
 
 
-def _int_at_least(cfg, key: str, minimum: int, expected: str) -> None:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-
-
-def _positive_number(cfg, key: str) -> None:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigError(f"{key} must be a positive number, got {value!r}")
-
-
 def validate(cfg) -> None:
-    """Catch the config mistakes that would otherwise surface minutes into a run."""
+    """Catch, before anything is built, the mistakes that lie between groups (or in settings no
+    component of ours receives: Lightning's trainer, top-level keys). Each component checks its
+    own arguments when Hydra builds it (see their ``Raises:`` sections); call :func:`reconcile`
+    first.
+
+    Raises:
+        ConfigError: naming the keys and a value that would work.
+    """
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError("data.root is not set: pass data.root=/path/to/dataset (or run on the generated data with data=synthetic)")
-    for key in ("data.batch_size", "data.num_frames", "data.sampling_rate", "data.crop_size", "data.eval_short_side",
-                "data.test_views.clips", "data.test_views.crops", "trainer.max_epochs", "data.num_classes",
-                "data.train_clips_per_video"):
-        _int_at_least(cfg, key, 1, "a positive integer")
-    for key in ("optim.lr", "data.target_fps"):
-        _positive_number(cfg, key)
-    _int_at_least(cfg, "data.num_workers", 0, "0 or more")
-    _int_at_least(cfg, "data.low_res_epochs", 0, "0 or more")
-    scale = OmegaConf.select(cfg, "data.low_res_scale", throw_on_missing=False)
-    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 1):
-        raise ConfigError(f"data.low_res_scale must be in (0, 1], got {scale!r}")
-    quant = cfg.get("quant")
-    qat = bool(quant) and str(quant.get("_target_", "")).endswith("QuantizationAwareTraining")
-    qat_start = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False) if qat else None
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
-    if qat_start is not None and isinstance(max_epochs, int):
-        from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
-
-        if qat_start >= max_epochs:
-            raise ConfigError(
-                f"quant.start_epoch={qat_start} but trainer.max_epochs={max_epochs}: QAT would never run; "
-                f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
-            )
-        qat_start = QuantizationAwareTraining.resolve_start(qat_start, max_epochs)
-        trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(cfg, "model.pretrained", default=False)
-        if qat_start == 0 and not trained and max_epochs > 1:
-            # One-epoch runs (trainer=debug, debug=*) exercise the code and learn little either way: allowed.
-            given = OmegaConf.select(cfg, "quant.start_epoch")
-            start = "quant.start_epoch=0" if given == 0 else f"quant.start_epoch={given} with trainer.max_epochs={max_epochs}"
-            raise ConfigError(
-                f"{start} starts QAT at the first epoch on untrained weights: QAT trains the deploy form, whose "
-                "BatchNorm is folded into the convolutions, and an untrained network has no statistics to fold (it "
-                "stays at chance: measured on experiment=smoke, 12 epochs). Start from trained weights "
-                "(model.checkpoint=PATH or model.pretrained=true), or train in fp32 first: quant.start_epoch=N with "
-                "N >= 1 (-1: the last epoch)"
-            )
-        freeze = OmegaConf.select(cfg, "quant.freeze_observer_epoch", throw_on_missing=False)
-        if freeze is not None and freeze < qat_start:
-            raise ConfigError(
-                f"quant.freeze_observer_epoch={freeze} comes before QAT starts (epoch {qat_start}): set it to "
-                f"{qat_start} or later, or quant.freeze_observer_epoch=null"
-            )
-    _int_at_least(cfg, "data.decoder_threads", 0, "0 (FFmpeg chooses) or more")
-    aspect = OmegaConf.select(cfg, "data.display_aspect", throw_on_missing=False)
-    if aspect is not None and aspect not in ("square", "stored"):
-        raise ConfigError(f"data.display_aspect must be square or stored, got {aspect!r}")
-    if cfg.data.crop_size > cfg.data.eval_short_side:
-        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is larger than data.eval_short_side={cfg.data.eval_short_side}")
-    synthetic = cfg.data.get("synthetic")
-    if synthetic:
-        from vidaccel_train.data.clips import ClipSpec
-
-        span = ClipSpec(cfg.data.num_frames, cfg.data.sampling_rate, cfg.data.target_fps).span_s
-        if span > synthetic.duration_s:
-            raise ConfigError(
-                f"a clip of {cfg.data.num_frames} frames every {cfg.data.sampling_rate} at {cfg.data.target_fps} fps spans "
-                f"{span:.2f} s but the generated videos last {synthetic.duration_s} s: raise data.synthetic.duration_s "
-                "or lower model.clip.num_frames / model.clip.sampling_rate"
-            )
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
+    if cfg.get("test_ckpt") not in ("best", "last"):
+        raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")
     accelerator = cfg.trainer.get("accelerator")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} but this machine has no CUDA device that PyTorch can use: "
             "run with trainer=cpu (or trainer=ddp trainer.accelerator=cpu)"
         )
-    precisions = OmegaConf.select(cfg, "callbacks.export.precisions", throw_on_missing=False)
-    if precisions is not None:
-        from vidaccel_train.export.artifacts import check_precisions
+    _check_qat_schedule(cfg, max_epochs)
+    _check_generated_videos(cfg)
 
-        check_precisions(precisions)
-    if cfg.get("test_ckpt") not in ("best", "last"):
-        raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")
+
+def _check_qat_schedule(cfg, max_epochs: int) -> None:
+    """quant x trainer x model: when QAT starts, against the epochs and the starting weights."""
+    quant = cfg.get("quant")
+    if not quant or not str(quant.get("_target_", "")).endswith("QuantizationAwareTraining"):
+        return
+    given = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False)
+    if not isinstance(given, int):
+        return  # the callback rejects it when built
+    if given >= max_epochs:
+        raise ConfigError(
+            f"quant.start_epoch={given} but trainer.max_epochs={max_epochs}: QAT would never run; "
+            f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
+        )
+    from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
+
+    start = QuantizationAwareTraining.resolve_start(given, max_epochs)
+    trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(cfg, "model.pretrained", default=False)
+    if start == 0 and not trained and max_epochs > 1:
+        # One-epoch runs (trainer=debug, debug=*) exercise the code and learn little either way: allowed.
+        said = "quant.start_epoch=0" if given == 0 else f"quant.start_epoch={given} with trainer.max_epochs={max_epochs}"
+        raise ConfigError(
+            f"{said} starts QAT at the first epoch on untrained weights: QAT trains the deploy form, whose "
+            "BatchNorm is folded into the convolutions, and an untrained network has no statistics to fold (it "
+            "stays at chance: measured on experiment=smoke, 12 epochs). Start from trained weights "
+            "(model.checkpoint=PATH or model.pretrained=true), or train in fp32 first: quant.start_epoch=N with "
+            "N >= 1 (-1: the last epoch)"
+        )
+    freeze = OmegaConf.select(cfg, "quant.freeze_observer_epoch", throw_on_missing=False)
+    if isinstance(freeze, int) and freeze < start:
+        raise ConfigError(
+            f"quant.freeze_observer_epoch={freeze} comes before QAT starts (epoch {start}): set it to "
+            f"{start} or later, or quant.freeze_observer_epoch=null"
+        )
+
+
+def _check_generated_videos(cfg) -> None:
+    """model x data: a clip must fit in the generated videos."""
+    synthetic = cfg.data.get("synthetic")
+    frames, rate, fps = (OmegaConf.select(cfg.data, key) for key in ("num_frames", "sampling_rate", "target_fps"))
+    if not synthetic or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)):
+        return  # the datamodule rejects bad counts when built
+    span = frames * rate / fps
+    if span > synthetic.duration_s:
+        raise ConfigError(
+            f"a clip of {frames} frames every {rate} at {fps} fps spans {span:.2f} s but the generated videos last "
+            f"{synthetic.duration_s} s: raise data.synthetic.duration_s or lower model.clip.num_frames / "
+            "model.clip.sampling_rate"
+        )
 
 
 def runs_on_cpu(trainer_cfg) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 import signal
 import sys
 import warnings
@@ -35,6 +36,21 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
 
 
+_UNQUOTED_EQUALS = re.compile(r"^(?P<key>[+~]{0,2}[A-Za-z_][\w.@/-]*)=(?P<value>[^'\"].*=.*)$")
+
+
+def check_override_syntax(args: list[str]) -> None:
+    """Say what Hydra's parser would not: a value holding ``=`` (Lightning names checkpoints
+    ``epoch=3-step=100.ckpt``) must be quoted. Prints one ``error:`` line and exits 2."""
+    for arg in args:
+        match = _UNQUOTED_EQUALS.match(arg)
+        if match and not arg.startswith("-"):
+            key, value = match["key"], match["value"]
+            print(f"error: {arg}: Hydra reads '=' in a value as syntax; quote the value: '{key}=\"{value}\"'",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
     reconcile(cfg)
@@ -45,18 +61,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    net = instantiate(cfg.model.net)
-    module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
+    try:  # each component checks its arguments as it is built; Hydra wraps what it raises
+        datamodule: L.LightningDataModule = instantiate(cfg.data)
+        net = instantiate(cfg.model.net)
+        module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
+        callbacks = instantiate_group(cfg.get("callbacks"))
+        if cfg.get("quant"):
+            callbacks.append(instantiate(cfg.quant))
+        trainer_cfg = cfg.trainer
+        if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
+            log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
+            trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
+        trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
+    except Exception as err:
+        user_error = as_user_error(err)
+        if user_error is None:
+            raise
+        raise user_error from None
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("quant"):
-        callbacks.append(instantiate(cfg.quant))
-    trainer_cfg = cfg.trainer
-    if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
-        log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
-        trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)

@@ -119,8 +119,8 @@ def check_dataset(
 ) -> dict:
     """Check every split of ``root`` and write the clean index to ``out_dir``; returns the summary."""
     out_dir = Path(out_dir)
+    indexes, class_names = index_splits(root, splits, layout)  # a wrong root fails before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    indexes, class_names = index_splits(root, splits, layout)
     bad: dict[str, str] = {path: why for index in indexes.values() for path, why in index.missing.items()}
     summary = {"root": str(Path(root).resolve()), "classes": len(class_names), "splits": {}}
     rows: list[dict] = []

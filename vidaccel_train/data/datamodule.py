@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vidaccel_train.config import ConfigError
+from vidaccel_train.errors import ConfigError
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
@@ -20,6 +20,11 @@ from vidaccel_train.data.video_io import VideoDecodeError, check_display_aspect,
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
 
 log = logging.getLogger(__name__)
+
+
+def _require_int(name: str, value: Any, minimum: int, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{name} must be {expected}, got {value!r}")
 
 
 class VideoDataModule(L.LightningDataModule):
@@ -47,7 +52,13 @@ class VideoDataModule(L.LightningDataModule):
     the zoo weights. Videos are always read upright (display matrix) and timed from their first frame.
 
     Raises:
-        ValueError: an unknown ``display_aspect``.
+        ConfigError: a count that is not a positive integer (``batch_size``, ``num_frames``,
+            ``sampling_rate``, ``crop_size``, ``eval_short_side``, ``num_classes``,
+            ``train_clips_per_video``, ``test_views``), a negative ``num_workers``,
+            ``low_res_epochs`` or ``decoder_threads``, ``target_fps`` not above 0,
+            ``low_res_scale`` outside (0, 1], ``crop_size`` above ``eval_short_side``, an unknown
+            ``display_aspect``, or ``synthetic`` settings the generator cannot make. The
+            message names the setting as the config does (``data.batch_size``).
     """
 
     def __init__(
@@ -81,6 +92,22 @@ class VideoDataModule(L.LightningDataModule):
         display_aspect: str = "square",
     ):
         super().__init__()
+        views = {"clips": 1, "crops": 1, **(test_views or {})}
+        counts = dict(batch_size=batch_size, num_frames=num_frames, sampling_rate=sampling_rate, crop_size=crop_size,
+                      eval_short_side=eval_short_side, num_classes=num_classes,
+                      train_clips_per_video=train_clips_per_video, **{f"test_views.{k}": v for k, v in views.items()})
+        for name, value in counts.items():
+            _require_int(name, value, 1, "a positive integer")
+        _require_int("num_workers", num_workers, 0, "0 or more")
+        _require_int("low_res_epochs", low_res_epochs, 0, "0 or more")
+        _require_int("decoder_threads", decoder_threads, 0, "0 (FFmpeg chooses) or more")
+        if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or target_fps <= 0:
+            raise ConfigError(f"data.target_fps must be a positive number, got {target_fps!r}")
+        if isinstance(low_res_scale, bool) or not isinstance(low_res_scale, (int, float)) or not 0 < low_res_scale <= 1:
+            raise ConfigError(f"data.low_res_scale must be in (0, 1], got {low_res_scale!r}")
+        if crop_size > eval_short_side:
+            raise ConfigError(f"data.crop_size={crop_size} is larger than data.eval_short_side={eval_short_side}: "
+                              "lower model.clip.crop_size or raise model.clip.eval_short_side")
         self.root = Path(root)
         self.num_classes = num_classes
         self.clip = ClipSpec(num_frames, sampling_rate, target_fps)
@@ -95,9 +122,11 @@ class VideoDataModule(L.LightningDataModule):
         self.hflip = hflip
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
-        self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
+        try:
+            self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"data.synthetic: {err}") from None
         self.layout = layout
-        views = {"clips": 1, "crops": 1, **(test_views or {})}
         self.test_clips, self.test_crops = int(views["clips"]), int(views["crops"])
         self.train_clips = train_clips_per_video
         self.decoder_threads = decoder_threads

@@ -108,6 +108,8 @@ def index_splits(root: str | Path, splits, layout: str = "auto") -> tuple[dict[s
 
 
 def detect_layout(root: Path, split: str) -> str:
+    if not Path(root).is_dir():
+        raise DatasetLayoutError(f"{root}: no such folder (the dataset root holds its splits: {EXPECTED_LAYOUTS})")
     csv_file = _find_split_file(root, split, (".csv",))
     if csv_file is not None:
         return "annotations" if _is_annotation_csv(csv_file) else "list_file"

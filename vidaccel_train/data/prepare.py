@@ -189,8 +189,8 @@ def prepare_dataset(
 ) -> dict:
     """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report."""
     out_dir = Path(out_dir)
+    indexes, class_names = index_splits(root, splits, layout)  # a wrong root fails before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    indexes, class_names = index_splits(root, splits, layout)
     bad = {path: why for index in indexes.values() for path, why in index.missing.items()}
     report = {"root": str(Path(root).resolve()), "settings": vars(settings) | {"bframes": 0}, "splits": {}}
     pairs: list[tuple[str, str]] = []

@@ -32,7 +32,7 @@ import av
 import numpy as np
 import torch
 
-from vidaccel_train.errors import VideoDecodeError
+from vidaccel_train.errors import ConfigError, VideoDecodeError
 
 DISPLAY_ASPECTS = ("square", "stored")
 
@@ -125,7 +125,7 @@ class VideoInfo:
 
 def check_display_aspect(display_aspect: str) -> str:
     if display_aspect not in DISPLAY_ASPECTS:
-        raise ValueError(f"display_aspect must be one of {', '.join(DISPLAY_ASPECTS)}, got {display_aspect!r}")
+        raise ConfigError(f"data.display_aspect must be one of {', '.join(DISPLAY_ASPECTS)}, got {display_aspect!r}")
     return display_aspect
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vidaccel_train.config import ConfigError
+from vidaccel_train.errors import ConfigError
 from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch, write_atomic
 from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of

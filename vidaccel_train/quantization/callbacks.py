@@ -10,6 +10,8 @@ import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from vidaccel_train.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 FLOAT_CHECKPOINT = "fp32.ckpt"
@@ -33,6 +35,10 @@ class QuantizationAwareTraining(L.Callback):
     other checkpoints (when it writes any): the starting point for fine-tuning on other classes
     (``model.checkpoint=<run dir>/checkpoints/fp32.ckpt``), which a quantized checkpoint cannot be.
 
+    Raises:
+        ConfigError: ``freeze_observer_epoch`` before a non-negative ``start_epoch``, ``lr_scale``
+            not above 0.
+
     Under DDP the switch rebuilds the DDP wrapper around the new network, so the new
     parameters' gradients are averaged across ranks; DDP broadcasts rank 0's buffers before
     each forward, so every rank quantizes with the same observed ranges.
@@ -46,9 +52,12 @@ class QuantizationAwareTraining(L.Callback):
         requantize_moved_values: bool = False,
     ):
         if freeze_observer_epoch is not None and start_epoch >= 0 and freeze_observer_epoch < start_epoch:
-            raise ValueError(
-                f"freeze_observer_epoch ({freeze_observer_epoch}) comes before start_epoch ({start_epoch})"
+            raise ConfigError(
+                f"quant.freeze_observer_epoch={freeze_observer_epoch} comes before QAT starts (epoch {start_epoch}): "
+                f"set it to {start_epoch} or later, or quant.freeze_observer_epoch=null"
             )
+        if not lr_scale > 0:
+            raise ConfigError(f"quant.lr_scale must be a positive number, got {lr_scale!r}")
         self.start_epoch = start_epoch
         self.freeze_observer_epoch = freeze_observer_epoch
         self.lr_scale = lr_scale
@@ -105,9 +114,14 @@ class PostTrainingQuantization(L.Callback):
 
     Runs on the checkpoint being tested (after fit: the best one), so the test metrics and the
     exported int8 program come from the same calibrated model.
+
+    Raises:
+        ConfigError: ``calibration_batches`` not a positive integer.
     """
 
     def __init__(self, calibration_batches: int = 16):
+        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
+            raise ConfigError(f"quant.calibration_batches must be a positive integer, got {calibration_batches!r}")
         self.calibration_batches = calibration_batches
 
     def on_test_start(self, trainer: L.Trainer, pl_module) -> None:

@@ -13,6 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vidaccel_train.data.clips import aggregate_views
+from vidaccel_train.errors import ConfigError
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.reports import write_confusion_matrix
 
@@ -41,6 +42,10 @@ class VideoClassifier(L.LightningModule):
     scores views alone, ``test/top1``, ``test/top5`` and ``test/mean_class_accuracy`` score the
     averaged video predictions, and a confusion matrix of those is written next to the run's
     outputs (``confusion_matrix_<stage>.png`` and ``.csv``).
+
+    Raises:
+        ConfigError: ``optimizer``'s ``lr`` not above 0, ``label_smoothing`` or ``min_lr_ratio``
+            outside [0, 1], a negative ``warmup_epochs``.
     """
 
     def __init__(
@@ -55,6 +60,14 @@ class VideoClassifier(L.LightningModule):
         channels_last: bool = True,
     ):
         super().__init__()
+        lr = getattr(optimizer, "keywords", {}).get("lr")  # a partial, as the optim configs give it
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise ConfigError(f"optim.lr must be a positive number, got {lr!r}")
+        for name, value in dict(label_smoothing=label_smoothing, min_lr_ratio=min_lr_ratio).items():
+            if not 0 <= value <= 1:
+                raise ConfigError(f"module.{name} must be in [0, 1], got {value!r}")
+        if warmup_epochs < 0:
+            raise ConfigError(f"module.warmup_epochs must be 0 or more, got {warmup_epochs!r}")
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
         self.optimizer_factory = optimizer
