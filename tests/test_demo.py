@@ -1,0 +1,301 @@
+"""The demo page (`python -m vidaccel_train.demo`) as people use it: served on 127.0.0.1 and
+driven in a headless Chromium. A rotated phone-style upload plays upright and gets predict's
+top-1; a file that is not a video gives one error line and the page goes on; the page asks
+nothing of any other host, and neither does the server. A missing or modified artifact stops
+the command with one error line before anything is served.
+
+The program is a tiny network lowered to XNNPACK here (seconds, not a training run); the demo
+reads it through the same manifest contract as a real export."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from video_corpus import read_indices, write_case
+from vidaccel_train.export.manifest import sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["walk", "run", "jump", "wave"]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+# The demo run with an audit hook that records every address its process binds, connects to or
+# looks up: the server side of "nothing leaves the machine".
+AUDITED_DEMO = """
+import runpy, sys
+log = open(sys.argv.pop(1), "a", buffering=1)
+def hook(event, args):
+    if event in ("socket.bind", "socket.connect"):
+        log.write(f"{event} {args[1]!r}\\n")
+    elif event == "socket.getaddrinfo":
+        log.write(f"{event} {args[0]!r}\\n")
+sys.addaudithook(hook)
+sys.argv[0] = "vidaccel_train.demo"
+runpy.run_module("vidaccel_train.demo", run_name="__main__", alter_sys=True)
+"""
+
+
+class TinyClassifier(nn.Module):
+    """A clip ``(B, 3, T, H, W)`` -> class logits, in operators XNNPACK runs whole."""
+
+    def __init__(self, frames: int, classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3 * frames, 8, 3, padding=1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, clip):
+        batch, channels, frames, height, width = clip.shape
+        features = torch.relu(self.conv(clip.reshape(batch, channels * frames, height, width)))
+        return self.head(nn.functional.avg_pool2d(features, (height, width)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """An export folder: a lowered program and the manifest fields predict and the demo read."""
+    from vidaccel_train.export.executorch import lower_to_executorch, write_atomic
+
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    frames, crop = 4, 32
+    program = lower_to_executorch(TinyClassifier(frames, len(CLASSES)).eval(), torch.randn(1, 3, frames, crop, crop))
+    path = write_atomic(folder / "model_fp32.pte", program.buffer)
+    manifest = {
+        "model": "tiny", "classes": CLASSES, "input_shape": [1, 3, frames, crop, crop], "layout": "B,C,T,H,W",
+        "mean": [0.45] * 3, "std": [0.225] * 3, "num_frames": frames, "sampling_rate": 2, "target_fps": 10,
+        "crop_size": crop, "short_side": 36, "display_aspect": "square", "test_views": {"clips": 2, "crops": 3},
+        "verified_on": {"videos": 8, "clips": 48},
+        "artifacts": [{"file": path.name, "format": "executorch-xnnpack", "precision": "fp32", "sha256": sha256_of(path),
+                       "bytes": path.stat().st_size, "top1": 0.25, "top5": 1.0, "agreement": 1.0, "clip_agreement": 1.0,
+                       "latency_ms": 0.5, "threads": 2}],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def _demo_cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vidaccel_train.demo", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------- the command line
+
+
+def test_a_missing_or_modified_artifact_stops_the_command_with_one_error_line(export_dir, tmp_path):
+    tampered = tmp_path / "tampered"
+    shutil.copytree(export_dir, tampered)
+    program = tampered / "model_fp32.pte"
+    data = bytearray(program.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    program.write_bytes(bytes(data))
+    (tmp_path / "no_manifest").mkdir()
+    cases = [
+        (tmp_path / "missing" / "export", f"{tmp_path / 'missing' / 'export'} does not exist"),
+        (tampered, f"refusing {program}: its sha256"),
+        (tmp_path / "no_manifest", "no manifest.json in this folder"),
+    ]
+    for artifact, message in cases:
+        result = _demo_cli(artifact, "--port", _free_port())
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: ") and message in lines[0]
+        assert result.stdout == ""  # nothing served
+
+    usage = _demo_cli("--help")
+    assert usage.returncode == 0 and "--host" in usage.stdout and "--port" in usage.stdout
+
+
+# ---------------------------------------------------------------------------------- the page
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(export_dir, tmp_path_factory):
+    """The demo on a free port of 127.0.0.1, its audit log, and what it printed."""
+    pytest.importorskip("gradio", reason="the demo's optional dependencies are not installed: pip install -e '.[demo]'")
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("server")
+    audit, output = folder / "audit.log", folder / "output.log"
+    with open(output, "w") as stream:
+        process = subprocess.Popen([sys.executable, "-c", AUDITED_DEMO, str(audit), str(export_dir), "--port", str(port)],
+                                   cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while url not in output.read_text():
+            assert process.poll() is None, output.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo did not start within 120 s: " + output.read_text()[-3000:]
+            time.sleep(0.2)
+        yield {"url": url, "audit": audit, "output": output}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium that logs every request and can resolve no name: anything but
+    127.0.0.1 would fail, and shows in the performance log."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[demo]'")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("chromium and chromium-driver are not installed (as root: bash scripts/setup.sh demo)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1400,1500", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+        elif message["method"] == "Network.webSocketCreated":
+            urls.append(message["params"]["url"])
+    return urls
+
+
+def _open_page(driver, url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+
+
+def _upload(driver, path: Path, timeout: float = 120) -> str:
+    """Upload ``path`` into the page and wait for the answer; returns the status line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(path))
+
+    def finished(d):
+        status = d.find_element(By.ID, "status")
+        return status.find_elements(By.CSS_SELECTOR, ".error") or status.text.endswith("done.")
+
+    WebDriverWait(driver, timeout).until(finished)
+    return driver.find_element(By.ID, "status").text
+
+
+def _clear_upload(driver) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.CSS_SELECTOR, "#upload button[aria-label='Clear']").click()
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
+
+
+@pytest.fixture(scope="module")
+def rotated_video(tmp_path_factory):
+    """A phone-style recording: frames stored turned, a display matrix saying 90 degrees clockwise."""
+    return write_case(tmp_path_factory.mktemp("videos") / "phone.mp4", count=30, fps=10, rotation_cw=90)
+
+
+def test_a_rotated_upload_plays_upright_and_gets_predicts_answer(browser, server, rotated_video, export_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from vidaccel_train.data.video_io import probe, read_frames_at
+
+    video = rotated_video.path
+    stored = probe(video)
+    assert (stored.coded_width, stored.coded_height) == (48, 64) and stored.rotation == 90  # stored portrait
+    _open_page(browser, server["url"])
+    status = _upload(browser, video)
+    assert status.startswith("phone.mp4: 3.0 s, 64×48 upright, stored turned 90°") and status.endswith("done."), status
+
+    expected = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(export_dir / "model_fp32.pte"), str(video),
+                               "--json", "--topk", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert expected.returncode == 0, expected.stderr
+    predictions = json.loads(expected.stdout)["predictions"]
+    shown_top1 = browser.find_element(By.CSS_SELECTOR, "#top5 [data-testid=label-output-value]").text
+    assert shown_top1 == predictions[0]["label"]
+    shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#top5 .confidence-set dt")]
+    assert shown == [p["label"] for p in predictions[:len(shown)]] and len(shown) == len(CLASSES)
+
+    # The player has an upright H.264 copy the browser decodes: landscape, the frames in order.
+    width, height, ready, source = browser.execute_script(
+        "const v = document.querySelector('#preview video');"
+        "return v ? [v.videoWidth, v.videoHeight, v.readyState, v.currentSrc] : [0, 0, 0, ''];")
+    assert (width, height) == (64, 48) and ready >= 2, (width, height, ready)
+    assert urllib.parse.urlsplit(source).hostname == "127.0.0.1"
+    copy = tmp_path / "preview.mp4"
+    with urllib.request.urlopen(source, timeout=30) as response:
+        copy.write_bytes(response.read())
+    times = [0.05, 1.05, 2.95]
+    assert read_indices(read_frames_at(copy, times)) == [rotated_video.expected(t) for t in times]
+
+    latency = browser.find_element(By.ID, "latency").text
+    assert "This prediction: decode" in latency and "2 clips × 3 crops" in latency and "timeline: 6 windows" in latency
+    assert browser.find_element(By.CSS_SELECTOR, "#timeline img").get_attribute("src")
+    card = browser.find_element(By.ID, "card").text
+    assert sha256_of(export_dir / "model_fp32.pte") in card and "walk, run, jump, wave" in card
+
+    screenshot = tmp_path / "demo.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"screenshot: {screenshot}")
+    hosts = {urllib.parse.urlsplit(url).hostname for url in _requested_urls(browser) if not url.startswith(("data:", "blob:"))}
+    assert hosts == {"127.0.0.1"}, hosts
+
+
+def test_a_file_that_is_not_a_video_shows_one_error_and_the_page_goes_on(browser, server, rotated_video, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list, not a video\n")
+    _open_page(browser, server["url"])
+    status = _upload(browser, notes)
+    assert status.startswith("error: notes.txt: cannot open as video"), status
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert body.lower().count("error") == 1, body  # no toast, no per-component error badges
+    assert not browser.find_elements(By.CSS_SELECTOR, "#top5 [data-testid=label-output-value]")
+    browser.save_screenshot(str(tmp_path / "error.png"))
+
+    _clear_upload(browser)
+    assert _upload(browser, rotated_video.path).endswith("done.")
+    assert browser.find_element(By.CSS_SELECTOR, "#top5 [data-testid=label-output-value]").text in CLASSES
+    assert "error" not in browser.find_element(By.TAG_NAME, "body").text.lower()
+
+
+def test_the_server_binds_and_reaches_nothing_but_this_machine(browser, server):
+    """Run after the pages above: every address the demo's process bound, connected to or looked
+    up is this machine's (no analytics, version check, fonts or share tunnel)."""
+    _open_page(browser, server["url"])  # at least one page served
+    records = server["audit"].read_text().splitlines()
+    binds = [r for r in records if r.startswith("socket.bind")]
+    assert binds and all("'127.0.0.1'" in r for r in binds), binds
+    for record in records:
+        event, address = record.split(" ", 1)
+        if address.startswith("('"):
+            assert ast.literal_eval(address)[0] in LOOPBACK, record
+        elif event == "socket.getaddrinfo":
+            assert ast.literal_eval(address) in LOOPBACK | {None}, record

@@ -1,0 +1,405 @@
+"""A local web page that classifies videos with an exported artifact.
+
+    python -m vidaccel_train.demo <run>/export              # or a .pte of an export folder
+    python -m vidaccel_train.demo <run>/export --port 8080 --examples clips/
+
+Upload a video (or pick one of --examples): the page plays it upright, shows the top-5 classes
+for the whole video with their probabilities (predict's numbers: the same code, the manifest's
+test views), a plot of the classes over time for videos longer than two clips, the model's card
+(classes, input clip, accuracy and latency from the manifest, sha256) and how long this
+prediction took.
+
+Nothing leaves the machine: the page is served from this process on 127.0.0.1 (--host to serve
+it on other interfaces), with the fonts of the system, no analytics, no version check and no
+share link. The player is given an upright H.264 copy made with PyAV through the project's
+reader (no ffmpeg program is needed); its sound is left out.
+
+A file that is not a video shows one error line in the page, which goes on working. A missing
+or modified artifact, or an unknown option: one error line, exit code 2, before the server starts.
+Needs the optional ``demo`` dependencies: ``pip install -e '.[demo]'`` (``bash scripts/setup.sh demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
+from vidaccel_train.export.manifest import MANIFEST
+
+log = logging.getLogger("vidaccel_train.demo")
+
+TOPK = 5
+# The timeline's windows overlap by half a clip, up to this many windows; longer videos get a
+# wider stride (the plot stays readable and the page answers within seconds per minute of video).
+MAX_WINDOWS = 120
+MAX_EXAMPLES = 32
+# The player's copy: never upscaled, a keyframe every second or so for seeking.
+PREVIEW_SHORT_SIDE = 480
+# Before gradio is imported: no telemetry, no Hugging Face Hub calls, nothing proxied for our own address.
+OFFLINE_ENV = {
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "GRADIO_SHARE": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif")
+MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
+
+CSS = """
+#status .ok { margin: 0; }
+#status .error { margin: 0; color: #b91c1c; font-weight: 600; }
+#card table { font-size: 0.9em; border-collapse: collapse; }
+#card th { text-align: left; font-weight: 600; padding-right: 1.5em; white-space: nowrap; }
+#card th, #card td { border-top: 1px solid var(--border-color-primary); padding-top: 0.3em; padding-bottom: 0.3em; }
+#card code { word-break: break-all; }
+"""
+
+
+def resolve_artifact(path: str | Path) -> Path:
+    """The ``.pte`` to serve: ``path`` itself, or for an export folder the int8 program its
+    manifest lists (else the first one listed).
+
+    Raises:
+        ArtifactError: a folder without a manifest, or one that lists no program.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path  # load_verified says what is wrong with a missing or unlisted file
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST} in this folder; give an export folder (<run>/export) or a .pte in one")
+    try:
+        records = json.loads(manifest_path.read_text())["artifacts"]
+        files = [(record["precision"], record["file"]) for record in records]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
+                            "export the checkpoint again") from err
+    if not files:
+        raise ArtifactError(f"{manifest_path} lists no program; export the checkpoint again")
+    chosen = next((file for precision, file in files if precision == "int8"), files[0][1])
+    return path / chosen
+
+
+def collect_examples(inputs: Sequence[str]) -> list[Path]:
+    """Videos named by ``--examples``: files, or folders searched recursively (hidden files left
+    out), at most :data:`MAX_EXAMPLES`. Raises :class:`PredictError` for one that does not exist."""
+    from vidaccel_train.data.layouts import is_hidden, is_video_file
+
+    found: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            videos = sorted(p for p in path.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, path))
+            if not videos:
+                raise PredictError(f"--examples {path}: no video files in this folder or below it")
+            found += videos
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise PredictError(f"--examples {path}: no such file or folder")
+    return [p.resolve() for p in dict.fromkeys(found)][:MAX_EXAMPLES]
+
+
+# ---------------------------------------------------------------------------------- the page's work
+
+
+@dataclass
+class Result:
+    """What the page shows for one video at one moment: the status line (an error line when
+    the file could not be read, the other fields then empty), the player's copy, the top-5,
+    the times taken and the timeline plot."""
+
+    status_html: str
+    preview: str | None = None
+    top: dict[str, float] | None = None
+    latency_md: str = ""
+    timeline_png: str | None = None
+
+
+def _message(text: str, error: bool = False) -> str:
+    role = ' role="alert"' if error else ""
+    return f'<p class="{"error" if error else "ok"}"{role}>{html.escape(text)}</p>'
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+class DemoSession:
+    """The predictor and a scratch folder for the player's copies and the timeline plots (gradio
+    copies what the page shows into its own cache, so each video's files go when the next comes)."""
+
+    def __init__(self, predictor, artifact: Path, work_dir: str | Path, stride_s: float | None = None):
+        self.predictor = predictor
+        self.artifact = artifact
+        self.work_dir = Path(work_dir)
+        self.stride_s = stride_s
+
+    def card(self) -> str:
+        return model_card(self.predictor.manifest, self.artifact)
+
+    def classify(self, video: str | None) -> Iterator[Result]:
+        """The page's answers for ``video`` as they come: the top-5 first, then the upright
+        copy for the player, then the timeline (long videos). Never raises: a file that cannot
+        be read gives one error line."""
+        if not video:
+            yield Result(_message("Upload a video, or pick an example."))
+            return
+        path = Path(video)
+        name = path.name
+        try:
+            yield from self._classify(path, name)
+        except VideoDecodeError as err:
+            yield Result(_message(f"error: {_named(str(err), path)}", error=True))
+        except Exception as err:  # a bug must not take the page down: say it, log the traceback
+            log.exception("classifying %s failed", path)
+            yield Result(_message(f"error: {name}: unexpected failure ({type(err).__name__}: {err})", error=True))
+
+    def _classify(self, path: Path, name: str) -> Iterator[Result]:
+        from vidaccel_train.data.video_io import probe
+
+        predictor = self.predictor
+        info = probe(path, predictor.display_aspect)  # a non-video file stops here, before any model work
+        if math.isfinite(info.duration_s) and info.fps > 0 and info.duration_s * info.fps < 1.5:
+            raise VideoDecodeError(f"{path}: a single picture ({info.codec}), not a video")
+        (prediction,) = predictor.run([(str(path), None)])
+        if prediction.error:
+            raise VideoDecodeError(f"{path}: {prediction.error}")
+        top = dict(prediction.top(TOPK, predictor.classes))
+        described = _describe(info, name)
+        views = predictor.views.clips * predictor.views.crops
+        latency = [f"**This prediction:** decode {_seconds(prediction.decode_s)}, model {_seconds(prediction.model_s)} "
+                   f"({_views(predictor.views.clips, predictor.views.crops)}: "
+                   f"{prediction.model_s * 1000 / views:.1f} ms a clip)"]
+        yield Result(_message(f"{described} — making the player's copy…"), None, top, latency[0])
+
+        for previous in self.work_dir.iterdir():  # one video at a time (concurrency 1): the last one's files are served
+            shutil.rmtree(previous, ignore_errors=True)
+        folder = self.work_dir / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        preview, note = None, ""
+        started = time.perf_counter()
+        try:
+            preview = str(make_preview(path, folder / f"{path.stem}.mp4", info.fps))
+            latency.append(f"upright H.264 copy for the player: {_seconds(time.perf_counter() - started)}")
+        except VideoDecodeError as err:
+            note = f" (no player copy: {_named(str(err), path)})"
+
+        timeline_png = None
+        span = predictor.clip.span_s
+        if math.isfinite(info.duration_s) and info.duration_s >= 2 * span:
+            yield Result(_message(f"{described}{note} — classifying it over time…"), preview, top, "  \n".join(latency))
+            stride = self.stride_s or max(span / 2, info.duration_s / MAX_WINDOWS)
+            started = time.perf_counter()
+            try:
+                timeline = predictor.timeline(path, stride)
+            except VideoDecodeError as err:
+                note += f" (no timeline: {_named(str(err), path)})"
+            else:
+                timeline_png = str(folder / f"{path.stem}.timeline.png")
+                timeline._plot(Path(timeline_png), TOPK)
+                latency.append(f"timeline: {len(timeline.starts)} windows of {span:.2f} s every {stride:.2f} s "
+                               f"in {_seconds(time.perf_counter() - started)}")
+        else:
+            latency.append(f"no timeline: the video is shorter than two clips ({2 * span:.2f} s)")
+        yield Result(_message(f"{described}{note} — done."), preview, top, "  \n".join(latency), timeline_png)
+
+
+def _named(message: str, path: Path) -> str:
+    """An error about an upload, with the file's name instead of the server's temporary path
+    (and without FFmpeg's error numbers)."""
+    return re.sub(r"\[Errno -?\d+\] ", "", message.replace(str(path), path.name))
+
+
+def _describe(info, name: str) -> str:
+    turned = ""
+    if info.rotation or info.orientation.mirrored:
+        turned = f", stored turned {info.rotation}°" + (" and mirrored" if info.orientation.mirrored else "")
+    duration = f"{info.duration_s:.1f} s" if math.isfinite(info.duration_s) else "unknown length"
+    fps = f", {info.fps:.3g} fps" if info.fps else ""
+    return f"{name}: {duration}, {info.width}×{info.height} upright{turned}{fps}, {info.codec}"
+
+
+def make_preview(source: Path, target: Path, fps: float) -> Path:
+    """An upright H.264 mp4 of ``source`` for the browser's player, made through the reader
+    (display matrix applied to the pixels, times from the first frame), short side at most
+    :data:`PREVIEW_SHORT_SIDE`, no sound. Raises :class:`VideoDecodeError`."""
+    from vidaccel_train.data.prepare import EncodeSettings, transcode
+
+    keyframes = max(1, round(fps)) if fps and math.isfinite(fps) else 30
+    transcode(source, target, EncodeSettings(short_side=PREVIEW_SHORT_SIDE, keyframe_interval=keyframes, crf=23))
+    return target
+
+
+def model_card(manifest: dict, artifact: Path) -> str:
+    """The manifest's facts about ``artifact`` as an HTML table."""
+    record = next((a for a in manifest.get("artifacts", []) if a.get("file") == artifact.name), {})
+    classes = manifest.get("classes", [])
+    size = record.get("bytes", 0)
+    size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    rows = [("model", f"{manifest.get('model', '?')}, {record.get('precision', '?')} ({record.get('format', '?')}, {size})")]
+    rows.append((f"classes ({len(classes)})", ", ".join(classes)))
+    shape = manifest.get("input_shape")
+    if shape:
+        rows.append(("input clip", f"{'×'.join(map(str, shape))} ({manifest.get('layout', 'B,C,T,H,W')}): "
+                                   f"{manifest.get('num_frames')} frames, one every {manifest.get('sampling_rate')} at "
+                                   f"{manifest.get('target_fps')} fps; short side {manifest.get('short_side')}, "
+                                   f"{manifest.get('crop_size')}×{manifest.get('crop_size')} crops"))
+    views = manifest.get("test_views")
+    if views:
+        rows.append(("views per video", _views(views["clips"], views["crops"])))
+    if "top1" in record:
+        verified = manifest.get("verified_on", {})
+        rows.append(("accuracy", f"top-1 {record['top1']:.3f}, top-5 {record.get('top5', math.nan):.3f} on "
+                                 f"{verified.get('videos', '?')} test videos, through the ExecuTorch runtime"))
+    if "agreement" in record:
+        rows.append(("agreement with the trained model", f"{record['agreement']:.1%} of videos, "
+                                                         f"{record.get('clip_agreement', math.nan):.1%} of clips"))
+    if "latency_ms" in record:
+        rows.append(("latency", f"{record['latency_ms']:.1f} ms a clip, batch 1, {record.get('threads', '?')} threads "
+                                "(measured at export)"))
+    body = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in rows)
+    body += (f"<tr><th>sha256</th><td><code>{html.escape(record.get('sha256', '?'))}</code> (checked at start)</td></tr>"
+             f"<tr><th>file</th><td><code>{html.escape(str(artifact))}</code></td></tr>")
+    return f"<h3>Model</h3><table>{body}</table>"
+
+
+def _views(clips: int, crops: int) -> str:
+    return f"{clips} {'clip' if clips == 1 else 'clips'} × {crops} {'crop' if crops == 1 else 'crops'}"
+
+
+# ---------------------------------------------------------------------------------- the page
+
+
+def build_page(session: DemoSession, examples: Sequence[Path] = ()):
+    """The gradio Blocks of the page (gradio imported here, with the offline settings)."""
+    os.environ.update(OFFLINE_ENV)
+    import gradio as gr
+
+    manifest = session.predictor.manifest
+    outputs_per_result = ("status_html", "preview", "top", "latency_md", "timeline_png")
+
+    def run(video):
+        for result in session.classify(video):
+            yield tuple(getattr(result, name) for name in outputs_per_result)
+
+    title = f"{manifest.get('model', 'model')} · {session.artifact.name}"
+    with gr.Blocks(title=f"vidaccel_train demo: {title}", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as page:
+        gr.Markdown(f"## Video classification: {html.escape(title)}\n"
+                    "Runs on this machine; nothing is sent anywhere.", latex_delimiters=[])
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="Video (any file FFmpeg reads)", file_count="single", elem_id="upload",
+                                 height=120)
+                if examples:
+                    gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
+                status = gr.HTML(_message("Upload a video, or pick an example."), elem_id="status")
+                preview = gr.Video(label="Upright, as the model reads it", interactive=False, format=None,
+                                   elem_id="preview", buttons=["download"], loop=True, autoplay=True)
+            with gr.Column(scale=1):
+                views = _views(session.predictor.views.clips, session.predictor.views.crops)
+                top = gr.Label(label=f"Top {TOPK} for the whole video ({views}, as predict)", num_top_classes=TOPK,
+                               elem_id="top5")
+                latency = gr.Markdown(elem_id="latency", latex_delimiters=[])
+        timeline = gr.Image(label="Classes over time (window centres)", type="filepath", interactive=False,
+                            elem_id="timeline", buttons=["download", "fullscreen"])
+        gr.HTML(session.card(), elem_id="card")
+        upload.change(run, inputs=upload, outputs=[status, preview, top, latency, timeline],
+                      show_progress="minimal", concurrency_limit=1)
+    return page
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    from vidaccel_train.predict import _Parser
+
+    parser = _Parser(prog="python -m vidaccel_train.demo", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifact", help="an export folder (<run>/export: its int8 program) or a .pte in one")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    parser.add_argument("--examples", nargs="+", default=[], metavar="VIDEO_OR_FOLDER",
+                        help=f"videos offered on the page to pick from (folders searched recursively; up to {MAX_EXAMPLES})")
+    parser.add_argument("--views", help="CLIPSxCROPS per video (default: the test views in the manifest, as predict)")
+    parser.add_argument("--stride", type=float,
+                        help=f"seconds between timeline windows (default: half the clip's span, wider past {MAX_WINDOWS} "
+                             "windows)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vidaccel_train.quiet import silence_third_party_noise
+
+    silence_third_party_noise()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    if args.stride is not None and not args.stride > 0:
+        parser.error(f"--stride must be a positive number of seconds, got {args.stride}")
+    try:
+        from vidaccel_train.predict import Predictor, Views
+
+        views = Views.parse(args.views) if args.views else None
+        artifact = resolve_artifact(args.artifact)
+        predictor = Predictor(artifact, views)
+        examples = collect_examples(args.examples)
+    except (*USER_ERRORS, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="vidaccel-demo-") as work_dir:
+        return _serve(DemoSession(predictor, artifact, work_dir, args.stride), examples, args)
+
+
+def _serve(session: DemoSession, examples: Sequence[Path], args) -> int:
+    try:
+        page = build_page(session, examples)
+    except ModuleNotFoundError as err:
+        print(f"error: the demo page needs {err.name}: pip install -e '.[demo]' (or bash scripts/setup.sh demo)",
+              file=sys.stderr)
+        return 2
+    import gradio as gr
+
+    theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
+    try:
+        page.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, quiet=True,
+                    prevent_thread_lock=True, ssr_mode=False, mcp_server=False, pwa=False, enable_monitoring=False,
+                    footer_links=[], allowed_paths=[str(p) for p in examples], theme=theme, css=CSS)
+    except OSError:  # gradio's message names its own environment variables and parameters
+        print(f"error: cannot serve on {args.host}:{args.port}: the port is taken or the address is not one of this "
+              "machine's; choose another --port or --host", file=sys.stderr)
+        return 2
+    print(f"vidaccel_train demo of {session.artifact}: http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does: the server closed, the scratch folder removed
+    try:
+        page.block_thread()  # until Ctrl+C (gradio closes the server)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
