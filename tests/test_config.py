@@ -20,7 +20,8 @@ from conftest import compose_config
 
 REPO = Path(CONFIG_DIR).parent
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra")
-OPTIONS = [(group, yaml.stem) for group in GROUPS for yaml in sorted((Path(CONFIG_DIR) / group).glob("*.yaml"))]
+# A leading underscore marks what options start from (conf/data/_common.yaml), not an option.
+OPTIONS = [(group, yaml.stem) for group in GROUPS for yaml in sorted((Path(CONFIG_DIR) / group).glob("[!_]*.yaml"))]
 
 
 def test_every_group_has_options():
@@ -187,7 +188,7 @@ def test_every_model_fits_the_default_generated_videos(tmp_path, data_dir):
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("[!_]*.yaml"))
 
 
 # validate() checks across groups: quant x trainer (epochs, devices) and model x data (clip span,
@@ -247,6 +248,9 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
     [
         (["quant.start_epoch=12", "quant.freeze_observer_epoch=null"], "quant.start_epoch=12 but trainer.max_epochs=12"),
         (["quant.start_epoch=11", "quant.freeze_observer_epoch=10"], "quant.freeze_observer_epoch=10 comes before QAT starts"),
+        (["quant.start_epoch=0"], "quant.start_epoch=0 starts QAT at the first epoch on untrained weights"),
+        (["quant.start_epoch=-12", "quant.freeze_observer_epoch=null"],
+         "quant.start_epoch=-12 with trainer.max_epochs=12 starts QAT at the first epoch on untrained weights"),
     ],
 )
 def test_qat_settings_that_cannot_run_are_one_error_line_before_any_work(tmp_path, overrides, message):

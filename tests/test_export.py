@@ -35,7 +35,8 @@ def export_dir(smoke_run):
 def test_run_leaves_both_programs_manifest_and_report(export_dir):
     names = {p.name for p in export_dir.iterdir()}
     assert {"model_fp32.pte", "model_int8.pte", "manifest.json", "report.md", "accuracy_latency.png"} <= names
-    assert not [n for n in names if "staging" in n or n.endswith(".partial")]
+    assert not [n for n in names if ".tmp-" in n]
+    assert not list(export_dir.parent.glob(".export*.tmp-*"))  # no staging or retired folder beside it
     assert "![accuracy against latency](accuracy_latency.png)" in (export_dir / "report.md").read_text()
 
 

@@ -189,3 +189,22 @@ def test_a_full_disk_is_one_error_line(small_filesystem, data_dir):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no space left for checkpoint") and str(small_filesystem / "run" / "checkpoints") in last
     assert not list(small_filesystem.glob("**/.*.tmp-*"))
+
+
+def test_atomic_writes_leave_the_old_or_the_new_never_a_mix(tmp_path):
+    from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
+
+    write_atomic(tmp_path / "a.bin", b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.bin") as staging:
+            staging.write_bytes(b"ne")
+            raise RuntimeError("killed halfway")
+    assert (tmp_path / "a.bin").read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+    folder = tmp_path / "export"
+    for generation in ("old", "new"):
+        with atomic_path(folder) as staging:
+            staging.mkdir()
+            (staging / "model.pte").write_text(generation)
+    assert (folder / "model.pte").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "export"]
+    (tmp_path / ".export.tmp-999999").mkdir()  # a writer killed in another process
+    assert [p.name for p in remove_leftovers(tmp_path, "export*")] == [".export.tmp-999999"]

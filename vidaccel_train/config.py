@@ -67,7 +67,7 @@ def reconcile(cfg) -> None:
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     start = OmegaConf.select(cfg, "quant.start_epoch", default=None) if quant else None
     if isinstance(start, int) and isinstance(max_epochs, int) and isinstance(low_res_epochs, int):
-        from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
+        from vidaccel_train.training.callbacks import QuantizationAwareTraining
 
         start = QuantizationAwareTraining.resolve_start(start, max_epochs)
         if 0 <= start < low_res_epochs:
@@ -115,7 +115,7 @@ def _check_qat_schedule(cfg, max_epochs: int) -> None:
             f"quant.start_epoch={given} but trainer.max_epochs={max_epochs}: QAT would never run; "
             f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
         )
-    from vidaccel_train.quantization.callbacks import QuantizationAwareTraining
+    from vidaccel_train.training.callbacks import QuantizationAwareTraining
 
     start = QuantizationAwareTraining.resolve_start(given, max_epochs)
     trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(cfg, "model.pretrained", default=False)

@@ -329,10 +329,9 @@ def build_page(session: DemoSession, examples: Sequence[Path] = ()):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vidaccel_train.predict import _Parser
+    from vidaccel_train.cli import ArgumentParser
 
-    parser = _Parser(prog="python -m vidaccel_train.demo", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser("python -m vidaccel_train.demo", __doc__)
     parser.add_argument("artifact", help="an export folder (<run>/export: its int8 program) or a .pte in one")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")

@@ -43,6 +43,7 @@ from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import probe, read_clip
 from vidaccel_train.export.manifest import MANIFEST, sha256_of
+from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
 from vidaccel_train.export.executorch import ExecuTorchModel
 from vidaccel_train.quiet import native_stderr_muted
@@ -424,14 +425,8 @@ def score(results: Sequence[Prediction], classes: Sequence[str]) -> dict | None:
 # ---------------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, as every CLI of the project
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m vidaccel_train.predict", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser("python -m vidaccel_train.predict", __doc__)
     parser.add_argument("artifact", help="a .pte of an export folder (manifest.json beside it)")
     parser.add_argument("inputs", nargs="*", help="videos, folders and list files")
     parser.add_argument("--data-root", help="score a labelled split of a dataset root (any layout data.layout reads)")

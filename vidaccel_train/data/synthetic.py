@@ -14,7 +14,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from vidaccel_train.data.video_io import write_video
+from vidaccel_train.files import atomic_path
 
 DIAGONAL = math.sqrt(0.5)  # a diagonal move at the same speed as the straight ones
 # Content velocity per class: (x, y) translation, rotation sense, zoom sense.
@@ -165,9 +165,13 @@ def generate_dataset(root: str | Path, spec: SyntheticSpec, processes: int | Non
     target = dataset_dir(root, spec)
     if (target / DONE_MARKER).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    with atomic_path(target) as staging:  # a stale, unfinished copy is replaced whole
+        _render(spec, staging, processes)
+    return target
+
+
+def _render(spec: SyntheticSpec, staging: Path, processes: int | None) -> None:
+    """Every clip of ``spec``, its labels and its done-marker, into the folder ``staging``."""
     jobs = []
     for split_index, split in enumerate(SPLITS):
         for class_index, name in enumerate(spec.classes):
@@ -192,13 +196,3 @@ def generate_dataset(root: str | Path, spec: SyntheticSpec, processes: int | Non
                     progress.advance(task)
     (staging / "labels.txt").write_text("\n".join(spec.classes) + "\n")
     (staging / DONE_MARKER).write_text(json.dumps(asdict(spec), indent=2, default=list))
-    try:
-        if target.exists():  # a stale, unfinished copy: replace it
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except OSError:
-        # Another process finished the same dataset first; keep theirs.
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / DONE_MARKER).is_file():
-            raise
-    return target

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +23,8 @@ from torch import nn
 
 from vidaccel_train.errors import ConfigError
 from vidaccel_train.data.clips import aggregate_views
-from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch, write_atomic
+from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch
+from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of
 from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quiet import native_stderr_muted
@@ -207,22 +206,13 @@ def export_artifacts(
     precisions = check_precisions(precisions)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.parent.glob(f".{out_dir.name}.*-*"):  # from an export that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
-    retired = out_dir.parent / f".{out_dir.name}.retired-{os.getpid()}"
-    staging.mkdir()
+    remove_leftovers(out_dir.parent, f"{out_dir.name}*")  # from an export that was killed
     settings = dict(threads=threads, latency_repeats=latency_repeats, calibration_batches=calibration_batches,
                     precisions=precisions)
-    try:
+    # Whole folders change places: a reader sees the old export or the new one, never a mix.
+    with atomic_path(out_dir) as staging:
+        staging.mkdir()
         manifest = _build(module, datamodule, staging, build_net, model_name, **settings)
-        # Whole folders change places: a reader sees the old export or the new one, never a mix.
-        if out_dir.exists():
-            os.replace(out_dir, retired)
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
     log.info(
         "Exported %s",
         ", ".join(
@@ -273,7 +263,7 @@ def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, thre
         with clock.stage("int8_conversion"):
             if module.quant_state is not None:
                 references["int8"] = module.int8_net()
-                source = f"{module.quant_state['mode']} model"
+                source = f"{module.quant_state.mode} model"
             else:  # an fp32 run: calibrate a copy after training, as quant=ptq would
                 _, references["int8"] = calibrate_int8(module.net, shape[1:], datamodule.calibration_dataloader(),
                                                        calibration_batches)

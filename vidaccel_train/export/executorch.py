@@ -6,7 +6,6 @@ import collections
 import contextlib
 import gc
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from vidaccel_train.errors import LoweringError
+from vidaccel_train.files import write_atomic  # noqa: F401  (vidaccel_train.export.write_atomic)
 
 # Graph plumbing that stays outside a delegate in any lowered program.
 _PLUMBING = {"executorch_call_delegate", "getitem"}
@@ -133,24 +133,6 @@ def lower_to_executorch(model: nn.Module, example: torch.Tensor, require_full_de
                 + ". Convert the model with vidaccel_train.models.deploy.to_deploy_form first."
             )
         return LoweredProgram(edge.to_executorch().buffer, dict(undelegated), delegate_calls)
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary file beside ``path`` and rename it into place: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class ExecuTorchModel:

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.errors import ConfigError
 from vidaccel_train.quantization import pt2e
+from vidaccel_train.training.quant_state import QuantState
 from vidaccel_train.training.reports import write_confusion_matrix
 
 TEST_STAGES = ("test", "test_fp32")
@@ -94,7 +95,7 @@ class VideoClassifier(L.LightningModule):
         self.run_config: dict[str, Any] | None = None
         # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale",
         # "requantize_moved_values"}.
-        self.quant_state: dict[str, Any] | None = None
+        self.quant_state: QuantState | None = None
         # The converted int8 model per device, kept out of the state_dict; dropped whenever the
         # weights or ranges may change: training mode, a loaded state dict, frozen observers.
         self._int8_cache: dict[str, nn.Module] = {}
@@ -115,18 +116,12 @@ class VideoClassifier(L.LightningModule):
             self.net, tuple(input_shape), mode,
             channels_last=self.hparams.channels_last, requantize_moved_values=requantize_moved_values,
         )
-        self.quant_state = {
-            "mode": mode,
-            "input_shape": list(input_shape),
-            "observers_frozen": False,
-            "start_step": start_step,
-            "lr_scale": lr_scale,
-            "requantize_moved_values": requantize_moved_values,
-        }
+        self.quant_state = QuantState(mode, tuple(input_shape), start_step=start_step, lr_scale=lr_scale,
+                                      requantize_moved_values=requantize_moved_values)
         self.train(self.training)
 
     def freeze_observers(self) -> None:
-        self.quant_state["observers_frozen"] = True
+        self.quant_state.observers_frozen = True
         pt2e.set_observers(self.net, False)
         self._int8_cache.clear()  # the ranges the cached conversion used may have moved since
 
@@ -153,7 +148,7 @@ class VideoClassifier(L.LightningModule):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         if self.quant_state is not None:
-            learning = mode and self.quant_state["mode"] == "qat" and not self.quant_state["observers_frozen"]
+            learning = mode and self.quant_state.mode == "qat" and not self.quant_state.observers_frozen
             pt2e.set_observers(self.net, learning)
             if mode:
                 self._int8_cache.clear()
@@ -284,8 +279,8 @@ class VideoClassifier(L.LightningModule):
         warmup_steps = int(self.hparams.warmup_epochs * total_steps / epochs)
         floor = self.hparams.min_lr_ratio
         # A QAT phase restarts the optimizer mid-run: keep the schedule's place, scale the rate.
-        offset = self.quant_state["start_step"] if self.quant_state else 0
-        scale = self.quant_state["lr_scale"] if self.quant_state else 1.0
+        offset = self.quant_state.start_step if self.quant_state else 0
+        scale = self.quant_state.lr_scale if self.quant_state else 1.0
 
         def lr_factor(step: int) -> float:
             step += offset
@@ -302,22 +297,22 @@ class VideoClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["class_names"] = self.class_names
         checkpoint["run_config"] = self.run_config
-        checkpoint["quantization"] = dict(self.quant_state) if self.quant_state else None
+        checkpoint["quantization"] = self.quant_state.to_checkpoint() if self.quant_state else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Rebuilds the quantized graph a checkpoint was saved from, so its weights fit."""
         self.class_names = checkpoint.get("class_names")
         self.run_config = self.run_config or checkpoint.get("run_config")
-        state = checkpoint.get("quantization")
+        saved = checkpoint.get("quantization")
+        state = QuantState.from_checkpoint(saved) if saved else None
         if state and self.quant_state is None:
-            # Checkpoints from before the option requantized moved values (torchao's QAT).
-            self.enter_quantization(state["mode"], state["input_shape"], state["start_step"], state["lr_scale"],
-                                    state.get("requantize_moved_values", True))
+            self.enter_quantization(state.mode, state.input_shape, state.start_step, state.lr_scale,
+                                    state.requantize_moved_values)
         elif not state and self.quant_state is not None:
             raise RuntimeError(
                 "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "
                 "checkpoint without quant=..., or a checkpoint saved during quantization"
             )
         if state:
-            self.quant_state.update(state)
+            self.quant_state = state
             self.train(self.training)

@@ -20,13 +20,11 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vidaccel_train.errors import DiskFullError
+from vidaccel_train.files import remove_leftovers, write_atomic
 from vidaccel_train.models.zoo import CheckpointError
 
 log = logging.getLogger(__name__)
 
-
-# Temporary files of AtomicCheckpointIO: ".<name>.tmp-<pid>" beside the checkpoint.
-STAGING_INFIX = ".tmp-"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -46,18 +44,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         data = buffer.getbuffer()
-        staging = path.with_name(f".{path.name}{STAGING_INFIX}{os.getpid()}")
         free = shutil.disk_usage(path.parent).free
         try:
             if len(data) > free:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            with open(staging, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(staging, path)
+            write_atomic(path, data)
         except OSError as err:
-            staging.unlink(missing_ok=True)
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise DiskFullError(
@@ -107,10 +99,8 @@ class ResumableCSVLogger(CSVLogger):
 
 def remove_stale_staging(checkpoint_dir: str | Path) -> None:
     """Temporary checkpoint files left by a process that was killed while saving."""
-    for stale in Path(checkpoint_dir).glob(f".*{STAGING_INFIX}*"):
-        if stale.name.rsplit(STAGING_INFIX, 1)[-1] != str(os.getpid()):
-            stale.unlink(missing_ok=True)
-            log.info("removed %s, left by a run stopped while saving", stale)
+    for stale in remove_leftovers(checkpoint_dir):
+        log.info("removed %s, left by a run stopped while saving", stale)
 
 
 class ResumableTraining(L.Callback):

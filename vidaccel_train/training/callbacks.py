@@ -103,7 +103,7 @@ class QuantizationAwareTraining(L.Callback):
         if (
             self.freeze_observer_epoch is not None
             and epoch >= self.freeze_observer_epoch
-            and not pl_module.quant_state["observers_frozen"]
+            and not pl_module.quant_state.observers_frozen
         ):
             log.info("Epoch %d: freezing quantization observers", epoch)
             pl_module.freeze_observers()

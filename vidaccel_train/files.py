@@ -1,0 +1,81 @@
+"""Writing files and folders so that a kill never leaves half of one: on the ground floor (it
+imports nothing of the project), for checkpoints, exported programs, generated datasets and
+re-encoded copies alike.
+
+Whatever is being written goes to ``.<name>.tmp-<pid>`` beside its target and is renamed onto
+it when complete (a rename within one folder is atomic on POSIX file systems); a failure removes
+it. A run that was killed leaves such a name behind: :func:`remove_leftovers` clears those of
+other processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+STAGING_INFIX = ".tmp-"
+
+
+def staging_path(target: str | Path) -> Path:
+    """``.<name>.tmp-<pid>`` beside ``target``."""
+    target = Path(target)
+    return target.with_name(f".{target.name}{STAGING_INFIX}{os.getpid()}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """A path to write ``target`` at (a file, or a folder the block makes); it takes
+    ``target``'s place when the block ends, and is removed if the block raises.
+
+    A folder replaces an existing ``target`` folder whole: the old one is moved aside first, so a
+    reader sees the old folder or the new one, never a mix. Files are flushed to disk (fsync)
+    before the rename.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(target)
+    if staging.is_dir() and not staging.is_symlink():  # this process's own leftover; a file is truncated
+        shutil.rmtree(staging)
+    try:
+        yield staging
+        if staging.is_file():
+            with open(staging, "rb+") as stream:
+                os.fsync(stream.fileno())
+        if staging.is_dir() and target.is_dir():
+            retired = target.with_name(f".{target.name}.old{STAGING_INFIX}{os.getpid()}")
+            _remove(retired)
+            os.replace(target, retired)
+            os.replace(staging, target)
+            _remove(retired)
+        else:
+            os.replace(staging, target)
+    finally:
+        _remove(staging)
+
+
+def write_atomic(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_path` (mode 0644); returns ``path``."""
+    with atomic_path(path) as staging:
+        staging.write_bytes(data)
+    return Path(path)
+
+
+def remove_leftovers(folder: str | Path, name: str = "*") -> list[Path]:
+    """Remove what killed writers of other processes left in ``folder`` (their names match
+    ``name``); returns what was removed."""
+    removed = []
+    for stale in Path(folder).glob(f".{name}{STAGING_INFIX}*"):
+        if stale.name.rsplit(STAGING_INFIX, 1)[-1] != str(os.getpid()):
+            _remove(stale)
+            removed.append(stale)
+    return removed
