@@ -61,15 +61,27 @@ class StockTransform:
 
 
 def our_train_loader(
-    samples, clip: ClipSpec, transform, batch_size: int, workers: int, clips_per_video: int = 1,
-    decoder_threads: int = 0, **loader_options,
+    samples,
+    clip: ClipSpec,
+    transform,
+    batch_size: int,
+    workers: int,
+    clips_per_video: int = 1,
+    decoder_threads: int = 0,
+    **loader_options,
 ) -> DataLoader:
     """This project's training dataset, sampler and collation, batched by clips for a like-for-like
     clips/s: ``batch_size`` clips from ``batch_size / clips_per_video`` videos (the datamodule
     batches ``data.batch_size`` videos of ``clips_per_video`` clips each)."""
     repeated = clips_per_video > 1
-    dataset = ClipDataset(samples, clip, train=True, transform=transform, decoder_threads=decoder_threads,
-                          clips_per_video=clips_per_video if repeated else None)
+    dataset = ClipDataset(
+        samples,
+        clip,
+        train=True,
+        transform=transform,
+        decoder_threads=decoder_threads,
+        clips_per_video=clips_per_video if repeated else None,
+    )
     return DataLoader(
         dataset,
         sampler=EpochShuffleSampler(len(dataset)),
@@ -83,6 +95,7 @@ def our_train_loader(
 
 def clips_per_second(loader: DataLoader, batches: int) -> float:
     """Clips/s over ``batches`` batches after a warm-up one, passing over the data as often as needed."""
+
     def forever():
         while True:
             yield from loader
@@ -97,8 +110,13 @@ def clips_per_second(loader: DataLoader, batches: int) -> float:
 
 def reader_of_revision(revision: str):
     """``read_clip`` as the git ``revision`` of ``vidaccel_train/data/video_io.py`` had it."""
-    source = subprocess.run(["git", "show", f"{revision}:vidaccel_train/data/video_io.py"], check=True,
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    source = subprocess.run(
+        ["git", "show", f"{revision}:vidaccel_train/data/video_io.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     module = types.ModuleType(f"video_io_{revision}")
     sys.modules[module.__name__] = module  # its dataclasses look their module up
     exec(compile(source, f"{revision}:video_io.py", "exec"), module.__dict__)
@@ -119,9 +137,11 @@ def compare_readers(revision: str, rounds: int, measure, clips_per_video: int) -
                 finally:
                     clips.read_clip = readers["today"]
         ratio = statistics.median(b / a for a, b in zip(rates[revision], rates["today"]))
-        print(f"  {count} clip(s)/video, 1 decoder thread: reader at {revision} "
-              f"{', '.join(f'{r:.1f}' for r in rates[revision])} clips/s; today "
-              f"{', '.join(f'{r:.1f}' for r in rates['today'])}; today / {revision} (median of rounds) {ratio:.3f}")
+        print(
+            f"  {count} clip(s)/video, 1 decoder thread: reader at {revision} "
+            f"{', '.join(f'{r:.1f}' for r in rates[revision])} clips/s; today "
+            f"{', '.join(f'{r:.1f}' for r in rates['today'])}; today / {revision} (median of rounds) {ratio:.3f}"
+        )
 
 
 def main() -> None:
@@ -131,9 +151,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=16)
-    parser.add_argument("--clips-per-video", type=int, default=2, help="clips per decoded video in the repeated-clip variants")
-    parser.add_argument("--baseline-rev", help="a git revision: its video reader against today's, side by side "
-                        "(1 decoder thread, 1 and --clips-per-video clips per video, --rounds alternating rounds)")
+    parser.add_argument(
+        "--clips-per-video", type=int, default=2, help="clips per decoded video in the repeated-clip variants"
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        help="a git revision: its video reader against today's, side by side "
+        "(1 decoder thread, 1 and --clips-per-video clips per video, --rounds alternating rounds)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds for --baseline-rev")
     args = parser.parse_args()
 
@@ -148,14 +173,17 @@ def main() -> None:
         margin = video_io._SKIP_MARGIN_FRAMES
         video_io._SKIP_MARGIN_FRAMES = margin if skip_non_reference else math.inf  # the workers fork with it
         try:
-            loader = our_train_loader(index.samples, clip, transform, args.batch_size, args.workers, clips_per_video,
-                                      decoder_threads)
+            loader = our_train_loader(
+                index.samples, clip, transform, args.batch_size, args.workers, clips_per_video, decoder_threads
+            )
             return clips_per_second(loader, args.batches)
         finally:
             video_io._SKIP_MARGIN_FRAMES = margin
 
-    print(f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
-          f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}")
+    print(
+        f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
+        f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}"
+    )
     if args.baseline_rev:
         compare_readers(args.baseline_rev, args.rounds, lambda cpv: ours(cpv, 1), args.clips_per_video)
         return

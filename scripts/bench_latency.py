@@ -32,7 +32,9 @@ def build_forms(name: str, folder: Path) -> tuple[dict, Path, Path, torch.Tensor
     shape = (3, entry.num_frames, entry.crop_size, entry.crop_size)
     example = torch.randn(1, *shape)
     ours = create_model(name, num_classes=400).eval()
-    vanilla = create_x3d(input_clip_length=entry.num_frames, input_crop_size=entry.crop_size, model_num_class=400).eval()
+    vanilla = create_x3d(
+        input_clip_length=entry.num_frames, input_crop_size=entry.crop_size, model_num_class=400
+    ).eval()
     started = time.perf_counter()
     fp32 = lower_to_executorch(to_deploy_form(ours, entry.num_frames), example)
     calibration = [{"video": torch.randn(2, *shape)} for _ in range(2)]
@@ -40,7 +42,10 @@ def build_forms(name: str, folder: Path) -> tuple[dict, Path, Path, torch.Tensor
     int8 = lower_to_executorch(int8_model, example)
     export_s = time.perf_counter() - started
     eager = {"vanilla eager fp32": vanilla, "ours eager fp32": ours}
-    paths = write_atomic(folder / f"{name}_fp32.pte", fp32.buffer), write_atomic(folder / f"{name}_int8.pte", int8.buffer)
+    paths = (
+        write_atomic(folder / f"{name}_fp32.pte", fp32.buffer),
+        write_atomic(folder / f"{name}_int8.pte", int8.buffer),
+    )
     return eager, *paths, example, export_s
 
 
@@ -66,16 +71,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             eager, fp32_path, int8_path, example, export_s = build_forms(name, Path(folder))
-            print(f"\n{name}: input {tuple(example.shape)}; lowering fp32 + calibrating and lowering int8: {export_s:.1f} s")
+            print(
+                f"\n{name}: input {tuple(example.shape)}; lowering fp32 + calibrating and lowering int8: {export_s:.1f} s"
+            )
             for threads in args.threads:
                 # XNNPACK takes its thread pool when a program loads: set threads, then load.
                 set_runtime_threads(threads)
-                forms = {**eager, "ours .pte fp32": ExecuTorchModel(fp32_path), "ours .pte int8": ExecuTorchModel(int8_path)}
+                forms = {
+                    **eager,
+                    "ours .pte fp32": ExecuTorchModel(fp32_path),
+                    "ours .pte int8": ExecuTorchModel(int8_path),
+                }
                 median = measure(forms, example, args.repeats)
                 baseline = median["vanilla eager fp32"]
                 print(f"  threads={threads}")
                 for form, ms in median.items():
                     print(f"    {form:20s} {ms:9.2f} ms   {baseline / ms:6.2f}x vs vanilla")
+
 
 if __name__ == "__main__":
     main()

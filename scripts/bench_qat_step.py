@@ -97,12 +97,16 @@ def main() -> None:
         for name, timer in timers.items():
             times[name].append(timer())
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"model={args.model} batch={args.batch} clip={shape} device={device} threads={torch.get_num_threads()} "
-          f"freed memory kept={kept}")
+    print(
+        f"model={args.model} batch={args.batch} clip={shape} device={device} threads={torch.get_num_threads()} "
+        f"freed memory kept={kept}"
+    )
     baseline = median["fp32, channels-last clips"]
     for name, value in median.items():
-        print(f"  {name:32s} step median {value * 1000:8.1f} ms ({args.batch / value:6.1f} clips/s)"
-              f"  {value / baseline:5.2f}x the channels-last fp32 step")
+        print(
+            f"  {name:32s} step median {value * 1000:8.1f} ms ({args.batch / value:6.1f} clips/s)"
+            f"  {value / baseline:5.2f}x the channels-last fp32 step"
+        )
 
 
 if __name__ == "__main__":

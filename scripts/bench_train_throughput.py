@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_data import BENCH_SPEC, CLIPS, our_train_loader
+
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import generate_dataset
@@ -32,7 +32,9 @@ from vidaccel_train.models import create_model
 from vidaccel_train.quantization import pt2e
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Tensor, labels: torch.Tensor) -> None:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Tensor, labels: torch.Tensor
+) -> None:
     loss = torch.nn.functional.cross_entropy(model(clips), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -73,8 +75,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decoder-threads", type=int, default=1, help="data.decoder_threads")
     parser.add_argument("--clips-per-video", type=int, default=1, help="data.train_clips_per_video")
-    parser.add_argument("--samples", type=int, default=0,
-                        help="repeat the train index to this many items (0: as it is); enough for every measured step")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="repeat the train index to this many items (0: as it is); enough for every measured step",
+    )
     parser.add_argument("--modes", nargs="+", choices=("fp32", "qat"), default=["fp32", "qat"])
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
@@ -86,12 +92,21 @@ def main() -> None:
         samples = (samples * (args.samples // len(samples) + 1))[: args.samples]
     needed = (args.steps + 2 + args.workers * 2) * args.batch
     if len(samples) * args.clips_per_video < needed:
-        print(f"warning: {len(samples)} items give fewer clips than the {needed} the measurement and the workers' "
-              f"prefetch use: epoch boundaries will be timed; pass --samples {needed}")
+        print(
+            f"warning: {len(samples)} items give fewer clips than the {needed} the measurement and the workers' "
+            f"prefetch use: epoch boundaries will be timed; pass --samples {needed}"
+        )
     num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
     loader = our_train_loader(
-        samples, ClipSpec(num_frames, sampling_rate), build_transform(True, crop, short_side), args.batch,
-        args.workers, args.clips_per_video, args.decoder_threads, pin_memory=device.type == "cuda", drop_last=True,
+        samples,
+        ClipSpec(num_frames, sampling_rate),
+        build_transform(True, crop, short_side),
+        args.batch,
+        args.workers,
+        args.clips_per_video,
+        args.decoder_threads,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
     )
 
     def pipeline():
@@ -105,13 +120,25 @@ def main() -> None:
             yield clips, labels
 
     shape = (3, num_frames, crop, crop)
-    print(f"{args.model}: batch {args.batch}, {args.workers} workers, {args.decoder_threads} decoder thread(s), "
-          f"{args.clips_per_video} clip(s) per video, {device}, {len(samples)} items from {root}")
-    report = {"model": args.model, "batch": args.batch, "workers": args.workers, "device": str(device),
-              "clips_per_video": args.clips_per_video, "decoder_threads": args.decoder_threads, "items": len(samples)}
+    print(
+        f"{args.model}: batch {args.batch}, {args.workers} workers, {args.decoder_threads} decoder thread(s), "
+        f"{args.clips_per_video} clip(s) per video, {device}, {len(samples)} items from {root}"
+    )
+    report = {
+        "model": args.model,
+        "batch": args.batch,
+        "workers": args.workers,
+        "device": str(device),
+        "clips_per_video": args.clips_per_video,
+        "decoder_threads": args.decoder_threads,
+        "items": len(samples),
+    }
     channels_last, contiguous = torch.channels_last_3d, torch.contiguous_format
-    runs = (("in-memory", in_memory, channels_last), ("pipeline", pipeline, channels_last),
-            ("in-memory NCTHW", in_memory, contiguous))
+    runs = (
+        ("in-memory", in_memory, channels_last),
+        ("pipeline", pipeline, channels_last),
+        ("in-memory NCTHW", in_memory, contiguous),
+    )
     for mode in args.modes:
         rates = {}
         for source_name, source, memory_format in runs:
@@ -122,11 +149,16 @@ def main() -> None:
             model = model.to(device)
             model.train()  # an exported QAT graph's train() returns None: no chaining
             rates[source_name] = clips_per_second(model, source(), args.steps, device, memory_format)
-        print(f"  {mode:5s} in-memory {rates['in-memory']:8.1f} clips/s   full pipeline {rates['pipeline']:8.1f} clips/s   "
-              f"ratio {rates['pipeline'] / rates['in-memory']:5.2f}   channels-last over NCTHW clips "
-              f"{rates['in-memory'] / rates['in-memory NCTHW']:5.2f}x")
-        report[mode] = {**rates, "ratio": rates["pipeline"] / rates["in-memory"],
-                        "channels_last_speedup": rates["in-memory"] / rates["in-memory NCTHW"]}
+        print(
+            f"  {mode:5s} in-memory {rates['in-memory']:8.1f} clips/s   full pipeline {rates['pipeline']:8.1f} clips/s   "
+            f"ratio {rates['pipeline'] / rates['in-memory']:5.2f}   channels-last over NCTHW clips "
+            f"{rates['in-memory'] / rates['in-memory NCTHW']:5.2f}x"
+        )
+        report[mode] = {
+            **rates,
+            "ratio": rates["pipeline"] / rates["in-memory"],
+            "channels_last_speedup": rates["in-memory"] / rates["in-memory NCTHW"],
+        }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

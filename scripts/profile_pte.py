@@ -70,15 +70,22 @@ def main() -> None:
     frame = frame[frame["event_block_name"] == "Execute"]
     delegated = frame[frame["is_delegated_op"] == True]  # noqa: E712 (a pandas mask)
     kinds = delegated["event_name"].astype(str).map(lambda name: re.sub(r"[#\d_ ]+$", "", name))
-    table = delegated.assign(kind=kinds).groupby("kind")["p50 (ms)"].agg(["sum", "count"]).sort_values("sum", ascending=False)
+    table = (
+        delegated.assign(kind=kinds)
+        .groupby("kind")["p50 (ms)"]
+        .agg(["sum", "count"])
+        .sort_values("sum", ascending=False)
+    )
     total = frame[frame["event_name"] == "Method::execute"]["p50 (ms)"].sum()
     inside = table["sum"].sum()
-    print(f"{path.name}: input {shape}, {args.threads} thread(s), medians of {args.runs} runs (profiling adds overhead)")
+    print(
+        f"{path.name}: input {shape}, {args.threads} thread(s), medians of {args.runs} runs (profiling adds overhead)"
+    )
     print(f"  whole program {total:8.2f} ms; inside XNNPACK {inside:8.2f} ms")
     print(f"  {'XNNPACK operator':45s} {'ms/run':>8s} {'share':>6s} {'calls':>6s}")
     for kind, row in table.iterrows():
         print(f"  {kind[:45]:45s} {row['sum']:8.2f} {row['sum'] / inside:6.1%} {int(row['count']):6d}")
-    outside = frame[(frame["is_delegated_op"] != True) & ~frame["event_name"].isin(["Method::execute", "DELEGATE_CALL"])]  # noqa: E712
+    outside = frame[frame["is_delegated_op"].ne(True) & ~frame["event_name"].isin(["Method::execute", "DELEGATE_CALL"])]
     if len(outside):
         print("  outside the delegate:")
         for name, ms in outside.groupby("event_name")["p50 (ms)"].sum().sort_values(ascending=False).head(10).items():

@@ -44,9 +44,19 @@ def smoke_run(tmp_path_factory, data_dir) -> Path:
     """`python -m vidaccel_train experiment=smoke` run once per session (fit, QAT, test, export)."""
     run_dir = tmp_path_factory.mktemp("smoke")
     result = subprocess.run(
-        [sys.executable, "-m", "vidaccel_train", "experiment=smoke", f"hydra.run.dir={run_dir}",
-         f"paths.data_dir={data_dir}"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900, env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train",
+            "experiment=smoke",
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={data_dir}",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
@@ -140,7 +150,11 @@ class KillAt(L.Callback):
             self._kill()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.stage == "validation" and not trainer.sanity_checking and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+        if (
+            self.stage == "validation"
+            and not trainer.sanity_checking
+            and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch)
+        ):
             self._kill()
 
     def on_test_epoch_end(self, trainer, pl_module):
@@ -150,18 +164,34 @@ class KillAt(L.Callback):
             threading.Timer(self.delay_s, self._kill).start()
 
 
-def run_cli(run_dir: Path, data_dir: Path, overrides: list[str], timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    run_dir: Path, data_dir: Path, overrides: list[str], timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`python -m vidaccel_train` in its own process (this folder importable, for KillAt);
     flags such as ``-m`` may come anywhere in ``overrides``; ``env`` adds environment variables."""
     tests = Path(__file__).resolve().parent
     flags = [o for o in overrides if o.startswith("-")]
     overrides = [o for o in overrides if not o.startswith("-")]
     return subprocess.run(
-        [sys.executable, "-m", "vidaccel_train", *flags, f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
-        cwd=tests.parent, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")])),
-             "HYDRA_FULL_ERROR": "1", **(env or {})},
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train",
+            *flags,
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={data_dir}",
+            *overrides,
+        ],
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")])),
+            "HYDRA_FULL_ERROR": "1",
+            **(env or {}),
+        },
     )
 
 

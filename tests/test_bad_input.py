@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import av
-from av.video.frame import PictureType
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
+from av.video.frame import PictureType
 
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec
 from vidaccel_train.data.transforms import build_transform
@@ -44,7 +43,9 @@ def broken_dataset(tiny_dataset, tmp_path):
         root / "train" / "move_down" / "audio_only.mp4": _write_audio_only,
         root / "val" / "move_up" / "garbage.webm": lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
         # A well-formed mp4 whose video codec FFmpeg has no decoder for (its sample entry renamed).
-        root / "val" / "move_down" / "unknown_codec.mp4": lambda p: p.write_bytes(good.read_bytes().replace(b"avc1", b"zzzz")),
+        root / "val" / "move_down" / "unknown_codec.mp4": lambda p: p.write_bytes(
+            good.read_bytes().replace(b"avc1", b"zzzz")
+        ),
     }
     for path, make in planted.items():
         make(path)
@@ -59,8 +60,14 @@ def _dataset(samples, log_path, train=False):
 def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_path, data_dir):
     root, planted = broken_dataset
     run_dir = tmp_path / "run"
-    overrides = ["data=kinetics", f"data.root={root}", "data.num_classes=4", "trainer.max_epochs=2", "data.num_workers=2",
-                 *(o for o in TINY_FIT if not o.startswith(("data.synthetic", "data.num_workers")))]
+    overrides = [
+        "data=kinetics",
+        f"data.root={root}",
+        "data.num_classes=4",
+        "trainer.max_epochs=2",
+        "data.num_workers=2",
+        *(o for o in TINY_FIT if not o.startswith(("data.synthetic", "data.num_workers"))),
+    ]
     metrics = run(compose_config(run_dir, data_dir, overrides))
     assert "test/top1" in metrics
     report = (run_dir / "bad_files.txt").read_text().splitlines()
@@ -130,8 +137,12 @@ def _transcode(source, target, codec, rate, audio: bool):
 
 @pytest.mark.parametrize(
     "name,codec,rate,audio",
-    [("clip.webm", "libvpx-vp9", 25, True), ("clip.mkv", "libx264", 24, True), ("clip.avi", "mpeg4", 30, False),
-     ("clip.mp4", "libx264", 60, True)],
+    [
+        ("clip.webm", "libvpx-vp9", 25, True),
+        ("clip.mkv", "libx264", 24, True),
+        ("clip.avi", "mpeg4", 30, False),
+        ("clip.mp4", "libx264", 60, True),
+    ],
 )
 def test_common_containers_codecs_and_frame_rates_decode_to_clips(tiny_dataset, tmp_path, name, codec, rate, audio):
     source = next((tiny_dataset / "test" / "move_up").glob("*.mp4"))
@@ -146,20 +157,34 @@ def test_the_check_script_writes_a_clean_index_that_trains(broken_dataset, tmp_p
     index = tmp_path / "index"
     result = subprocess.run(
         [sys.executable, "scripts/check_dataset.py", str(root), "--out", str(index), "--workers", "2"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     named = sorted(line.split("\t")[0] for line in (index / "bad_files.txt").read_text().splitlines())
     assert named == planted
     summary = json.loads((index / "summary.json").read_text())
     train = summary["splits"]["train"]
-    assert {key: train[key] for key in ("readable", "bad", "missing", "not_video")} == {"readable": 12, "bad": 4, "missing": 0, "not_video": 0}
+    assert {key: train[key] for key in ("readable", "bad", "missing", "not_video")} == {
+        "readable": 12,
+        "bad": 4,
+        "missing": 0,
+        "not_video": 0,
+    }
     assert train["codecs"] == {"h264": 12} and train["rotated"] == train["start_offset"] == train["anamorphic"] == 0
     assert (index / "labels.txt").read_text() == (root / "labels.txt").read_text()
 
     run_dir = tmp_path / "run"
-    overrides = ["data=kinetics", f"data.root={index}", "data.layout=list_file", "data.num_classes=4",
-                 "+trainer.fast_dev_run=true", *(o for o in TINY_FIT if not o.startswith("data.synthetic"))]
+    overrides = [
+        "data=kinetics",
+        f"data.root={index}",
+        "data.layout=list_file",
+        "data.num_classes=4",
+        "+trainer.fast_dev_run=true",
+        *(o for o in TINY_FIT if not o.startswith("data.synthetic")),
+    ]
     run(compose_config(run_dir, data_dir, overrides))
     assert not (run_dir / "bad_files.txt").exists()  # the clean index holds no bad file
 
@@ -167,7 +192,10 @@ def test_the_check_script_writes_a_clean_index_that_trains(broken_dataset, tmp_p
 def test_the_check_script_explains_an_unknown_layout(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/check_dataset.py", str(tmp_path), "--out", str(tmp_path / "out")],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "cannot tell the layout" in result.stderr and "Traceback" not in result.stderr
 
@@ -176,7 +204,9 @@ def _frames_and_pictures(path):
     """Each frame's time (s) and picture type, in display order, and the keyframe packets' indices."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames = [(round(float(f.pts * f.time_base), 4), PictureType(f.pict_type).name) for f in container.decode(stream)]
+        frames = [
+            (round(float(f.pts * f.time_base), 4), PictureType(f.pict_type).name) for f in container.decode(stream)
+        ]
     with av.open(str(path)) as container:
         packets = [p for p in container.demux(video=0) if p.size]
         keyframes = [i for i, p in enumerate(sorted(packets, key=lambda p: p.pts)) if p.is_keyframe]
@@ -187,9 +217,26 @@ def test_the_prepare_script_writes_a_random_access_copy_that_trains(broken_datas
     root, planted = broken_dataset
     copy = tmp_path / "copy"
     result = subprocess.run(
-        [sys.executable, "scripts/prepare_dataset.py", str(root), str(copy), "--workers", "2",
-         "--keyframe-interval", "8", "--model", "x3d_tiny", "--psnr-short-side", "32", "--measure-videos", "4"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "scripts/prepare_dataset.py",
+            str(root),
+            str(copy),
+            "--workers",
+            "2",
+            "--keyframe-interval",
+            "8",
+            "--model",
+            "x3d_tiny",
+            "--psnr-short-side",
+            "32",
+            "--measure-videos",
+            "4",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     named = sorted(line.split("\t")[0] for line in (copy / "bad_files.txt").read_text().splitlines())
@@ -212,22 +259,50 @@ def test_the_prepare_script_writes_a_random_access_copy_that_trains(broken_datas
     assert class_names[int(label)] == original.parent.name
 
     run_dir = tmp_path / "run"
-    overrides = ["data=kinetics", f"data.root={copy}", "data.layout=list_file", "data.num_classes=4",
-                 "+trainer.fast_dev_run=true", *(o for o in TINY_FIT if not o.startswith("data.synthetic"))]
+    overrides = [
+        "data=kinetics",
+        f"data.root={copy}",
+        "data.layout=list_file",
+        "data.num_classes=4",
+        "+trainer.fast_dev_run=true",
+        *(o for o in TINY_FIT if not o.startswith("data.synthetic")),
+    ]
     run(compose_config(run_dir, data_dir, overrides))
     assert not (run_dir / "bad_files.txt").exists()
 
 
 CLI_MISTAKES = [
     ("train", ["-m", "vidaccel_train", "data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
-    ("train_component", ["-m", "vidaccel_train", "quant=ptq", "quant.calibration_batches=0"],
-     "quant.calibration_batches must be a positive integer, got 0"),
-    ("train_lightning_name", ["-m", "vidaccel_train", "model.checkpoint={tmp}/epoch=3-step=100.ckpt"],
-     "quote the value: 'model.checkpoint=\"{tmp}/epoch=3-step=100.ckpt\"'"),
-    ("export", ["-m", "vidaccel_train.export", "ckpt_path={tmp}/missing.ckpt"], "checkpoint {tmp}/missing.ckpt does not exist"),
-    ("predict", ["-m", "vidaccel_train.predict", "{tmp}/missing.pte", "{tmp}/video.mp4"], "{tmp}/missing.pte does not exist"),
-    ("check_dataset", ["scripts/check_dataset.py", "{tmp}/kinetics", "--out", "{tmp}/out"], "{tmp}/kinetics: no such folder"),
-    ("prepare_dataset", ["scripts/prepare_dataset.py", "{tmp}/kinetics", "{tmp}/out"], "{tmp}/kinetics: no such folder"),
+    (
+        "train_component",
+        ["-m", "vidaccel_train", "quant=ptq", "quant.calibration_batches=0"],
+        "quant.calibration_batches must be a positive integer, got 0",
+    ),
+    (
+        "train_lightning_name",
+        ["-m", "vidaccel_train", "model.checkpoint={tmp}/epoch=3-step=100.ckpt"],
+        "quote the value: 'model.checkpoint=\"{tmp}/epoch=3-step=100.ckpt\"'",
+    ),
+    (
+        "export",
+        ["-m", "vidaccel_train.export", "ckpt_path={tmp}/missing.ckpt"],
+        "checkpoint {tmp}/missing.ckpt does not exist",
+    ),
+    (
+        "predict",
+        ["-m", "vidaccel_train.predict", "{tmp}/missing.pte", "{tmp}/video.mp4"],
+        "{tmp}/missing.pte does not exist",
+    ),
+    (
+        "check_dataset",
+        ["scripts/check_dataset.py", "{tmp}/kinetics", "--out", "{tmp}/out"],
+        "{tmp}/kinetics: no such folder",
+    ),
+    (
+        "prepare_dataset",
+        ["scripts/prepare_dataset.py", "{tmp}/kinetics", "{tmp}/out"],
+        "{tmp}/kinetics: no such folder",
+    ),
 ]
 
 
@@ -236,8 +311,14 @@ def test_every_command_line_says_a_mistake_in_one_error_line_and_exits_2(tmp_pat
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[1] == "vidaccel_train":
         args += [f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"]
-    result = subprocess.run([sys.executable, *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+    )
     errors = [line for line in result.stderr.splitlines() if line.strip() and line != "Seed set to 42"]
     assert result.returncode == 2 and len(errors) == 1, result.stderr
     assert errors[0].startswith("error: ") and message.replace("{tmp}", str(tmp_path)) in errors[0]

@@ -85,7 +85,10 @@ def test_unknown_group_option_lists_the_valid_ones():
         (["model.clip.crop_size=400"], "data.crop_size=400 is larger than data.eval_short_side"),
         (["test_ckpt=first"], "test_ckpt must be best or last"),
         (["data.decoder_threads=-1"], "data.decoder_threads must be 0 (FFmpeg chooses) or more, got -1"),
-        (["callbacks.export.precisions=[int4]"], "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']"),
+        (
+            ["callbacks.export.precisions=[int4]"],
+            "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']",
+        ),
         (["callbacks.export.precisions=[]"], "callbacks.export.precisions must name one or more"),
     ],
 )
@@ -122,8 +125,11 @@ def test_a_clip_longer_than_the_real_videos_is_named_before_training(tmp_path, d
     from conftest import TINY_FIT
 
     overrides = [o for o in TINY_FIT if not o.startswith("data.synthetic")]
-    cfg = compose_config(tmp_path, data_dir, [*overrides, "data=kinetics", f"data.root={tiny_dataset}", "data.num_classes=4",
-                                              "model.clip.num_frames=16"])  # 16 x 6 frames at 30 fps > 1 s videos
+    cfg = compose_config(
+        tmp_path,
+        data_dir,
+        [*overrides, "data=kinetics", f"data.root={tiny_dataset}", "data.num_classes=4", "model.clip.num_frames=16"],
+    )  # 16 x 6 frames at 30 fps > 1 s videos
     with pytest.raises(ConfigError, match=r"spans 3.20 s but the videos of .* last about 1.0"):
         run(cfg)
 
@@ -225,7 +231,9 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
                 validate(cfg)
             except ConfigError as err:
                 message = str(err)
-                assert "\n" not in message and re.search(r"\b[a-z_]+\.[a-z_.]+\b", message) and FIX.search(message), message
+                assert "\n" not in message and re.search(r"\b[a-z_]+\.[a-z_.]+\b", message) and FIX.search(message), (
+                    message
+                )
                 rejected[" ".join(overrides)] = message
                 continue
             callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
@@ -238,23 +246,36 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
     # What is refused, and why: a GPU trainer without CUDA; a model clip longer than smoke's 1.2 s
     # videos (every model but x3d_tiny, on smoke's generated data).
     expected = {" ".join(o) for o in COMBINATIONS if "trainer=gpu" in o and not torch.cuda.is_available()}
-    expected |= {" ".join(o) for o in COMBINATIONS
-                 if o[0] == "experiment=smoke" and "data=synthetic" in o and "model=x3d_tiny" not in o}
+    expected |= {
+        " ".join(o)
+        for o in COMBINATIONS
+        if o[0] == "experiment=smoke" and "data=synthetic" in o and "model=x3d_tiny" not in o
+    }
     assert set(rejected) == expected, sorted(set(rejected) ^ expected)
 
 
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["quant.start_epoch=12", "quant.freeze_observer_epoch=null"], "quant.start_epoch=12 but trainer.max_epochs=12"),
-        (["quant.start_epoch=11", "quant.freeze_observer_epoch=10"], "quant.freeze_observer_epoch=10 comes before QAT starts"),
+        (
+            ["quant.start_epoch=12", "quant.freeze_observer_epoch=null"],
+            "quant.start_epoch=12 but trainer.max_epochs=12",
+        ),
+        (
+            ["quant.start_epoch=11", "quant.freeze_observer_epoch=10"],
+            "quant.freeze_observer_epoch=10 comes before QAT starts",
+        ),
         (["quant.start_epoch=0"], "quant.start_epoch=0 starts QAT at the first epoch on untrained weights"),
-        (["quant.start_epoch=-12", "quant.freeze_observer_epoch=null"],
-         "quant.start_epoch=-12 with trainer.max_epochs=12 starts QAT at the first epoch on untrained weights"),
+        (
+            ["quant.start_epoch=-12", "quant.freeze_observer_epoch=null"],
+            "quant.start_epoch=-12 with trainer.max_epochs=12 starts QAT at the first epoch on untrained weights",
+        ),
     ],
 )
 def test_qat_settings_that_cannot_run_are_one_error_line_before_any_work(tmp_path, overrides, message):
-    result = _cli("experiment=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}")
+    result = _cli(
+        "experiment=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert errors == [next(line for line in errors if line.startswith("error: "))] and message in errors[0]

@@ -70,7 +70,11 @@ def test_missing_or_empty_root_explains_layout_and_synthetic(tmp_path, data_dir,
 def test_train_order_and_augmentation_depend_only_on_seed_epoch_and_clip(datamodule):
     from vidaccel_train.data.clips import EpochShuffleSampler
 
-    first, again, other = EpochShuffleSampler(12, seed=5), EpochShuffleSampler(12, seed=5), EpochShuffleSampler(12, seed=5)
+    first, again, other = (
+        EpochShuffleSampler(12, seed=5),
+        EpochShuffleSampler(12, seed=5),
+        EpochShuffleSampler(12, seed=5),
+    )
     first.set_epoch(3), again.set_epoch(3), other.set_epoch(4)
     assert list(first) == list(again) != list(other)
     assert sorted(index for index, _, _ in first) == list(range(12))

@@ -24,8 +24,9 @@ import pytest
 import torch
 from torch import nn
 
-from video_corpus import read_indices, write_case
 from vidaccel_train.export.manifest import sha256_of
+
+from video_corpus import read_indices, write_case
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["walk", "run", "jump", "wave"]
@@ -72,21 +73,48 @@ def export_dir(tmp_path_factory) -> Path:
     program = lower_to_executorch(TinyClassifier(frames, len(CLASSES)).eval(), torch.randn(1, 3, frames, crop, crop))
     path = write_atomic(folder / "model_fp32.pte", program.buffer)
     manifest = {
-        "model": "tiny", "classes": CLASSES, "input_shape": [1, 3, frames, crop, crop], "layout": "B,C,T,H,W",
-        "mean": [0.45] * 3, "std": [0.225] * 3, "num_frames": frames, "sampling_rate": 2, "target_fps": 10,
-        "crop_size": crop, "short_side": 36, "display_aspect": "square", "test_views": {"clips": 2, "crops": 3},
+        "model": "tiny",
+        "classes": CLASSES,
+        "input_shape": [1, 3, frames, crop, crop],
+        "layout": "B,C,T,H,W",
+        "mean": [0.45] * 3,
+        "std": [0.225] * 3,
+        "num_frames": frames,
+        "sampling_rate": 2,
+        "target_fps": 10,
+        "crop_size": crop,
+        "short_side": 36,
+        "display_aspect": "square",
+        "test_views": {"clips": 2, "crops": 3},
         "verified_on": {"videos": 8, "clips": 48},
-        "artifacts": [{"file": path.name, "format": "executorch-xnnpack", "precision": "fp32", "sha256": sha256_of(path),
-                       "bytes": path.stat().st_size, "top1": 0.25, "top5": 1.0, "agreement": 1.0, "clip_agreement": 1.0,
-                       "latency_ms": 0.5, "threads": 2}],
+        "artifacts": [
+            {
+                "file": path.name,
+                "format": "executorch-xnnpack",
+                "precision": "fp32",
+                "sha256": sha256_of(path),
+                "bytes": path.stat().st_size,
+                "top1": 0.25,
+                "top5": 1.0,
+                "agreement": 1.0,
+                "clip_agreement": 1.0,
+                "latency_ms": 0.5,
+                "threads": 2,
+            }
+        ],
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
 
 def _demo_cli(*args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vidaccel_train.demo", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.demo", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------------------- the command line
@@ -133,8 +161,13 @@ def server(export_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("server")
     audit, output = folder / "audit.log", folder / "output.log"
     with open(output, "w") as stream:
-        process = subprocess.Popen([sys.executable, "-c", AUDITED_DEMO, str(audit), str(export_dir), "--port", str(port)],
-                                   cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-c", AUDITED_DEMO, str(audit), str(export_dir), "--port", str(port)],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -161,9 +194,17 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1400,1500", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1500",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -233,19 +274,34 @@ def test_a_rotated_upload_plays_upright_and_gets_predicts_answer(browser, server
     status = _upload(browser, video)
     assert status.startswith("phone.mp4: 3.0 s, 64×48 upright, stored turned 90°") and status.endswith("done."), status
 
-    expected = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(export_dir / "model_fp32.pte"), str(video),
-                               "--json", "--topk", "5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    expected = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train.predict",
+            str(export_dir / "model_fp32.pte"),
+            str(video),
+            "--json",
+            "--topk",
+            "5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert expected.returncode == 0, expected.stderr
     predictions = json.loads(expected.stdout)["predictions"]
     shown_top1 = browser.find_element(By.CSS_SELECTOR, "#top5 [data-testid=label-output-value]").text
     assert shown_top1 == predictions[0]["label"]
     shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#top5 .confidence-set dt")]
-    assert shown == [p["label"] for p in predictions[:len(shown)]] and len(shown) == len(CLASSES)
+    assert shown == [p["label"] for p in predictions[: len(shown)]] and len(shown) == len(CLASSES)
 
     # The player has an upright H.264 copy the browser decodes: landscape, the frames in order.
     width, height, ready, source = browser.execute_script(
         "const v = document.querySelector('#preview video');"
-        "return v ? [v.videoWidth, v.videoHeight, v.readyState, v.currentSrc] : [0, 0, 0, ''];")
+        "return v ? [v.videoWidth, v.videoHeight, v.readyState, v.currentSrc] : [0, 0, 0, ''];"
+    )
     assert (width, height) == (64, 48) and ready >= 2, (width, height, ready)
     assert urllib.parse.urlsplit(source).hostname == "127.0.0.1"
     copy = tmp_path / "preview.mp4"
@@ -263,7 +319,11 @@ def test_a_rotated_upload_plays_upright_and_gets_predicts_answer(browser, server
     screenshot = tmp_path / "demo.png"
     browser.save_screenshot(str(screenshot))
     print(f"screenshot: {screenshot}")
-    hosts = {urllib.parse.urlsplit(url).hostname for url in _requested_urls(browser) if not url.startswith(("data:", "blob:"))}
+    hosts = {
+        urllib.parse.urlsplit(url).hostname
+        for url in _requested_urls(browser)
+        if not url.startswith(("data:", "blob:"))
+    }
     assert hosts == {"127.0.0.1"}, hosts
 
 

@@ -24,8 +24,12 @@ def _randomise_norms(model: nn.Module) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            for tensor, low, high in ((module.running_mean, -0.3, 0.3), (module.running_var, 0.5, 1.5),
-                                      (module.weight.data, 0.5, 1.5), (module.bias.data, -0.3, 0.3)):
+            for tensor, low, high in (
+                (module.running_mean, -0.3, 0.3),
+                (module.running_var, 0.5, 1.5),
+                (module.weight.data, 0.5, 1.5),
+                (module.bias.data, -0.3, 0.3),
+            ):
                 tensor.copy_(torch.empty_like(tensor).uniform_(low, high, generator=generator))
     return model.eval()
 
@@ -40,8 +44,9 @@ def test_deploy_form_equals_train_form_for_every_zoo_model_at_any_batch(name):
         clip = torch.randn(batch, 3, frames, 48, 48)
         with torch.no_grad():
             assert (deployed(clip) - model(clip)).abs().max() <= 1e-4, (name, batch)
-    assert not any(isinstance(m, (nn.Conv3d, nn.BatchNorm3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d))
-                   for m in deployed.modules())
+    assert not any(
+        isinstance(m, (nn.Conv3d, nn.BatchNorm3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d)) for m in deployed.modules()
+    )
 
 
 BLOCKS = {
@@ -50,10 +55,16 @@ BLOCKS = {
     "depthwise_3x3x3": lambda: Conv3d3x3x3DwBnAct(8, activation="hswish"),
     "depthwise_3x3x3_stride2": lambda: Conv3d3x3x3DwBnAct(8, spatial_stride=2, activation="identity"),
     "temporal_5x1x1": lambda: Conv3d5x1x1BnAct(8, 8, groups=8, activation="relu"),
-    "stem_1x3x3": lambda: Conv3dTemporalKernel1BnAct(8, 16, spatial_kernel=3, spatial_stride=2, spatial_padding=1, use_bn=False, activation="identity"),
+    "stem_1x3x3": lambda: Conv3dTemporalKernel1BnAct(
+        8, 16, spatial_kernel=3, spatial_stride=2, spatial_padding=1, use_bn=False, activation="identity"
+    ),
     "squeeze_excite": lambda: SqueezeExcitation(8, 4, is_3d=True),
-    "bottleneck_projected": lambda: X3dBottleneckBlock(8, 20, 12, spatial_stride=2, se_ratio=0.25, act_functions=("relu", "swish", "relu")),
-    "bottleneck_identity": lambda: X3dBottleneckBlock(8, 20, 8, se_ratio=0, act_functions=("hswish", "relu", "identity")),
+    "bottleneck_projected": lambda: X3dBottleneckBlock(
+        8, 20, 12, spatial_stride=2, se_ratio=0.25, act_functions=("relu", "swish", "relu")
+    ),
+    "bottleneck_identity": lambda: X3dBottleneckBlock(
+        8, 20, 8, se_ratio=0, act_functions=("hswish", "relu", "identity")
+    ),
     "bottleneck_no_residual": lambda: X3dBottleneckBlock(8, 20, 8, use_residual=False),
     "conv3d": lambda: nn.Conv3d(8, 6, (3, 3, 3), padding=1),
 }
@@ -193,14 +204,17 @@ def test_transmuted_vanilla_x3d_computes_the_same_with_efficient_blocks():
     from vidaccel_train.models.transmute import transmute
 
     torch.manual_seed(4)
-    vanilla = _randomise_norms(create_x3d(input_clip_length=4, input_crop_size=64, model_num_class=10,
-                                          head_activation=None))
+    vanilla = _randomise_norms(
+        create_x3d(input_clip_length=4, input_crop_size=64, model_num_class=10, head_activation=None)
+    )
     original = copy.deepcopy(vanilla)
     convs_before = [name for name, m in original.named_modules() if isinstance(m, nn.Conv3d)]
     swapped = transmute(vanilla)
     assert {"Conv3dPwBnAct", "Conv3d3x3x3DwBnAct", "Conv3d5x1x1BnAct", "Conv3dTemporalKernel1BnAct"} <= set(swapped)
     # Every Conv3d now sits inside an efficient block, one block per original layer.
-    loose = [name for name, m in vanilla.named_modules() if isinstance(m, nn.Conv3d) and not name.endswith("kernel.conv")]
+    loose = [
+        name for name, m in vanilla.named_modules() if isinstance(m, nn.Conv3d) and not name.endswith("kernel.conv")
+    ]
     assert loose == []
     assert sum(swapped.values()) == len(convs_before)
     clip = torch.randn(2, 3, 4, 64, 64)

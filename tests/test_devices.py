@@ -23,7 +23,9 @@ CLIP = (3, 4, 32, 32)
 
 
 def _module() -> VideoClassifier:
-    return VideoClassifier(create_model("x3d_tiny", num_classes=4), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4)
+    return VideoClassifier(
+        create_model("x3d_tiny", num_classes=4), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4
+    )
 
 
 def _tensors(module: torch.nn.Module):
@@ -91,7 +93,8 @@ def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
     build_net = net_builder({"model": {"net": dict(cfg.model.net)}})
     with torch.device("meta"):
-        manifest = export_artifacts(module, datamodule, tmp_path / "export", build_net, "x3d_tiny",
-                                    threads=1, latency_repeats=1)
+        manifest = export_artifacts(
+            module, datamodule, tmp_path / "export", build_net, "x3d_tiny", threads=1, latency_repeats=1
+        )
     assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
     assert json.loads((tmp_path / "export" / "manifest.json").read_text())["input_shape"] == [1, *CLIP]

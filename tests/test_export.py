@@ -17,8 +17,8 @@ from vidaccel_train.data.video_io import read_clip
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.__main__ import export_checkpoint
 from vidaccel_train.export.artifacts import _fidelity, export_artifacts
-from vidaccel_train.export.manifest import sha256_of
 from vidaccel_train.export.callback import net_builder
+from vidaccel_train.export.manifest import sha256_of
 from vidaccel_train.models import create_model
 from vidaccel_train.predict import ArtifactError, load_verified, predict
 from vidaccel_train.train import run
@@ -60,7 +60,13 @@ def test_manifest_describes_verified_artifacts(export_dir, smoke_run):
     assert int8["disagreeing_clips"] == round((1 - int8["clip_agreement"]) * 192)
     assert int8["top1"] == pytest.approx(test_metrics["test/top1"], abs=0.02)
     assert int8["bytes"] < fp32["bytes"] * 0.6
-    assert set(manifest["stage_seconds"]) == {"int8_conversion", "lowering_fp32", "lowering_int8", "verification", "latency"}
+    assert set(manifest["stage_seconds"]) == {
+        "int8_conversion",
+        "lowering_fp32",
+        "lowering_int8",
+        "verification",
+        "latency",
+    }
     report = (export_dir / "report.md").read_text()
     assert "clip agreement" in report and "Export stages: int8 conversion" in report
 
@@ -89,15 +95,30 @@ def test_both_programs_run_in_the_executorch_runtime(export_dir):
 
 def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data_dir):
     video = next(data_dir.glob("synthetic/synthetic-*/test/move_right/*.mp4"))
-    result = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(export_dir / "model_int8.pte"),
-                             str(video), "--topk", "2", "--json", "--views", "1x1"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train.predict",
+            str(export_dir / "model_int8.pte"),
+            str(video),
+            "--topk",
+            "2",
+            "--json",
+            "--views",
+            "1x1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = json.loads(result.stdout)["predictions"]
     assert len(predictions) == 2 and predictions[0]["score"] >= predictions[1]["score"]
 
-    module = VideoClassifier.load_from_checkpoint(smoke_run / "checkpoints" / "last.ckpt",
-                                                  net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD)
+    module = VideoClassifier.load_from_checkpoint(
+        smoke_run / "checkpoints" / "last.ckpt", net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD
+    )
     module.eval()
     manifest = json.loads((export_dir / "manifest.json").read_text())
     spec = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
@@ -117,8 +138,12 @@ def test_a_tampered_artifact_is_refused(export_dir, tmp_path, data_dir):
     with pytest.raises(ArtifactError, match="sha256"):
         load_verified(copy / "model_int8.pte")
     video = next(data_dir.glob("synthetic/synthetic-*/test/move_up/*.mp4"))
-    result = subprocess.run([sys.executable, "-m", "vidaccel_train.predict", str(copy / "model_int8.pte"), str(video)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.predict", str(copy / "model_int8.pte"), str(video)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "sha256" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -139,8 +164,10 @@ def test_export_cli_from_an_fp32_checkpoint_calibrates_int8(fp32_run, tmp_path):
     out = tmp_path / "exported"
     torch_threads = torch.get_num_threads()
     latency_threads = torch_threads + 1
-    manifest = export_checkpoint(fp32_run / "checkpoints" / "last.ckpt", [
-        f"out_dir={out}", "callbacks.export.latency_repeats=3", f"callbacks.export.threads={latency_threads}"])
+    manifest = export_checkpoint(
+        fp32_run / "checkpoints" / "last.ckpt",
+        [f"out_dir={out}", "callbacks.export.latency_repeats=3", f"callbacks.export.threads={latency_threads}"],
+    )
     # Timed on the threads asked for; PyTorch gets its own count back (a multirun's next job trains on it).
     assert {a["threads"] for a in manifest["artifacts"]} == {latency_threads}
     assert torch.get_num_threads() == torch_threads
@@ -162,12 +189,21 @@ def test_a_failed_export_leaves_nothing_half_written(fp32_run, tmp_path, data_di
     datamodule.setup("test")
     datamodule.datasets["test"].samples = []  # a test split with nothing left in it
     checkpoint = torch.load(fp32_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module = VideoClassifier.load_from_checkpoint(fp32_run / "checkpoints" / "last.ckpt",
-                                                  net=net_builder(checkpoint["run_config"])(), optimizer=torch.optim.SGD)
+    module = VideoClassifier.load_from_checkpoint(
+        fp32_run / "checkpoints" / "last.ckpt", net=net_builder(checkpoint["run_config"])(), optimizer=torch.optim.SGD
+    )
     out = tmp_path / "export"
     with pytest.raises(RuntimeError, match="test split is empty"):
-        export_artifacts(module, datamodule, out, net_builder(checkpoint["run_config"]), "x3d_tiny",
-                         threads=1, latency_repeats=1, calibration_batches=1)
+        export_artifacts(
+            module,
+            datamodule,
+            out,
+            net_builder(checkpoint["run_config"]),
+            "x3d_tiny",
+            threads=1,
+            latency_repeats=1,
+            calibration_batches=1,
+        )
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder either
 
@@ -184,13 +220,20 @@ def test_the_export_checks_programs_against_the_logits_the_test_computed(smoke_r
     cfg = compose_config(smoke_run, data_dir, ["experiment=smoke"])
     datamodule = instantiate(cfg.data)
     module = VideoClassifier.load_from_checkpoint(checkpoint, net=net_builder(config)(), optimizer=torch.optim.SGD)
-    L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              default_root_dir=smoke_run / "retest").test(module, datamodule=datamodule)
+    L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=smoke_run / "retest",
+    ).test(module, datamodule=datamodule)
     recorded = _tested_logits(module, datamodule, ("fp32", "int8"))
     assert set(recorded) == {"reference_fp32", "reference_int8"}
     with torch.no_grad():
-        fresh, labels = _collect_logits(datamodule.test_dataloader(), {
-            "reference_fp32": float_deploy_form(module, 4, net_builder(config)), "reference_int8": module.int8_net()})
+        fresh, labels = _collect_logits(
+            datamodule.test_dataloader(),
+            {"reference_fp32": float_deploy_form(module, 4, net_builder(config)), "reference_int8": module.int8_net()},
+        )
     assert recorded["reference_int8"].shape == (64, 3, 4) and len(labels) == 64
     assert torch.allclose(recorded["reference_fp32"], fresh["reference_fp32"], atol=1e-4)
     # int8: the test ran several videos per batch, this pass one video at a time (and earlier

@@ -59,8 +59,11 @@ def test_a_gpu_run_fits_tests_and_exports(tmp_path, data_dir, start_weights, nam
 def test_a_gpu_run_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir):
     unstopped, stopped = tmp_path / "unstopped", tmp_path / "stopped"
     assert run_cli(unstopped, data_dir, [*GPU, *QAT]).returncode == 0
-    cut = run_cli(stopped, data_dir, [*GPU, *QAT, "+callbacks.stop._target_=conftest.StopAfterEpoch",
-                                      "+callbacks.stop.epoch=1", "test=false"])
+    cut = run_cli(
+        stopped,
+        data_dir,
+        [*GPU, *QAT, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1", "test=false"],
+    )
     assert cut.returncode == 0, cut.stderr[-4000:]
     resumed = run_cli(stopped, data_dir, [*GPU, *QAT, "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -74,9 +77,18 @@ def test_a_gpu_checkpoint_exports_where_no_gpu_is_seen(tmp_path, data_dir):
     assert run_cli(run_dir, data_dir, [*GPU, *QAT]).returncode == 0
     out = tmp_path / "exported"
     result = subprocess.run(
-        [sys.executable, "-m", "vidaccel_train.export", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-         f"out_dir={out}", "callbacks.export.latency_repeats=2"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train.export",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"out_dir={out}",
+            "callbacks.export.latency_repeats=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert {a["precision"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]} == {"fp32", "int8"}

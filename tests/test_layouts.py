@@ -95,7 +95,9 @@ def test_layout_errors_say_what_is_expected(tmp_path, tiny_dataset):
     root = tmp_path / "unlabelled"
     _as_annotations(tiny_dataset, root)
     rows = (root / "annotations" / "test.csv").read_text().splitlines()
-    (root / "annotations" / "test.csv").write_text("\n".join(["youtube_id,time_start,time_end,split"] + [r.split(",", 1)[1] for r in rows[1:]]))
+    (root / "annotations" / "test.csv").write_text(
+        "\n".join(["youtube_id,time_start,time_end,split"] + [r.split(",", 1)[1] for r in rows[1:]])
+    )
     with pytest.raises(DatasetLayoutError, match="has no labels"):
         index_split(root, "test")
 
@@ -109,8 +111,17 @@ def test_kinetics_config_trains_on_annotation_csvs_and_reports_missing_clips(tmp
     cfg = compose_config(
         tmp_path,
         data_dir,
-        [*TINY_KINETICS_FIT, "data=kinetics", f"data.root={root}", "data.num_classes=4", "data.splits.val=validate",
-         "data.num_workers=0", "data.batch_size=4", "data.test_views={clips:2,crops:3}", "trainer.max_epochs=1"],
+        [
+            *TINY_KINETICS_FIT,
+            "data=kinetics",
+            f"data.root={root}",
+            "data.num_classes=4",
+            "data.splits.val=validate",
+            "data.num_workers=0",
+            "data.batch_size=4",
+            "data.test_views={clips:2,crops:3}",
+            "trainer.max_epochs=1",
+        ],
     )
     metrics = run(cfg)
     assert {"test/top1", "test/top5", "test/clip_top1", "test/mean_class_accuracy"} <= set(metrics)
@@ -197,8 +208,11 @@ def test_a_wrong_class_count_names_the_classes_found(tmp_path, data_dir, tiny_da
     shutil.copytree(tiny_dataset, root)
     (root / "labels.txt").unlink()
     shutil.copytree(root / "train" / "move_up", root / "train" / "Untitled Folder")
-    cfg = compose_config(tmp_path / "run", data_dir, ["data=kinetics", f"data.root={root}", "data.num_classes=4",
-                                                      *TINY_KINETICS_FIT])
+    cfg = compose_config(
+        tmp_path / "run", data_dir, ["data=kinetics", f"data.root={root}", "data.num_classes=4", *TINY_KINETICS_FIT]
+    )
     datamodule = instantiate(cfg.data)
-    with pytest.raises(DatasetLayoutError, match=r"has 5 classes \(Untitled Folder, move_down, move_left, move_right, move_up\)"):
+    with pytest.raises(
+        DatasetLayoutError, match=r"has 5 classes \(Untitled Folder, move_down, move_left, move_right, move_up\)"
+    ):
         datamodule.setup("fit")

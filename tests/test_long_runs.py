@@ -1,6 +1,6 @@
 """Runs kept out of the default suite: full-size X3D-XS end to end (slow; GPU runs: test_gpu.py).
 
-    .venv/bin/python -m pytest -m slow      # minutes on 2 CPU cores
+.venv/bin/python -m pytest -m slow      # minutes on 2 CPU cores
 """
 
 import json

@@ -9,11 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.clips import ClipSpec, aggregate_views
 from vidaccel_train.data.transforms import SpatialCrops, build_transform, crop_offsets
 from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
 from vidaccel_train.training import VideoClassifier
-from vidaccel_train.data.clips import aggregate_views
 
 from conftest import TINY_RUN, compose_config
 
@@ -63,17 +62,22 @@ def test_test_metrics_score_videos_clips_and_classes(tmp_path):
     # 4 videos x 2 views, 3 classes, in two batches. Labels 0 | 1, 0, 2.
     table = torch.tensor(
         [
-            [3.0, 0.0, 1.0], [3.0, 1.0, 0.0],     # video 0: both views say 0 (right, and right at top-1 and top-3)
-            [2.0, 1.9, -5.0], [-5.0, 5.0, -5.0],  # video 1: views say 0 and 1; average says 1 (right)
-            [3.0, 0.0, 0.0], [3.0, 0.0, 0.0],     # video 2: both say 0 (right)
-            [0.0, 3.0, 0.0], [0.0, 2.0, 1.0],     # video 3: both say 1 (wrong; label 2 is second or third)
+            [3.0, 0.0, 1.0],
+            [3.0, 1.0, 0.0],  # video 0: both views say 0 (right, and right at top-1 and top-3)
+            [2.0, 1.9, -5.0],
+            [-5.0, 5.0, -5.0],  # video 1: views say 0 and 1; average says 1 (right)
+            [3.0, 0.0, 0.0],
+            [3.0, 0.0, 0.0],  # video 2: both say 0 (right)
+            [0.0, 3.0, 0.0],
+            [0.0, 2.0, 1.0],  # video 3: both say 1 (wrong; label 2 is second or third)
         ]
     )
     videos = torch.arange(8.0).view(4, 2, 1, 1, 1, 1).expand(4, 2, 1, 1, 1, 2).contiguous()
     labels = torch.tensor([0, 1, 0, 2])
     # The first batch is right at top-1: top-1 and top-5 must still be kept apart afterwards.
-    batches = DataLoader([{"video": videos[:1], "label": labels[:1]}, {"video": videos[1:], "label": labels[1:]}],
-                         batch_size=None)
+    batches = DataLoader(
+        [{"video": videos[:1], "label": labels[:1]}, {"video": videos[1:], "label": labels[1:]}], batch_size=None
+    )
     module = VideoClassifier(LookupNet(table), torch.optim.SGD, num_classes=3)
     module.class_names = ["a", "b", "c"]
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
@@ -94,8 +98,11 @@ def test_an_unreadable_test_video_is_left_out_of_every_metric_and_counted(tmp_pa
     videos = torch.arange(4.0).view(2, 2, 1, 1, 1, 1).expand(2, 2, 1, 1, 1, 2).contiguous()
     readable = {"video": videos, "label": torch.tensor([0, 1]), "valid": torch.tensor([True, True])}
     # The unreadable one between them: its zeros would score as class 0 against label -1.
-    with_bad = {"video": torch.stack([videos[0], torch.zeros_like(videos[0]), videos[1]]),
-                "label": torch.tensor([0, -1, 1]), "valid": torch.tensor([True, False, True])}
+    with_bad = {
+        "video": torch.stack([videos[0], torch.zeros_like(videos[0]), videos[1]]),
+        "label": torch.tensor([0, -1, 1]),
+        "valid": torch.tensor([True, False, True]),
+    }
     scores = []
     for batch in (readable, with_bad):
         module = VideoClassifier(LookupNet(table), torch.optim.SGD, num_classes=2)

@@ -14,19 +14,24 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 from vidaccel_train.data.video_io import write_video
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.artifacts import _collect_logits
 from vidaccel_train.predict import Views, main, predict
-from vidaccel_train.data.clips import aggregate_views
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _predict_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vidaccel_train.predict", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.predict", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +101,11 @@ def test_many_inputs_per_call_with_a_bad_file_named_once(artifact, test_split, t
     assert summary["summary"]["videos"] == 3  # the labelled ones (the list file's)
     assert len(records) == 6 and [bool(r.get("error")) for r in records] == [False] * 5 + [True]
     assert records[-1]["video"] == str(broken) and [line for line in result.stderr.splitlines()] == [
-        f"error: {broken}: {records[-1]['error']}"]
+        f"error: {broken}: {records[-1]['error']}"
+    ]
     assert all(len(r["predictions"]) == 2 for r in records[:5]) and [r.get("label") for r in records[2:5]] == [
-        classes[label] for _, label in samples[2:5]]
+        classes[label] for _, label in samples[2:5]
+    ]
     with open(out_csv, newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["video"] for row in rows] == [r["video"] for r in records] and rows[-1]["error"]
@@ -110,14 +117,21 @@ def test_views_can_be_changed_and_change_the_probabilities(artifact, test_split)
     default, one = predict(artifact, video, topk=4), predict(artifact, video, topk=4, views=Views(1, 1))
     assert dict(default) != pytest.approx(dict(one), abs=1e-6)  # three crops against the centre crop alone
     result = _predict_cli(artifact, video, "--views", "1x1", "--json", "--topk", "4")
-    assert {p["label"]: p["score"] for p in json.loads(result.stdout)["predictions"]} == pytest.approx(dict(one), abs=1e-6)
+    assert {p["label"]: p["score"] for p in json.loads(result.stdout)["predictions"]} == pytest.approx(
+        dict(one), abs=1e-6
+    )
 
 
 def test_a_long_video_becomes_a_timeline_of_what_happens_when(artifact, run_config, tmp_path):
     """Two seconds moving left, then two moving right: the windows inside each part say so, and
     the CSV, JSON and PNG are written."""
-    spec = SyntheticSpec(**{**run_config["data"]["synthetic"], "classes": tuple(run_config["data"]["synthetic"]["classes"]),
-                            "duration_s": 2.0})
+    spec = SyntheticSpec(
+        **{
+            **run_config["data"]["synthetic"],
+            "classes": tuple(run_config["data"]["synthetic"]["classes"]),
+            "duration_s": 2.0,
+        }
+    )
     rng = np.random.default_rng(11)
     frames = [*render_clip(spec, "move_left", rng), *render_clip(spec, "move_right", rng)]
     video = tmp_path / "left_then_right.mp4"
@@ -150,8 +164,13 @@ def test_a_long_video_becomes_a_timeline_of_what_happens_when(artifact, run_conf
 )
 def test_bad_input_is_one_error_line_and_exit_code_2(artifact, test_split, tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
-    values = {"missing": tmp_path / "model.pte", "video": test_split.datasets["test"].samples[0][0],
-              "artifact": artifact, "empty": tmp_path / "empty", "tmp": tmp_path}
+    values = {
+        "missing": tmp_path / "model.pte",
+        "video": test_split.datasets["test"].samples[0][0],
+        "artifact": artifact,
+        "empty": tmp_path / "empty",
+        "tmp": tmp_path,
+    }
     try:
         code = main([a.format(**values) for a in args])
     except SystemExit as exit:  # argparse's own exit
@@ -176,8 +195,11 @@ def test_list_files_take_class_names_with_spaces_csv_and_a_header(tmp_path):
     (tmp_path / "b.mp4").write_bytes(b"")
     plain = tmp_path / "list.txt"
     plain.write_text("# phone videos\nmy clip.mp4 air drumming\nb.mp4 2\nb.mp4\n")
-    assert _read_list(plain, classes) == [(str(tmp_path / "my clip.mp4"), 1), (str(tmp_path / "b.mp4"), 2),
-                                          (str(tmp_path / "b.mp4"), None)]
+    assert _read_list(plain, classes) == [
+        (str(tmp_path / "my clip.mp4"), 1),
+        (str(tmp_path / "b.mp4"), 2),
+        (str(tmp_path / "b.mp4"), None),
+    ]
     table = tmp_path / "list.csv"
     table.write_text("path,label\nmy clip.mp4,answering questions\nb.mp4,abseiling\n")
     assert _read_list(table, classes) == [(str(tmp_path / "my clip.mp4"), 2), (str(tmp_path / "b.mp4"), 0)]

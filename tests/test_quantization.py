@@ -10,13 +10,23 @@ from vidaccel_train.train import run
 
 from conftest import TINY_FIT, compose_config
 
-QAT_RUN = [*TINY_FIT, "quant=qat", "quant.start_epoch=1", "quant.freeze_observer_epoch=2", "trainer.max_epochs=4",
-           "optim=adamw"]
+QAT_RUN = [
+    *TINY_FIT,
+    "quant=qat",
+    "quant.start_epoch=1",
+    "quant.freeze_observer_epoch=2",
+    "trainer.max_epochs=4",
+    "optim=adamw",
+]
 
 
 def _observer_ranges(state_dict):
     """Every observer's (min, max) in a checkpoint's state_dict."""
-    return {k: (v, state_dict[k.removesuffix("min_val") + "max_val"]) for k, v in state_dict.items() if k.endswith(".min_val")}
+    return {
+        k: (v, state_dict[k.removesuffix("min_val") + "max_val"])
+        for k, v in state_dict.items()
+        if k.endswith(".min_val")
+    }
 
 
 def _last_state(run_dir):
@@ -41,8 +51,13 @@ def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
     stopped = tmp_path / "stopped"
     expected = run(compose_config(unstopped, data_dir, QAT_RUN))
     # Cut off after epoch 2 (inside QAT, observers just frozen), then resume from last.ckpt.
-    run(compose_config(stopped, data_dir, [*QAT_RUN, "+callbacks.stop._target_=conftest.StopAfterEpoch",
-                                           "+callbacks.stop.epoch=2", "test=false"]))
+    run(
+        compose_config(
+            stopped,
+            data_dir,
+            [*QAT_RUN, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=2", "test=false"],
+        )
+    )
     assert _last_state(stopped)["epoch"] == 2
     resumed = run(compose_config(stopped, data_dir, [*QAT_RUN, "ckpt_path=last"]))
     for key in ("test/top1", "test/loss", "test_fp32/loss", "val/loss"):
@@ -54,15 +69,27 @@ def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
 
 def test_qat_from_the_first_epoch_observes_its_ranges_and_tests_int8(tmp_path, data_dir, start_weights):
     observed = tmp_path / "observers.txt"
-    metrics = run(compose_config(tmp_path, data_dir, [*QAT_RUN, "quant.start_epoch=0", "trainer.max_epochs=3",
-                                                      f"model.checkpoint={start_weights}",
-                                                      "+callbacks.observers._target_=conftest.RecordObservers",
-                                                      f"+callbacks.observers.path={observed}"]))
+    metrics = run(
+        compose_config(
+            tmp_path,
+            data_dir,
+            [
+                *QAT_RUN,
+                "quant.start_epoch=0",
+                "trainer.max_epochs=3",
+                f"model.checkpoint={start_weights}",
+                "+callbacks.observers._target_=conftest.RecordObservers",
+                f"+callbacks.observers.path={observed}",
+            ],
+        )
+    )
     assert {"test/top1", "test_fp32/top1"} <= set(metrics)  # the int8 conversion needs observed ranges
     ranges = _observer_ranges(_last_state(tmp_path)["state_dict"])
     assert len(ranges) > 50
-    assert all(torch.isfinite(low).all() and torch.isfinite(high).all() and (low <= high).all()
-               for low, high in ranges.values())
+    assert all(
+        torch.isfinite(low).all() and torch.isfinite(high).all() and (low <= high).all()
+        for low, high in ranges.values()
+    )
     # Observers learn in every QAT epoch before freeze_observer_epoch (=2), validation between them
     # included, and stop from then on.
     rows = [tuple(map(int, line.split())) for line in observed.read_text().splitlines()]
@@ -75,8 +102,11 @@ def test_qat_that_would_never_start_is_refused_before_training(tmp_path, data_di
 
 
 def test_ptq_calibrates_the_tested_checkpoint_and_tests_int8(tmp_path, data_dir):
-    metrics = run(compose_config(tmp_path, data_dir, [*TINY_FIT, "quant=ptq", "quant.calibration_batches=2",
-                                                      "trainer.max_epochs=1"]))
+    metrics = run(
+        compose_config(
+            tmp_path, data_dir, [*TINY_FIT, "quant=ptq", "quant.calibration_batches=2", "trainer.max_epochs=1"]
+        )
+    )
     assert {"test/top1", "test_fp32/top1"} <= set(metrics)
     assert "val_fp32/top1" not in metrics  # fp32 fit, quantized only for the test
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -88,10 +118,23 @@ def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(
     QAT from the first epoch, the int8 test and the export."""
     pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
     run(compose_config(pretrain, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
-    metrics = run(compose_config(finetune, data_dir, [
-        *TINY_FIT, f"model.checkpoint={pretrain / 'checkpoints' / 'last.ckpt'}",
-        "data.synthetic.classes=[rotate_cw,rotate_ccw]", "quant=qat", "quant.start_epoch=0", "trainer.max_epochs=2",
-        "optim=adamw", "callbacks.export.enabled=true", "callbacks.export.latency_repeats=2"]))
+    metrics = run(
+        compose_config(
+            finetune,
+            data_dir,
+            [
+                *TINY_FIT,
+                f"model.checkpoint={pretrain / 'checkpoints' / 'last.ckpt'}",
+                "data.synthetic.classes=[rotate_cw,rotate_ccw]",
+                "quant=qat",
+                "quant.start_epoch=0",
+                "trainer.max_epochs=2",
+                "optim=adamw",
+                "callbacks.export.enabled=true",
+                "callbacks.export.latency_repeats=2",
+            ],
+        )
+    )
     assert {"test/top1", "test_fp32/top1"} <= set(metrics)
     manifest = json.loads((finetune / "export" / "manifest.json").read_text())
     assert manifest["classes"] == ["rotate_cw", "rotate_ccw"]
@@ -149,8 +192,25 @@ def test_vectorised_rounding_matches_the_stock_op_at_every_edge(zero_point, chan
 
     scale, quant_min, quant_max = 0.25, -128, 127  # a power of two: x / scale is exact
     low, high = quant_min - zero_point, quant_max - zero_point
-    levels = torch.tensor([low - 1.0, low - 0.5, low, low + 0.5, -0.5, 0.5, 1.5, high - 0.5, high, high + 0.5,
-                           high + 1.0, 1e30, -1e30, 0.0, -0.0])
+    levels = torch.tensor(
+        [
+            low - 1.0,
+            low - 0.5,
+            low,
+            low + 0.5,
+            -0.5,
+            0.5,
+            1.5,
+            high - 0.5,
+            high,
+            high + 0.5,
+            high + 1.0,
+            1e30,
+            -1e30,
+            0.0,
+            -0.0,
+        ]
+    )
     levels = torch.cat([levels, torch.nextafter(levels, levels + 1), torch.nextafter(levels, levels - 1)])
     x = (levels * scale).repeat(2, 3, 2, 1)  # (2, 3, 2, 45)
     if channels_last:

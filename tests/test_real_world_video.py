@@ -10,8 +10,6 @@ import csv
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from vidaccel_train.data.prepare import EncodeSettings, transcode
 from vidaccel_train.data.video_io import VideoInfo, probe, read_clip
 from vidaccel_train.predict import Views, views_dataset
 
-from video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices, write_case
+from video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +93,9 @@ def test_codecs_with_reordered_frames_are_exact_under_the_test_protocol(corpus, 
         ("browser_vp9.webm", 0, False, 0.0, "last packet"),
     ],
 )
-def test_probe_reports_orientation_start_and_where_the_duration_came_from(corpus, name, rotation, mirrored, start, source):
+def test_probe_reports_orientation_start_and_where_the_duration_came_from(
+    corpus, name, rotation, mirrored, start, source
+):
     info = probe(corpus[name].path)
     assert (info.rotation, info.orientation.mirrored, info.duration_source) == (rotation, mirrored, source)
     assert info.start_s == pytest.approx(start, abs=1e-3)
@@ -110,7 +110,9 @@ def test_anamorphic_video_is_resampled_to_square_pixels_or_kept_as_stored(corpus
     assert square.shape[-2:] == (HEIGHT, WIDTH) and read_indices(square) == [case.expected(1.05)]
     assert stored.shape[-2:] == (HEIGHT, 48)  # 4:3 pixels stored 48 wide
     info = probe(case.path, display_aspect="square")
-    assert info.anamorphic and info.sample_aspect == pytest.approx(4 / 3) and (info.coded_width, info.width) == (48, WIDTH)
+    assert (
+        info.anamorphic and info.sample_aspect == pytest.approx(4 / 3) and (info.coded_width, info.width) == (48, WIDTH)
+    )
 
 
 class _Frames:
@@ -120,8 +122,16 @@ class _Frames:
         return video.as_subclass(torch.Tensor)
 
 
-EVAL_CASES = ["rotated_cw90.mp4", "offset_10s.mp4", "offset_1.4s.mkv", "edit_list.mp4", "segment.ts",
-              "browser_vp9.webm", "av1.mp4", "anamorphic.mp4"]
+EVAL_CASES = [
+    "rotated_cw90.mp4",
+    "offset_10s.mp4",
+    "offset_1.4s.mkv",
+    "edit_list.mp4",
+    "segment.ts",
+    "browser_vp9.webm",
+    "av1.mp4",
+    "anamorphic.mp4",
+]
 
 
 @pytest.mark.parametrize("name", EVAL_CASES)
@@ -129,8 +139,9 @@ def test_the_test_loader_samples_every_view_at_the_right_frames(corpus, name):
     """What ``test`` and the export's verification read: 10 clips spread over the whole video."""
     case = corpus[name]
     spec = ClipSpec(4, 3, 30)
-    dataset = ClipDataset([(str(case.path), 0)], spec, train=False, transform=_Frames(), clips_per_video=10,
-                          display_aspect="square")
+    dataset = ClipDataset(
+        [(str(case.path), 0)], spec, train=False, transform=_Frames(), clips_per_video=10, display_aspect="square"
+    )
     item = dataset[0]
     assert item["valid"]
     got = read_indices(item["video"].reshape(-1, 3, HEIGHT, WIDTH))
@@ -214,7 +225,9 @@ def test_a_rotated_phone_video_is_predicted_as_its_upright_twin(smoke_run, tmp_p
     from vidaccel_train.data.video_io import write_video
     from vidaccel_train.predict import predict
 
-    frames = render_clip(SyntheticSpec(height=48, width=64, duration_s=1.0, fps=15), "move_up", np.random.default_rng(3))
+    frames = render_clip(
+        SyntheticSpec(height=48, width=64, duration_s=1.0, fps=15), "move_up", np.random.default_rng(3)
+    )
     upright = tmp_path / "upright.mp4"
     write_video(upright, frames, fps=15, qp=0)
     import av

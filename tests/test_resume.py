@@ -14,8 +14,15 @@ from conftest import TINY_FIT, run_cli
 
 # Two fp32 epochs, then QAT (observers frozen for the last epoch): 3 train batches an epoch, with
 # the two persistent loader workers every real run has (they draw indices as soon as a loader starts).
-RUN = [*(o for o in TINY_FIT if not o.startswith("data.num_workers")), "data.num_workers=2", "quant=qat",
-       "quant.start_epoch=2", "quant.freeze_observer_epoch=3", "trainer.max_epochs=4", "optim=adamw"]
+RUN = [
+    *(o for o in TINY_FIT if not o.startswith("data.num_workers")),
+    "data.num_workers=2",
+    "quant=qat",
+    "quant.start_epoch=2",
+    "quant.freeze_observer_epoch=3",
+    "trainer.max_epochs=4",
+    "optim=adamw",
+]
 COMPARED = ("val/top1", "val/loss", "val_fp32/loss", "test/top1", "test/loss", "test/clip_top1", "test_fp32/loss")
 
 
@@ -58,19 +65,33 @@ def _assert_same_end(run_dir, unstopped, compared=COMPARED):
 
 
 def test_sigkill_inside_the_qat_phase_mid_epoch(tmp_path, data_dir, unstopped):
-    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2",
-                                                       "+callbacks.kill.batch=1"])
+    killed, _ = _kill_then_resume(
+        tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1"]
+    )
     assert killed.returncode == -signal.SIGKILL
     _assert_same_end(tmp_path, unstopped)
     # The log keeps the epochs before the kill (Lightning's own CSV logger deletes them on resume).
-    (epochs, losses), (expected_epochs, expected_losses) = _validation_by_epoch(tmp_path), _validation_by_epoch(unstopped)
+    (epochs, losses), (expected_epochs, expected_losses) = (
+        _validation_by_epoch(tmp_path),
+        _validation_by_epoch(unstopped),
+    )
     assert epochs == expected_epochs == [0, 1, 2, 3]
     assert losses == pytest.approx(expected_losses, abs=1e-6)
 
 
 def test_sigterm_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path, data_dir, unstopped):
-    killed = run_cli(tmp_path, data_dir, [*RUN, "+callbacks.kill._target_=conftest.KillAt", "+callbacks.kill.stage=train",
-                                          "+callbacks.kill.epoch=3", "+callbacks.kill.batch=0", "+callbacks.kill.signal=SIGTERM"])
+    killed = run_cli(
+        tmp_path,
+        data_dir,
+        [
+            *RUN,
+            "+callbacks.kill._target_=conftest.KillAt",
+            "+callbacks.kill.stage=train",
+            "+callbacks.kill.epoch=3",
+            "+callbacks.kill.batch=0",
+            "+callbacks.kill.signal=SIGTERM",
+        ],
+    )
     assert killed.returncode != 0 and not (tmp_path / "metrics.json").exists()
     saved = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", map_location="cpu", weights_only=False)
     assert saved["epoch"] == 3 and saved["global_step"] == 3 * 3 + 1  # one batch into the last epoch
@@ -82,16 +103,18 @@ def test_sigterm_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path, data_dir, un
 
 @pytest.mark.slow
 def test_sigkill_in_the_first_epoch(tmp_path, data_dir, unstopped):
-    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=0",
-                                                       "+callbacks.kill.batch=1"])
-    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "checkpoints" / "last.ckpt").exists() is False
+    killed, _ = _kill_then_resume(
+        tmp_path, data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=0", "+callbacks.kill.batch=1"]
+    )
+    assert killed.returncode == -signal.SIGKILL and (tmp_path / "checkpoints" / "last.ckpt").exists() is not False
     _assert_same_end(tmp_path, unstopped)
 
 
 @pytest.mark.slow
 def test_sigkill_during_validation(tmp_path, data_dir, unstopped):
-    killed, _ = _kill_then_resume(tmp_path, data_dir, ["+callbacks.kill.stage=validation", "+callbacks.kill.epoch=1",
-                                                       "+callbacks.kill.batch=0"])
+    killed, _ = _kill_then_resume(
+        tmp_path, data_dir, ["+callbacks.kill.stage=validation", "+callbacks.kill.epoch=1", "+callbacks.kill.batch=0"]
+    )
     assert killed.returncode == -signal.SIGKILL
     _assert_same_end(tmp_path, unstopped)
 
@@ -99,8 +122,11 @@ def test_sigkill_during_validation(tmp_path, data_dir, unstopped):
 @pytest.mark.slow
 def test_sigkill_during_export_redoes_it_whole(tmp_path, data_dir, unstopped):
     with_export = ["callbacks.export.enabled=true"]
-    killed = run_cli(tmp_path, data_dir, [*RUN, *with_export, "+callbacks.kill._target_=conftest.KillAt",
-                                          "+callbacks.kill.stage=export"])
+    killed = run_cli(
+        tmp_path,
+        data_dir,
+        [*RUN, *with_export, "+callbacks.kill._target_=conftest.KillAt", "+callbacks.kill.stage=export"],
+    )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "export" / "manifest.json").exists()  # cut off: no export that looks finished
     resumed = run_cli(tmp_path, data_dir, [*RUN, *with_export, "ckpt_path=last"])
@@ -117,8 +143,12 @@ def test_sigkill_with_two_clips_per_video_resumes_exactly(tmp_path, data_dir):
     two_clips = ["data.train_clips_per_video=2"]
     unstopped = tmp_path / "unstopped"
     assert run_cli(unstopped, data_dir, [*RUN, *two_clips]).returncode == 0
-    killed, _ = _kill_then_resume(tmp_path / "killed", data_dir, ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2",
-                                                                  "+callbacks.kill.batch=1"], two_clips)
+    killed, _ = _kill_then_resume(
+        tmp_path / "killed",
+        data_dir,
+        ["+callbacks.kill.stage=train", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=1"],
+        two_clips,
+    )
     assert killed.returncode == -signal.SIGKILL
     _assert_same_end(tmp_path / "killed", unstopped)
 
@@ -159,7 +189,9 @@ def test_a_failed_checkpoint_write_is_named_and_leaves_no_temporary(tmp_path, da
     checkpoints.mkdir()
     for name in ("last.ckpt", "epoch_000.ckpt"):
         (checkpoints / f".{name}.tmp-{os.getpid()}").symlink_to("/dev/full")
-    with pytest.raises(DiskFullError, match=rf"{checkpoints} has [0-9.]+ MB free and the checkpoint needs [0-9.]+ MB") as error:
+    with pytest.raises(
+        DiskFullError, match=rf"{checkpoints} has [0-9.]+ MB free and the checkpoint needs [0-9.]+ MB"
+    ) as error:
         run(compose_config(tmp_path, data_dir, [*TINY_FIT, "trainer.max_epochs=1"]))
     failed = str(error.value).split("checkpoint ", 1)[1].split(":", 1)[0]  # the first checkpoint written
     assert failed in ("last.ckpt", "epoch_000.ckpt") and not (checkpoints / f".{failed}.tmp-{os.getpid()}").is_symlink()
@@ -176,7 +208,9 @@ def small_filesystem(tmp_path):
     """A 1 MB tmpfs (needs root, as CI and the developer machines have); skips elsewhere."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True
+    ).returncode:
         pytest.skip("cannot mount a small tmpfs here (not root)")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=False)
@@ -187,7 +221,9 @@ def test_a_full_disk_is_one_error_line(small_filesystem, data_dir):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: no space left for checkpoint") and str(small_filesystem / "run" / "checkpoints") in last
+    assert (
+        last.startswith("error: no space left for checkpoint") and str(small_filesystem / "run" / "checkpoints") in last
+    )
     assert not list(small_filesystem.glob("**/.*.tmp-*"))
 
 
@@ -205,6 +241,9 @@ def test_atomic_writes_leave_the_old_or_the_new_never_a_mix(tmp_path):
         with atomic_path(folder) as staging:
             staging.mkdir()
             (staging / "model.pte").write_text(generation)
-    assert (folder / "model.pte").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "export"]
+    assert (folder / "model.pte").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.bin",
+        "export",
+    ]
     (tmp_path / ".export.tmp-999999").mkdir()  # a writer killed in another process
     assert [p.name for p in remove_leftovers(tmp_path, "export*")] == [".export.tmp-999999"]

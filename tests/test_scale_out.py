@@ -21,9 +21,17 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     result = run_cli(
-        tmp_path / "unused", data_dir,
-        ["-m", f"hydra.sweep.dir={sweep}", *TINY_FIT, "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3",
-         "trainer.max_epochs=1", "optim.lr=0.01,0.05"],
+        tmp_path / "unused",
+        data_dir,
+        [
+            "-m",
+            f"hydra.sweep.dir={sweep}",
+            *TINY_FIT,
+            "callbacks.export.enabled=true",
+            "callbacks.export.latency_repeats=3",
+            "trainer.max_epochs=1",
+            "optim.lr=0.01,0.05",
+        ],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
@@ -42,9 +50,17 @@ def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
 def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
     space = "[{name:optim.lr,type:float,low:0.001,high:0.05,log:true},{name:quant.lr_scale,type:categorical,choices:[0.1,1.0]}]"
     result = run_cli(
-        tmp_path, data_dir,
-        ["hparams_search=qat_lr", f"hparams_search.params={space}", "hparams_search.n_trials=2", *TINY_FIT,
-         "quant=qat", "trainer.max_epochs=2", "quant.start_epoch=1"],
+        tmp_path,
+        data_dir,
+        [
+            "hparams_search=qat_lr",
+            f"hparams_search.params={space}",
+            "hparams_search.n_trials=2",
+            *TINY_FIT,
+            "quant=qat",
+            "trainer.max_epochs=2",
+            "quant.start_epoch=1",
+        ],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
@@ -55,8 +71,15 @@ def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
     assert (tmp_path / "study.db").is_file()
 
 
-DDP_QAT = [*TINY_FIT, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2",
-           "quant=qat", "optim=adamw"]
+DDP_QAT = [
+    *TINY_FIT,
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "data.batch_size=2",
+    "quant=qat",
+    "optim=adamw",
+]
 
 
 def _rank_digests(folder):
@@ -68,11 +91,19 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
     the same weights and observer ranges; data sharded; one set of outputs (rank 0)."""
     indices, states = tmp_path / "indices", tmp_path / "states"
     result = run_cli(
-        tmp_path / "run", data_dir,
-        [*DDP_QAT, "quant.start_epoch=1", "trainer.max_epochs=2",
-         "callbacks.export.enabled=true", "callbacks.export.latency_repeats=3",
-         "+callbacks.record._target_=conftest.RecordTrainIndices", f"+callbacks.record.out_dir={indices}",
-         "+callbacks.state._target_=conftest.RecordRankState", f"+callbacks.state.out_dir={states}"],
+        tmp_path / "run",
+        data_dir,
+        [
+            *DDP_QAT,
+            "quant.start_epoch=1",
+            "trainer.max_epochs=2",
+            "callbacks.export.enabled=true",
+            "callbacks.export.latency_repeats=3",
+            "+callbacks.record._target_=conftest.RecordTrainIndices",
+            f"+callbacks.record.out_dir={indices}",
+            "+callbacks.state._target_=conftest.RecordRankState",
+            f"+callbacks.state.out_dir={states}",
+        ],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SyncBatchNorm needs GPUs" in result.stdout + result.stderr  # trainer=ddp on CPU, nothing added
@@ -85,9 +116,15 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
     run_dir = tmp_path / "run"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     # The best and last checkpoints, and the float model saved when QAT began (written once).
-    assert len(checkpoints) == 3 and checkpoints[0].startswith("epoch_") and checkpoints[1:] == ["fp32.ckpt", "last.ckpt"]
+    assert (
+        len(checkpoints) == 3 and checkpoints[0].startswith("epoch_") and checkpoints[1:] == ["fp32.ckpt", "last.ckpt"]
+    )
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [
-        "accuracy_latency.png", "manifest.json", "model_int8.pte", "report.md"]
+        "accuracy_latency.png",
+        "manifest.json",
+        "model_int8.pte",
+        "report.md",
+    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {"test/top1", "test_fp32/top1", "val_fp32/top1"} <= set(metrics)
     assert not list(tmp_path.glob("**/.export.*"))
@@ -96,18 +133,29 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
 @pytest.mark.slow
 @pytest.mark.parametrize("start_epoch", [0, 1])
 def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_weights, start_epoch):
-    run = [*DDP_QAT, f"quant.start_epoch={start_epoch}", "quant.freeze_observer_epoch=2", "trainer.max_epochs=3",
-           "data.num_workers=2", f"model.checkpoint={start_weights}"]
+    run = [
+        *DDP_QAT,
+        f"quant.start_epoch={start_epoch}",
+        "quant.freeze_observer_epoch=2",
+        "trainer.max_epochs=3",
+        "data.num_workers=2",
+        f"model.checkpoint={start_weights}",
+    ]
     unstopped, stopped = tmp_path / "unstopped", tmp_path / "stopped"
     assert run_cli(unstopped, data_dir, run).returncode == 0
-    cut = run_cli(stopped, data_dir, [*run, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1",
-                                      "test=false"])
+    cut = run_cli(
+        stopped,
+        data_dir,
+        [*run, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1", "test=false"],
+    )
     assert cut.returncode == 0, cut.stderr[-3000:]
     resumed = run_cli(stopped, data_dir, [*run, "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = (json.loads((d / "metrics.json").read_text())["metrics"] for d in (unstopped, stopped))
     for key in ("test/top1", "test/loss", "test_fp32/loss", "val/loss"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
-    final, reference = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-                        for d in (stopped, unstopped))
+    final, reference = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for d in (stopped, unstopped)
+    )
     assert all(torch.equal(final[k], reference[k]) for k in reference)

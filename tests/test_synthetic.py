@@ -25,8 +25,16 @@ def _estimate_shift(earlier: np.ndarray, later: np.ndarray, reach: int = 8) -> t
 @pytest.mark.parametrize("texture", ["smooth", "sharp"])
 @pytest.mark.parametrize(
     "motion, direction",
-    [("move_left", (-1, 0)), ("move_right", (1, 0)), ("move_up", (0, -1)), ("move_down", (0, 1)),
-     ("move_up_left", (-1, -1)), ("move_down_right", (1, 1)), ("move_up_right", (1, -1)), ("move_down_left", (-1, 1))],
+    [
+        ("move_left", (-1, 0)),
+        ("move_right", (1, 0)),
+        ("move_up", (0, -1)),
+        ("move_down", (0, 1)),
+        ("move_up_left", (-1, -1)),
+        ("move_down_right", (1, 1)),
+        ("move_up_right", (1, -1)),
+        ("move_down_left", (-1, 1)),
+    ],
 )
 def test_translation_classes_move_content_their_way(motion, direction, texture):
     frames = render_clip(SyntheticSpec(**{**SPEC.__dict__, "texture": texture}), motion, np.random.default_rng(3))
@@ -67,8 +75,14 @@ def test_generation_is_cached_and_deterministic(tiny_dataset, tmp_path):
 
 
 def test_a_different_spec_is_a_different_dataset(tmp_path):
-    small = SyntheticSpec(classes=("move_left", "approach"), clips_per_class={"train": 1, "val": 1, "test": 1},
-                          height=32, width=32, duration_s=0.5, fps=10)
+    small = SyntheticSpec(
+        classes=("move_left", "approach"),
+        clips_per_class={"train": 1, "val": 1, "test": 1},
+        height=32,
+        width=32,
+        duration_s=0.5,
+        fps=10,
+    )
     other = SyntheticSpec(**{**small.__dict__, "seed": 1})
     assert generate_dataset(tmp_path, small) != generate_dataset(tmp_path, other)
 
@@ -83,8 +97,12 @@ def test_a_dataset_an_older_renderer_wrote_is_not_reused(monkeypatch):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"classes": ("move_left", "teleport")}, "teleport"), ({"height": 31}, "even"), ({"clips_per_class": {"train": 1}}, "val"),
-     ({"texture": "plaid"}, "smooth")],
+    [
+        ({"classes": ("move_left", "teleport")}, "teleport"),
+        ({"height": 31}, "even"),
+        ({"clips_per_class": {"train": 1}}, "val"),
+        ({"texture": "plaid"}, "smooth"),
+    ],
 )
 def test_bad_specs_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -16,11 +16,18 @@ from vidaccel_train.training import VideoClassifier
 
 from conftest import TINY_FIT, TINY_RUN, compose_config
 
+
 @pytest.mark.parametrize("model", ["x3d_tiny", "x3d_xs", "x3d_s"])
 def test_fast_dev_run_trains_validates_and_tests(tmp_path, data_dir, model):
     # Videos as long as X3D-S's clip (13 x 6 frames at 30 fps): a longer clip is a config error.
-    overrides = [*TINY_RUN, f"model={model}", "model.clip.crop_size=32", "debug=fdr", "data.batch_size=2",
-                 "data.synthetic.duration_s=2.8"]
+    overrides = [
+        *TINY_RUN,
+        f"model={model}",
+        "model.clip.crop_size=32",
+        "debug=fdr",
+        "data.batch_size=2",
+        "data.synthetic.duration_s=2.8",
+    ]
     metrics = run(compose_config(tmp_path, data_dir, overrides))
     assert {"train/loss", "val/top1", "test/top1", "test/top5"} <= set(metrics)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
@@ -42,8 +49,18 @@ def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(s
 
 def test_two_clips_per_video_learn_as_well_as_one(tmp_path, data_dir):
     """The smoke run with two clips per decoded video: the same accuracy floor as with one."""
-    metrics = run(compose_config(tmp_path, data_dir, ["experiment=smoke", "data.train_clips_per_video=2",
-                                                      "callbacks.export.enabled=false", "callbacks.rich_progress_bar=null"]))
+    metrics = run(
+        compose_config(
+            tmp_path,
+            data_dir,
+            [
+                "experiment=smoke",
+                "data.train_clips_per_video=2",
+                "callbacks.export.enabled=false",
+                "callbacks.rich_progress_bar=null",
+            ],
+        )
+    )
     assert metrics["test_fp32/top1"] >= 0.6, metrics  # 4 classes: chance is 0.25
     assert metrics["test/top1"] >= metrics["test_fp32/top1"] - 1 / 64  # int8: at most one of the 64 test videos apart
     assert metrics["train/loss"] < 0.5  # the loss stalled at ln 2 = 0.69 when pairs of classes merged
@@ -61,8 +78,9 @@ def test_an_fp32_checkpoint_of_ours_loads_through_the_zoo(tmp_path, data_dir):
     run(compose_config(tmp_path, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
     path = tmp_path / "checkpoints" / "last.ckpt"
     net = create_model("x3d_tiny", num_classes=4, checkpoint=str(path)).eval()
-    module = VideoClassifier.load_from_checkpoint(path, net=create_model("x3d_tiny", num_classes=4),
-                                                  optimizer=torch.optim.SGD).eval()
+    module = VideoClassifier.load_from_checkpoint(
+        path, net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD
+    ).eval()
     clip = torch.randn(2, 3, 4, 32, 32)
     with torch.no_grad():  # module.net, not module: the module lays clips out channels-last first
         assert torch.equal(net(clip), module.net(clip))
@@ -78,9 +96,17 @@ def test_low_res_epochs_train_smaller_clips_then_full_size_with_workers(tmp_path
     the change (each item carries its epoch); evaluation, and the post-training calibration of a
     graph exported at the full size, see full-size clips."""
     shapes = tmp_path / "shapes.txt"
-    overrides = [*TINY_FIT, "data.num_workers=2", "data.low_res_epochs=1", "data.low_res_scale=0.5",
-                 "trainer.max_epochs=2", "quant=ptq", "quant.calibration_batches=2",
-                 "+callbacks.shapes._target_=conftest.RecordBatchShapes", f"+callbacks.shapes.path={shapes}"]
+    overrides = [
+        *TINY_FIT,
+        "data.num_workers=2",
+        "data.low_res_epochs=1",
+        "data.low_res_scale=0.5",
+        "trainer.max_epochs=2",
+        "quant=ptq",
+        "quant.calibration_batches=2",
+        "+callbacks.shapes._target_=conftest.RecordBatchShapes",
+        f"+callbacks.shapes.path={shapes}",
+    ]
     metrics = run(compose_config(tmp_path, data_dir, overrides))
     seen = [line.split() for line in shapes.read_text().splitlines()]
     assert {size for epoch, size in seen if epoch == "0"} == {"16x16"}
@@ -105,12 +131,15 @@ def test_channels_last_clips_change_speed_not_numbers(quantized):
     clips, labels = torch.randn(3, 3, 4, 32, 32), torch.tensor([0, 1, 2])
     results, int8 = {}, {}
     for channels_last in (True, False):
-        module = VideoClassifier(copy.deepcopy(net), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4,
-                                 channels_last=channels_last)
+        module = VideoClassifier(
+            copy.deepcopy(net), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4, channels_last=channels_last
+        )
         if quantized:
             module.enter_quantization("qat", clips.shape[1:])
         seen = []
-        module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+        module.net.register_forward_pre_hook(
+            lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+        )
         module.train()
         torch.manual_seed(1)  # the same dropout mask for both
         logits = module(clips)
@@ -120,8 +149,11 @@ def test_channels_last_clips_change_speed_not_numbers(quantized):
         if quantized:
             # Depthwise and 1x1 weights are both layouts at once; the stem's 3x3 over RGB is not,
             # and the activations follow its layout.
-            weights = [p for p in module.net.parameters()
-                       if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last)]
+            weights = [
+                p
+                for p in module.net.parameters()
+                if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last)
+            ]
             assert weights and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last for w in weights)
             module.eval()
             int8[channels_last] = module.int8_net()(clips)
@@ -148,8 +180,13 @@ print(kept, resident_mb)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
 def test_training_keeps_freed_activation_memory_unless_the_user_set_malloc_options():
     def resident_after_free(**env):
-        result = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_FREE], env={**os.environ, **env},
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", _RESIDENT_AFTER_FREE],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         kept, resident_mb = result.stdout.split()
         return kept == "True", float(resident_mb)
 

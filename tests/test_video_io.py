@@ -92,7 +92,9 @@ def test_frames_far_from_a_keyframe_are_exact_with_non_reference_frames_skipped(
     from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 
     path = tmp_path / "long_gop.mp4"
-    frames = render_clip(SyntheticSpec(height=64, width=80, duration_s=4.0, fps=30), "move_left", np.random.default_rng(0))
+    frames = render_clip(
+        SyntheticSpec(height=64, width=80, duration_s=4.0, fps=30), "move_left", np.random.default_rng(0)
+    )
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"

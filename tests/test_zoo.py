@@ -6,7 +6,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorchvideo.models.accelerator.mobile_cpu.efficient_x3d import EfficientX3d
 
-from vidaccel_train.config import CONFIG_DIR
 from vidaccel_train.models import zoo
 from vidaccel_train.models.zoo import ZOO, CheckpointError, create_model
 
@@ -42,8 +41,10 @@ def test_a_new_label_set_gets_a_fresh_head_and_keeps_the_rest(tmp_path, caplog):
     assert model.projection.model.out_features == 7
     assert "projection.model.weight" in caplog.text
     reference = torch.load(path)
-    assert torch.equal(model.state_dict()["s3.pathway0_res1.layers.conv_1.kernel.conv.weight"],
-                       reference["s3.pathway0_res1.layers.conv_1.kernel.conv.weight"])
+    assert torch.equal(
+        model.state_dict()["s3.pathway0_res1.layers.conv_1.kernel.conv.weight"],
+        reference["s3.pathway0_res1.layers.conv_1.kernel.conv.weight"],
+    )
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_with_key_names(tmp_path):
@@ -101,7 +102,10 @@ def test_model_configs_agree_with_the_zoo(tmp_path, data_dir):
         cfg = compose_config(tmp_path, data_dir, [f"model={name}"])
         clip = cfg.model.clip
         assert (clip.num_frames, clip.sampling_rate, clip.crop_size) == (
-            entry.num_frames, entry.sampling_rate, entry.crop_size), name
+            entry.num_frames,
+            entry.sampling_rate,
+            entry.crop_size,
+        ), name
 
 
 def test_custom_architecture_from_config(tmp_path, data_dir):
@@ -132,15 +136,28 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_its_code_never_runs(tmp
 
     marker = tmp_path / "ran"
     path = tmp_path / "x3d_tiny_weights.pyth"
-    torch.save({"model_state": create_model("x3d_tiny", num_classes=4).state_dict(), "extra": _RunsCode(f"touch {marker}")}, path)
+    torch.save(
+        {"model_state": create_model("x3d_tiny", num_classes=4).state_dict(), "extra": _RunsCode(f"touch {marker}")},
+        path,
+    )
     with pytest.raises(CheckpointError, match="refusing .*x3d_tiny_weights.pyth: loading it would run code"):
         create_model("x3d_tiny", num_classes=4, checkpoint=str(path))
     assert not marker.exists()
 
     result = subprocess.run(
-        [sys.executable, "-m", "vidaccel_train", "experiment=smoke", f"model.checkpoint={path}",
-         f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train",
+            "experiment=smoke",
+            f"model.checkpoint={path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"paths.data_dir={data_dir}",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and not marker.exists()
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

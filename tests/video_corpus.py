@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import bisect
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
@@ -35,7 +35,7 @@ def painted_frame(index: int) -> np.ndarray:
     frame = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
     block = WIDTH // BITS
     for bit in range(BITS):
-        frame[:_BAND, bit * block:(bit + 1) * block] = 255 if (index >> bit) & 1 else 0
+        frame[:_BAND, bit * block : (bit + 1) * block] = 255 if (index >> bit) & 1 else 0
     frame[-_CORNER:, -_CORNER:] = 255
     return frame
 
@@ -50,13 +50,13 @@ def read_index(frame: torch.Tensor | np.ndarray) -> int | None:
         return None
     gray = array.mean(-1)
     block = WIDTH // BITS
-    corner = gray[-_CORNER + 2:-2, -_CORNER + 2:-2].mean()
-    middle = gray[_BAND + 4:-_CORNER - 2, 4:WIDTH // 2].mean()
+    corner = gray[-_CORNER + 2 : -2, -_CORNER + 2 : -2].mean()
+    middle = gray[_BAND + 4 : -_CORNER - 2, 4 : WIDTH // 2].mean()
     if corner < 200 or not 90 < middle < 170:
         return None
     index = 0
     for bit in range(BITS):
-        value = gray[2:_BAND - 2, bit * block + 2:(bit + 1) * block - 2].mean()
+        value = gray[2 : _BAND - 2, bit * block + 2 : (bit + 1) * block - 2].mean()
         if 60 < value < 195:
             return None
         index |= int(value >= 195) << bit
@@ -141,14 +141,18 @@ def write_case(
     if frame_times is None:
         frame_times = [i / fps for i in range(count)]
     times = [offset_s + t - leading_cut / fps for t in frame_times]
-    options = {"qp": "10", "preset": "veryfast", "g": str(2 * fps)} if options is None and codec == "libx264" else options
+    options = (
+        {"qp": "10", "preset": "veryfast", "g": str(2 * fps)} if options is None and codec == "libx264" else options
+    )
     width = WIDTH
     if sample_aspect is not None:
         width = int(round(WIDTH / sample_aspect / 2) * 2)
     raw = open(path, "wb") if live else None
     target = _NonSeekable(raw) if live else str(path)
     try:
-        with av.open(target, mode="w", format=container_format or (path.suffix.lstrip(".") if live else None)) as container:
+        with av.open(
+            target, mode="w", format=container_format or (path.suffix.lstrip(".") if live else None)
+        ) as container:
             stream = container.add_stream(codec, rate=fps)
             upright_h, upright_w = HEIGHT, width
             stored_h, stored_w = (upright_w, upright_h) if rotation_cw in (90, 270) else (upright_h, upright_w)
@@ -172,7 +176,9 @@ def write_case(
             for i, t in enumerate(frame_times):
                 upright = painted_frame(i)
                 if sample_aspect is not None:  # squeeze to the stored width
-                    columns = np.clip(np.round((np.arange(width) + 0.5) * WIDTH / width - 0.5).astype(int), 0, WIDTH - 1)
+                    columns = np.clip(
+                        np.round((np.arange(width) + 0.5) * WIDTH / width - 0.5).astype(int), 0, WIDTH - 1
+                    )
                     upright = upright[:, columns]
                 frame = av.VideoFrame.from_ndarray(_stored(upright, rotation_cw, mirror), format="rgb24")
                 frame.pts, frame.time_base = round(t / time_base), time_base
@@ -203,21 +209,41 @@ CONDITIONS: dict[str, Callable[[Path], Case]] = {
     "offset_10s.mkv": lambda d: write_case(d / "offset_10s.mkv", offset_s=10.0),
     "edit_list.mp4": lambda d: write_case(d / "edit_list.mp4", leading_cut=5),
     "segment.ts": lambda d: write_case(d / "segment.ts", offset_s=1.4),
-    "browser_vp8.webm": lambda d: write_case(d / "browser_vp8.webm", codec="libvpx", live=True,
-                                             options={"deadline": "realtime", "cpu-used": "8"}),
-    "browser_vp9.webm": lambda d: write_case(d / "browser_vp9.webm", codec="libvpx-vp9", live=True,
-                                             options={"deadline": "realtime", "cpu-used": "8"}),
+    "browser_vp8.webm": lambda d: write_case(
+        d / "browser_vp8.webm", codec="libvpx", live=True, options={"deadline": "realtime", "cpu-used": "8"}
+    ),
+    "browser_vp9.webm": lambda d: write_case(
+        d / "browser_vp9.webm", codec="libvpx-vp9", live=True, options={"deadline": "realtime", "cpu-used": "8"}
+    ),
     "streamed.mkv": lambda d: write_case(d / "streamed.mkv", live=True, container_format="matroska"),
-    "vp9_altref.webm": lambda d: write_case(d / "vp9_altref.webm", count=150, fps=30, codec="libvpx-vp9",
-                                            options={"auto-alt-ref": "1", "lag-in-frames": "16", "crf": "20", "b": "0"}),
-    "av1.mp4": lambda d: write_case(d / "av1.mp4", count=150, fps=30, codec="libsvtav1", options={"preset": "10", "svtav1-params": "log-level=0"}),
-    "av1.webm": lambda d: write_case(d / "av1.webm", count=150, fps=30, codec="libsvtav1", options={"preset": "10", "svtav1-params": "log-level=0"}),
-    "hevc.mp4": lambda d: write_case(d / "hevc.mp4", count=150, fps=30, codec="libx265",
-                                     options={"x265-params": "log-level=none:bframes=4:keyint=250", "crf": "18"}),
+    "vp9_altref.webm": lambda d: write_case(
+        d / "vp9_altref.webm",
+        count=150,
+        fps=30,
+        codec="libvpx-vp9",
+        options={"auto-alt-ref": "1", "lag-in-frames": "16", "crf": "20", "b": "0"},
+    ),
+    "av1.mp4": lambda d: write_case(
+        d / "av1.mp4", count=150, fps=30, codec="libsvtav1", options={"preset": "10", "svtav1-params": "log-level=0"}
+    ),
+    "av1.webm": lambda d: write_case(
+        d / "av1.webm", count=150, fps=30, codec="libsvtav1", options={"preset": "10", "svtav1-params": "log-level=0"}
+    ),
+    "hevc.mp4": lambda d: write_case(
+        d / "hevc.mp4",
+        count=150,
+        fps=30,
+        codec="libx265",
+        options={"x265-params": "log-level=none:bframes=4:keyint=250", "crf": "18"},
+    ),
     "mjpeg.avi": lambda d: write_case(d / "mjpeg.avi", codec="mjpeg", pix_fmt="yuvj420p", options={}),
-    "vfr.mkv": lambda d: write_case(d / "vfr.mkv", frame_times=[0.0, 0.1, 0.15, 0.4, 0.45, 0.5, 0.9, 1.0, 1.35, 1.4, 2.0, 2.05]),
+    "vfr.mkv": lambda d: write_case(
+        d / "vfr.mkv", frame_times=[0.0, 0.1, 0.15, 0.4, 0.45, 0.5, 0.9, 1.0, 1.35, 1.4, 2.0, 2.05]
+    ),
     # Phones drop frames: one frame shown for 0.8 s, with B-frames around it.
-    "vfr.mp4": lambda d: write_case(d / "vfr.mp4", frame_times=[0.0, 0.1, 0.2, 0.3, 1.1, 1.2, 1.25, 1.3, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5]),
+    "vfr.mp4": lambda d: write_case(
+        d / "vfr.mp4", frame_times=[0.0, 0.1, 0.2, 0.3, 1.1, 1.2, 1.25, 1.3, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5]
+    ),
     "one_frame.mp4": lambda d: write_case(d / "one_frame.mp4", count=1),
     "anamorphic.mp4": lambda d: write_case(d / "anamorphic.mp4", sample_aspect=Fraction(4, 3)),
 }

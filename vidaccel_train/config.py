@@ -54,13 +54,19 @@ def reconcile(cfg) -> None:
         accepted = inspect.signature(get_class(quant._target_)).parameters
         foreign = [key for key in quant if key != "_target_" and key not in accepted]
         if foreign:
-            log.info("quant=%s: the settings %s do not apply", quant._target_.rsplit(".", 1)[-1],
-                     ", ".join(f"quant.{key}" for key in foreign))
+            log.info(
+                "quant=%s: the settings %s do not apply",
+                quant._target_.rsplit(".", 1)[-1],
+                ", ".join(f"quant.{key}" for key in foreign),
+            )
             cfg.quant = {key: value for key, value in quant.items() if key not in foreign}
     synthetic = OmegaConf.select(cfg, "data.synthetic", default=None)
     if synthetic and not {f.name for f in fields(SyntheticSpec)} <= set(synthetic):
-        log.info("data.root=%s is not generated: the settings %s do not apply",
-                 OmegaConf.select(cfg, "data.root", default="?"), ", ".join(f"data.synthetic.{key}" for key in synthetic))
+        log.info(
+            "data.root=%s is not generated: the settings %s do not apply",
+            OmegaConf.select(cfg, "data.root", default="?"),
+            ", ".join(f"data.synthetic.{key}" for key in synthetic),
+        )
         cfg.data.synthetic = None
     quant = cfg.get("quant")
     low_res_epochs = OmegaConf.select(cfg, "data.low_res_epochs", default=0)
@@ -71,8 +77,11 @@ def reconcile(cfg) -> None:
 
         start = QuantizationAwareTraining.resolve_start(start, max_epochs)
         if 0 <= start < low_res_epochs:
-            log.info("data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts",
-                     low_res_epochs, start)
+            log.info(
+                "data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts",
+                low_res_epochs,
+                start,
+            )
             cfg.data.low_res_epochs = start
 
 
@@ -86,7 +95,9 @@ def validate(cfg) -> None:
         ConfigError: naming the keys and a value that would work.
     """
     if OmegaConf.is_missing(cfg.data, "root"):
-        raise ConfigError("data.root is not set: pass data.root=/path/to/dataset (or run on the generated data with data=synthetic)")
+        raise ConfigError(
+            "data.root is not set: pass data.root=/path/to/dataset (or run on the generated data with data=synthetic)"
+        )
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
@@ -118,10 +129,14 @@ def _check_qat_schedule(cfg, max_epochs: int) -> None:
     from vidaccel_train.training.callbacks import QuantizationAwareTraining
 
     start = QuantizationAwareTraining.resolve_start(given, max_epochs)
-    trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(cfg, "model.pretrained", default=False)
+    trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(
+        cfg, "model.pretrained", default=False
+    )
     if start == 0 and not trained and max_epochs > 1:
         # One-epoch runs (trainer=debug, debug=*) exercise the code and learn little either way: allowed.
-        said = "quant.start_epoch=0" if given == 0 else f"quant.start_epoch={given} with trainer.max_epochs={max_epochs}"
+        said = (
+            "quant.start_epoch=0" if given == 0 else f"quant.start_epoch={given} with trainer.max_epochs={max_epochs}"
+        )
         raise ConfigError(
             f"{said} starts QAT at the first epoch on untrained weights: QAT trains the deploy form, whose "
             "BatchNorm is folded into the convolutions, and an untrained network has no statistics to fold (it "
@@ -141,7 +156,9 @@ def _check_generated_videos(cfg) -> None:
     """model x data: a clip must fit in the generated videos."""
     synthetic = cfg.data.get("synthetic")
     frames, rate, fps = (OmegaConf.select(cfg.data, key) for key in ("num_frames", "sampling_rate", "target_fps"))
-    if not synthetic or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)):
+    if not synthetic or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)
+    ):
         return  # the datamodule rejects bad counts when built
     span = frames * rate / fps
     if span > synthetic.duration_s:

@@ -34,9 +34,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
 from vidaccel_train.export.manifest import MANIFEST
@@ -82,13 +82,17 @@ def resolve_artifact(path: str | Path) -> Path:
         return path  # load_verified says what is wrong with a missing or unlisted file
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise ArtifactError(f"{path}: no {MANIFEST} in this folder; give an export folder (<run>/export) or a .pte in one")
+        raise ArtifactError(
+            f"{path}: no {MANIFEST} in this folder; give an export folder (<run>/export) or a .pte in one"
+        )
     try:
         records = json.loads(manifest_path.read_text())["artifacts"]
         files = [(record["precision"], record["file"]) for record in records]
     except (ValueError, KeyError, TypeError) as err:
-        raise ArtifactError(f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
-                            "export the checkpoint again") from err
+        raise ArtifactError(
+            f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
+            "export the checkpoint again"
+        ) from err
     if not files:
         raise ArtifactError(f"{manifest_path} lists no program; export the checkpoint again")
     chosen = next((file for precision, file in files if precision == "int8"), files[0][1])
@@ -183,9 +187,11 @@ class DemoSession:
         top = dict(prediction.top(TOPK, predictor.classes))
         described = _describe(info, name)
         views = predictor.views.clips * predictor.views.crops
-        latency = [f"**This prediction:** decode {_seconds(prediction.decode_s)}, model {_seconds(prediction.model_s)} "
-                   f"({_views(predictor.views.clips, predictor.views.crops)}: "
-                   f"{prediction.model_s * 1000 / views:.1f} ms a clip)"]
+        latency = [
+            f"**This prediction:** decode {_seconds(prediction.decode_s)}, model {_seconds(prediction.model_s)} "
+            f"({_views(predictor.views.clips, predictor.views.crops)}: "
+            f"{prediction.model_s * 1000 / views:.1f} ms a clip)"
+        ]
         yield Result(_message(f"{described} — making the player's copy…"), None, top, latency[0])
 
         for previous in self.work_dir.iterdir():  # one video at a time (concurrency 1): the last one's files are served
@@ -213,8 +219,10 @@ class DemoSession:
             else:
                 timeline_png = str(folder / f"{path.stem}.timeline.png")
                 timeline._plot(Path(timeline_png), TOPK)
-                latency.append(f"timeline: {len(timeline.starts)} windows of {span:.2f} s every {stride:.2f} s "
-                               f"in {_seconds(time.perf_counter() - started)}")
+                latency.append(
+                    f"timeline: {len(timeline.starts)} windows of {span:.2f} s every {stride:.2f} s "
+                    f"in {_seconds(time.perf_counter() - started)}"
+                )
         else:
             latency.append(f"no timeline: the video is shorter than two clips ({2 * span:.2f} s)")
         yield Result(_message(f"{described}{note} — done."), preview, top, "  \n".join(latency), timeline_png)
@@ -252,30 +260,53 @@ def model_card(manifest: dict, artifact: Path) -> str:
     classes = manifest.get("classes", [])
     size = record.get("bytes", 0)
     size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-    rows = [("model", f"{manifest.get('model', '?')}, {record.get('precision', '?')} ({record.get('format', '?')}, {size})")]
+    rows = [
+        ("model", f"{manifest.get('model', '?')}, {record.get('precision', '?')} ({record.get('format', '?')}, {size})")
+    ]
     rows.append((f"classes ({len(classes)})", ", ".join(classes)))
     shape = manifest.get("input_shape")
     if shape:
-        rows.append(("input clip", f"{'×'.join(map(str, shape))} ({manifest.get('layout', 'B,C,T,H,W')}): "
-                                   f"{manifest.get('num_frames')} frames, one every {manifest.get('sampling_rate')} at "
-                                   f"{manifest.get('target_fps')} fps; short side {manifest.get('short_side')}, "
-                                   f"{manifest.get('crop_size')}×{manifest.get('crop_size')} crops"))
+        rows.append(
+            (
+                "input clip",
+                f"{'×'.join(map(str, shape))} ({manifest.get('layout', 'B,C,T,H,W')}): "
+                f"{manifest.get('num_frames')} frames, one every {manifest.get('sampling_rate')} at "
+                f"{manifest.get('target_fps')} fps; short side {manifest.get('short_side')}, "
+                f"{manifest.get('crop_size')}×{manifest.get('crop_size')} crops",
+            )
+        )
     views = manifest.get("test_views")
     if views:
         rows.append(("views per video", _views(views["clips"], views["crops"])))
     if "top1" in record:
         verified = manifest.get("verified_on", {})
-        rows.append(("accuracy", f"top-1 {record['top1']:.3f}, top-5 {record.get('top5', math.nan):.3f} on "
-                                 f"{verified.get('videos', '?')} test videos, through the ExecuTorch runtime"))
+        rows.append(
+            (
+                "accuracy",
+                f"top-1 {record['top1']:.3f}, top-5 {record.get('top5', math.nan):.3f} on "
+                f"{verified.get('videos', '?')} test videos, through the ExecuTorch runtime",
+            )
+        )
     if "agreement" in record:
-        rows.append(("agreement with the trained model", f"{record['agreement']:.1%} of videos, "
-                                                         f"{record.get('clip_agreement', math.nan):.1%} of clips"))
+        rows.append(
+            (
+                "agreement with the trained model",
+                f"{record['agreement']:.1%} of videos, {record.get('clip_agreement', math.nan):.1%} of clips",
+            )
+        )
     if "latency_ms" in record:
-        rows.append(("latency", f"{record['latency_ms']:.1f} ms a clip, batch 1, {record.get('threads', '?')} threads "
-                                "(measured at export)"))
+        rows.append(
+            (
+                "latency",
+                f"{record['latency_ms']:.1f} ms a clip, batch 1, {record.get('threads', '?')} threads "
+                "(measured at export)",
+            )
+        )
     body = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in rows)
-    body += (f"<tr><th>sha256</th><td><code>{html.escape(record.get('sha256', '?'))}</code> (checked at start)</td></tr>"
-             f"<tr><th>file</th><td><code>{html.escape(str(artifact))}</code></td></tr>")
+    body += (
+        f"<tr><th>sha256</th><td><code>{html.escape(record.get('sha256', '?'))}</code> (checked at start)</td></tr>"
+        f"<tr><th>file</th><td><code>{html.escape(str(artifact))}</code></td></tr>"
+    )
     return f"<h3>Model</h3><table>{body}</table>"
 
 
@@ -299,29 +330,49 @@ def build_page(session: DemoSession, examples: Sequence[Path] = ()):
             yield tuple(getattr(result, name) for name in outputs_per_result)
 
     title = f"{manifest.get('model', 'model')} · {session.artifact.name}"
-    with gr.Blocks(title=f"vidaccel_train demo: {title}", analytics_enabled=False,
-                   delete_cache=(3600, 3600)) as page:
-        gr.Markdown(f"## Video classification: {html.escape(title)}\n"
-                    "Runs on this machine; nothing is sent anywhere.", latex_delimiters=[])
+    with gr.Blocks(title=f"vidaccel_train demo: {title}", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+        gr.Markdown(
+            f"## Video classification: {html.escape(title)}\nRuns on this machine; nothing is sent anywhere.",
+            latex_delimiters=[],
+        )
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Video (any file FFmpeg reads)", file_count="single", elem_id="upload",
-                                 height=120)
+                upload = gr.File(
+                    label="Video (any file FFmpeg reads)", file_count="single", elem_id="upload", height=120
+                )
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
                 status = gr.HTML(_message("Upload a video, or pick an example."), elem_id="status")
-                preview = gr.Video(label="Upright, as the model reads it", interactive=False, format=None,
-                                   elem_id="preview", buttons=["download"], loop=True, autoplay=True)
+                preview = gr.Video(
+                    label="Upright, as the model reads it",
+                    interactive=False,
+                    format=None,
+                    elem_id="preview",
+                    buttons=["download"],
+                    loop=True,
+                    autoplay=True,
+                )
             with gr.Column(scale=1):
                 views = _views(session.predictor.views.clips, session.predictor.views.crops)
-                top = gr.Label(label=f"Top {TOPK} for the whole video ({views}, as predict)", num_top_classes=TOPK,
-                               elem_id="top5")
+                top = gr.Label(
+                    label=f"Top {TOPK} for the whole video ({views}, as predict)", num_top_classes=TOPK, elem_id="top5"
+                )
                 latency = gr.Markdown(elem_id="latency", latex_delimiters=[])
-        timeline = gr.Image(label="Classes over time (window centres)", type="filepath", interactive=False,
-                            elem_id="timeline", buttons=["download", "fullscreen"])
+        timeline = gr.Image(
+            label="Classes over time (window centres)",
+            type="filepath",
+            interactive=False,
+            elem_id="timeline",
+            buttons=["download", "fullscreen"],
+        )
         gr.HTML(session.card(), elem_id="card")
-        upload.change(run, inputs=upload, outputs=[status, preview, top, latency, timeline],
-                      show_progress="minimal", concurrency_limit=1)
+        upload.change(
+            run,
+            inputs=upload,
+            outputs=[status, preview, top, latency, timeline],
+            show_progress="minimal",
+            concurrency_limit=1,
+        )
     return page
 
 
@@ -333,15 +384,25 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = ArgumentParser("python -m vidaccel_train.demo", __doc__)
     parser.add_argument("artifact", help="an export folder (<run>/export: its int8 program) or a .pte in one")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
-    parser.add_argument("--examples", nargs="+", default=[], metavar="VIDEO_OR_FOLDER",
-                        help=f"videos offered on the page to pick from (folders searched recursively; up to {MAX_EXAMPLES})")
+    parser.add_argument(
+        "--examples",
+        nargs="+",
+        default=[],
+        metavar="VIDEO_OR_FOLDER",
+        help=f"videos offered on the page to pick from (folders searched recursively; up to {MAX_EXAMPLES})",
+    )
     parser.add_argument("--views", help="CLIPSxCROPS per video (default: the test views in the manifest, as predict)")
-    parser.add_argument("--stride", type=float,
-                        help=f"seconds between timeline windows (default: half the clip's span, wider past {MAX_WINDOWS} "
-                             "windows)")
+    parser.add_argument(
+        "--stride",
+        type=float,
+        help=f"seconds between timeline windows (default: half the clip's span, wider past {MAX_WINDOWS} windows)",
+    )
     return parser
 
 
@@ -373,22 +434,42 @@ def _serve(session: DemoSession, examples: Sequence[Path], args) -> int:
     try:
         page = build_page(session, examples)
     except ModuleNotFoundError as err:
-        print(f"error: the demo page needs {err.name}: pip install -e '.[demo]' (or bash scripts/setup.sh demo)",
-              file=sys.stderr)
+        print(
+            f"error: the demo page needs {err.name}: pip install -e '.[demo]' (or bash scripts/setup.sh demo)",
+            file=sys.stderr,
+        )
         return 2
     import gradio as gr
 
     theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
     try:
-        page.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, quiet=True,
-                    prevent_thread_lock=True, ssr_mode=False, mcp_server=False, pwa=False, enable_monitoring=False,
-                    footer_links=[], allowed_paths=[str(p) for p in examples], theme=theme, css=CSS)
+        page.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            inbrowser=False,
+            quiet=True,
+            prevent_thread_lock=True,
+            ssr_mode=False,
+            mcp_server=False,
+            pwa=False,
+            enable_monitoring=False,
+            footer_links=[],
+            allowed_paths=[str(p) for p in examples],
+            theme=theme,
+            css=CSS,
+        )
     except OSError:  # gradio's message names its own environment variables and parameters
-        print(f"error: cannot serve on {args.host}:{args.port}: the port is taken or the address is not one of this "
-              "machine's; choose another --port or --host", file=sys.stderr)
+        print(
+            f"error: cannot serve on {args.host}:{args.port}: the port is taken or the address is not one of this "
+            "machine's; choose another --port or --host",
+            file=sys.stderr,
+        )
         return 2
     print(f"vidaccel_train demo of {session.artifact}: http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as Ctrl+C does: the server closed, the scratch folder removed
+    signal.signal(
+        signal.SIGTERM, _interrupt
+    )  # `kill` stops it as Ctrl+C does: the server closed, the scratch folder removed
     try:
         page.block_thread()  # until Ctrl+C (gradio closes the server)
     except KeyboardInterrupt:

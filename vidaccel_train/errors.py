@@ -40,7 +40,13 @@ class PredictError(ValueError):
 
 # What every command line reports as one ``error:`` line and exit code 2.
 USER_ERRORS = (
-    ConfigError, DatasetLayoutError, VideoDecodeError, CheckpointError, LoweringError, DiskFullError, ArtifactError,
+    ConfigError,
+    DatasetLayoutError,
+    VideoDecodeError,
+    CheckpointError,
+    LoweringError,
+    DiskFullError,
+    ArtifactError,
     PredictError,
 )
 

@@ -30,22 +30,22 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
+from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
 from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, is_hidden, is_video_file
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import probe, read_clip
-from vidaccel_train.export.manifest import MANIFEST, sha256_of
-from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
 from vidaccel_train.export.executorch import ExecuTorchModel
+from vidaccel_train.export.manifest import MANIFEST, sha256_of
 from vidaccel_train.quiet import native_stderr_muted
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
@@ -61,7 +61,7 @@ class Views:
     crops: int
 
     @classmethod
-    def parse(cls, text: str) -> "Views":
+    def parse(cls, text: str) -> Views:
         """``"10x3"`` -> 10 clips x 3 crops. Raises :class:`PredictError` for anything else."""
         parts = text.lower().replace(" ", "").split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -89,8 +89,10 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, dict]:
         manifest = json.loads(manifest_path.read_text())
         record = next((a for a in manifest["artifacts"] if a["file"] == artifact.name), None)
     except (ValueError, KeyError, TypeError) as err:
-        raise ArtifactError(f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
-                            "export the checkpoint again") from err
+        raise ArtifactError(
+            f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
+            "export the checkpoint again"
+        ) from err
     if record is None:
         raise ArtifactError(f"{artifact.name} is not listed in {manifest_path}")
     actual = sha256_of(artifact)
@@ -137,7 +139,11 @@ class _Readable(Dataset):
             item = self.dataset.read(index)
         except VideoDecodeError as err:
             path = self.dataset.samples[index][0]
-            return {"index": index, "error": str(err).removeprefix(f"{path}: "), "decode_s": time.perf_counter() - started}
+            return {
+                "index": index,
+                "error": str(err).removeprefix(f"{path}: "),
+                "decode_s": time.perf_counter() - started,
+            }
         return {"index": index, "video": item["video"], "error": "", "decode_s": time.perf_counter() - started}
 
 
@@ -147,8 +153,14 @@ def views_dataset(manifest: dict, samples: Sequence[tuple[str, int]], views: Vie
     ``views.crops`` crops), at the manifest's display aspect (``stored`` for manifests written
     before the option existed)."""
     clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
-    return ClipDataset(samples, clip, train=False, transform=transform, clips_per_video=views.clips,
-                       display_aspect=manifest.get("display_aspect", "stored"))
+    return ClipDataset(
+        samples,
+        clip,
+        train=False,
+        transform=transform,
+        clips_per_video=views.clips,
+        display_aspect=manifest.get("display_aspect", "stored"),
+    )
 
 
 def _as_is(item: dict) -> dict:
@@ -173,11 +185,19 @@ class Predictor:
             self.clip = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
             self.views = views or Views(**manifest.get("test_views", LEGACY_VIEWS))
             self.display_aspect = manifest.get("display_aspect", "stored")
-            self.transform = build_transform(False, manifest["crop_size"], manifest["short_side"], manifest["mean"],
-                                             manifest["std"], crops=self.views.crops)
+            self.transform = build_transform(
+                False,
+                manifest["crop_size"],
+                manifest["short_side"],
+                manifest["mean"],
+                manifest["std"],
+                crops=self.views.crops,
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise ArtifactError(f"the manifest beside {artifact} lacks or garbles the input contract ({type(err).__name__}: "
-                                f"{err}); export the checkpoint again") from err
+            raise ArtifactError(
+                f"the manifest beside {artifact} lacks or garbles the input contract ({type(err).__name__}: "
+                f"{err}); export the checkpoint again"
+            ) from err
         self.workers = workers
         self._warm = False
 
@@ -209,9 +229,11 @@ class Predictor:
                 continue
             started = time.perf_counter()
             probabilities = aggregate_views(self.logits(item["video"]).unsqueeze(0))[0]
-            yield Prediction(path, label, probabilities, decode_s=item["decode_s"], model_s=time.perf_counter() - started)
+            yield Prediction(
+                path, label, probabilities, decode_s=item["decode_s"], model_s=time.perf_counter() - started
+            )
 
-    def timeline(self, video: str | Path, stride_s: float, chunk: int = 16) -> "Timeline":
+    def timeline(self, video: str | Path, stride_s: float, chunk: int = 16) -> Timeline:
         """One clip every ``stride_s`` seconds over the whole video (``views.crops`` crops each),
         read ``chunk`` windows at a time.
 
@@ -224,9 +246,10 @@ class Predictor:
         starts = [i * stride_s for i in range(int(last / stride_s + 1e-9) + 1)]
         probabilities = []
         for first in range(0, len(starts), chunk):
-            batch = starts[first:first + chunk]
-            frames, _ = read_clip(video, lambda _: [t for s in batch for t in self.clip.timestamps(s)],
-                                  display_aspect=self.display_aspect)
+            batch = starts[first : first + chunk]
+            frames, _ = read_clip(
+                video, lambda _: [t for s in batch for t in self.clip.timestamps(s)], display_aspect=self.display_aspect
+            )
             for clip in frames.split(self.clip.num_frames):
                 views = self.transform(tv_tensors.Video(clip))
                 probabilities.append(aggregate_views(self.logits(views).unsqueeze(0))[0])
@@ -253,8 +276,13 @@ class Timeline:
         rows = []
         for start, probabilities in zip(self.starts, self.probabilities):
             scores, indices = probabilities.topk(min(topk, len(self.classes)))
-            rows.append({"start_s": round(start, 3), "end_s": round(start + self.span_s, 3),
-                         "top": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(scores, indices)]})
+            rows.append(
+                {
+                    "start_s": round(start, 3),
+                    "end_s": round(start + self.span_s, 3),
+                    "top": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(scores, indices)],
+                }
+            )
         return rows
 
     def write(self, out_dir: Path, topk: int, name: str | None = None) -> list[Path]:
@@ -264,16 +292,28 @@ class Timeline:
         stem = f"{name or Path(self.video).stem}.timeline"
         rows = self.rows(topk)
         overall = self.overall.topk(min(topk, len(self.classes)))
-        summary = {"video": self.video, "duration_s": round(self.duration_s, 3), "window_s": self.span_s,
-                   "overall": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(*overall)],
-                   "windows": rows}
+        summary = {
+            "video": self.video,
+            "duration_s": round(self.duration_s, 3),
+            "window_s": self.span_s,
+            "overall": [{"label": self.classes[i], "score": round(float(s), 6)} for s, i in zip(*overall)],
+            "windows": rows,
+        }
         paths = [out_dir / f"{stem}.{suffix}" for suffix in ("json", "csv", "png")]
         paths[0].write_text(json.dumps(summary, indent=2))
         with open(paths[1], "w", newline="") as stream:
             writer = csv.writer(stream)
-            writer.writerow(["start_s", "end_s", *[f"{kind}{k + 1}" for k in range(min(topk, len(self.classes))) for kind in ("label", "score")]])
+            writer.writerow(
+                [
+                    "start_s",
+                    "end_s",
+                    *[f"{kind}{k + 1}" for k in range(min(topk, len(self.classes))) for kind in ("label", "score")],
+                ]
+            )
             for row in rows:
-                writer.writerow([row["start_s"], row["end_s"], *[v for top in row["top"] for v in (top["label"], top["score"])]])
+                writer.writerow(
+                    [row["start_s"], row["end_s"], *[v for top in row["top"] for v in (top["label"], top["score"])]]
+                )
         self._plot(paths[2], topk)
         return paths
 
@@ -287,8 +327,12 @@ class Timeline:
         centres = [start + self.span_s / 2 for start in self.starts]
         figure, axes = plt.subplots(figsize=(10, 4))
         for index in shown:
-            axes.plot(centres, self.probabilities[:, index].numpy(), marker="o" if len(centres) < 40 else None,
-                      label=f"{self.classes[index]} ({float(self.overall[index]):.2f})")
+            axes.plot(
+                centres,
+                self.probabilities[:, index].numpy(),
+                marker="o" if len(centres) < 40 else None,
+                label=f"{self.classes[index]} ({float(self.overall[index]):.2f})",
+            )
         axes.set_xlim(0, max(self.duration_s, self.span_s))
         axes.set_ylim(0, 1)
         axes.set_xlabel("seconds (window centre)")
@@ -301,7 +345,9 @@ class Timeline:
         plt.close(figure)
 
 
-def predict(artifact: str | Path, video: str | Path, topk: int = 5, views: Views | None = None) -> list[tuple[str, float]]:
+def predict(
+    artifact: str | Path, video: str | Path, topk: int = 5, views: Views | None = None
+) -> list[tuple[str, float]]:
     """Top-``topk`` (class name, probability) of ``video`` under the manifest's test views.
 
     Raises:
@@ -323,7 +369,9 @@ def _class_index(text: str, classes: Sequence[str], where: str) -> int:
         return classes.index(text)
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
         return int(text)
-    raise PredictError(f"{where}: label {text!r} is neither one of the model's {len(classes)} classes nor an index below {len(classes)}")
+    raise PredictError(
+        f"{where}: label {text!r} is neither one of the model's {len(classes)} classes nor an index below {len(classes)}"
+    )
 
 
 def _split_label(fields: list[str], classes: Sequence[str]) -> tuple[str, str | None]:
@@ -340,6 +388,7 @@ def _read_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int | None
     """``path [label]`` lines (label: a class name, spaces allowed, or an index; a ``.csv``
     is read as CSV, a header row skipped); relative paths are relative to the list's folder;
     blank lines and ``#`` comments skipped."""
+
     def located(name: str) -> Path:
         return Path(name) if Path(name).is_absolute() else path.parent / name
 
@@ -358,7 +407,11 @@ def _read_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int | None
             videos.append((str(located(whole)), None))
             continue
         name, label = (fields[0], fields[1]) if path.suffix.lower() == ".csv" else _split_label(fields, classes)
-        if number == 1 and not located(name).exists() and (label is None or label not in classes and not label.isdigit()):
+        if (
+            number == 1
+            and not located(name).exists()
+            and (label is None or label not in classes and not label.isdigit())
+        ):
             continue  # a header row (path,label)
         videos.append((str(located(name)), None if label is None else _class_index(label, classes, f"{path}:{number}")))
     return videos
@@ -439,8 +492,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", action="store_true", help="classify every window of each video over time")
     parser.add_argument("--stride", type=float, help="seconds between timeline windows (default: the clip's span)")
     parser.add_argument("--out", default="timelines", help="folder for the timeline files (default: ./timelines)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes decoding videos in parallel (default: up to 4)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes decoding videos in parallel (default: up to 4)",
+    )
     return parser
 
 
@@ -462,8 +519,15 @@ def _progress(total: int, quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)  # a bar for people at a terminal; nothing in logs and pipes
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=quiet or total <= 3 or not console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or total <= 3 or not console.is_terminal,
+    )
 
 
 def _print_table(results: Sequence[Prediction], classes: Sequence[str], topk: int) -> None:
@@ -488,7 +552,11 @@ def _print_table(results: Sequence[Prediction], classes: Sequence[str], topk: in
         if topk > 1:
             row.append(", ".join(f"{label} {score:.3f}" for label, score in top[1:]))
         if labelled:
-            row.append("" if result.label is None else ("= " if classes[result.label] == top[0][0] else "≠ ") + classes[result.label])
+            row.append(
+                ""
+                if result.label is None
+                else ("= " if classes[result.label] == top[0][0] else "≠ ") + classes[result.label]
+            )
         table.add_row(*row)
     Console(width=max(100, Console().width)).print(table)
 
@@ -508,15 +576,19 @@ def _write_csv(path: str, results: Sequence[Prediction], classes: Sequence[str],
     k = min(topk, len(classes))
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["video", "label", "error", *[f"{kind}{i + 1}" for i in range(k) for kind in ("prediction", "score")]])
+        writer.writerow(
+            ["video", "label", "error", *[f"{kind}{i + 1}" for i in range(k) for kind in ("prediction", "score")]]
+        )
         for r in results:
             top = [] if r.error else [v for label, score in r.top(k, classes) for v in (label, f"{score:.6f}")]
             writer.writerow([r.video, "" if r.label is None else classes[r.label], r.error or "", *top])
 
 
 def _print_scores(scores: dict, classes: Sequence[str], left_out: int) -> None:
-    print(f"{scores['videos']} labelled videos{f' ({left_out} unreadable, left out)' if left_out else ''}: "
-          f"top-1 {scores['top1']:.4f}, top-5 {scores['top5']:.4f}, mean class accuracy {scores['mean_class_accuracy']:.4f}")
+    print(
+        f"{scores['videos']} labelled videos{f' ({left_out} unreadable, left out)' if left_out else ''}: "
+        f"top-1 {scores['top1']:.4f}, top-5 {scores['top5']:.4f}, mean class accuracy {scores['mean_class_accuracy']:.4f}"
+    )
     if len(classes) <= 20:
         width = max(len(c) for c in classes)
         print(f"confusion (rows: true class, columns: predicted, in the order {', '.join(classes)}):")
@@ -565,8 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in results if r.error]
     scores = score(results, classes)
     if args.json and scores:
-        print(json.dumps({"summary": {**scores, "classes": list(classes),
-                                      "unreadable": sum(r.label is not None for r in bad)}}))
+        print(
+            json.dumps(
+                {"summary": {**scores, "classes": list(classes), "unreadable": sum(r.label is not None for r in bad)}}
+            )
+        )
     if not args.json:
         if scores:
             _print_scores(scores, classes, sum(r.label is not None for r in bad))
@@ -575,9 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         decode = sum(r.decode_s for r in results) / max(1, len(results))
         model = sum(r.model_s for r in readable) / max(1, len(readable))
         workers = min(args.workers, len(videos)) if len(videos) > 1 else 0
-        print(f"{len(results)} videos in {wall:.1f} s ({predictor.views} each): decode {decode * 1000:.0f} ms a video "
-              f"{f'in {workers} worker processes' if workers else 'in this process'}, model {model * 1000:.1f} ms a video"
-              + (f"; {len(bad)} unreadable" if bad else "") + (f"; rows in {args.csv}" if args.csv else ""))
+        print(
+            f"{len(results)} videos in {wall:.1f} s ({predictor.views} each): decode {decode * 1000:.0f} ms a video "
+            f"{f'in {workers} worker processes' if workers else 'in this process'}, model {model * 1000:.1f} ms a video"
+            + (f"; {len(bad)} unreadable" if bad else "")
+            + (f"; rows in {args.csv}" if args.csv else "")
+        )
     for result in bad:
         print(f"error: {result.video}: {result.error}", file=sys.stderr)
     return 1 if bad else 0
@@ -602,8 +680,10 @@ def _main_timeline(predictor: Predictor, videos: Sequence[tuple[str, int | None]
         if args.json:
             print(json.dumps(json.loads(paths[0].read_text())))
         else:
-            print(f"{video}: {len(timeline.starts)} windows of {timeline.span_s:.2f} s every {stride:.2f} s; overall "
-                  f"{timeline.classes[best]} {float(timeline.overall[best]):.4f}; {', '.join(str(p) for p in paths)}")
+            print(
+                f"{video}: {len(timeline.starts)} windows of {timeline.span_s:.2f} s every {stride:.2f} s; overall "
+                f"{timeline.classes[best]} {float(timeline.overall[best]):.4f}; {', '.join(str(p) for p in paths)}"
+            )
     return 1 if failed else 0
 
 

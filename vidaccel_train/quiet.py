@@ -19,7 +19,10 @@ _WARNINGS = (
 )
 # Lightning warnings about resuming that do not apply when our run directory has no checkpoint yet
 # (OnExceptionCheckpoint makes Lightning look for one even on a fresh start).
-FRESH_START_WARNINGS = (r".*\(ckpt_path=None\). was called without a model", r".*\(ckpt_path=\"last\"\) is set, but there is no last checkpoint")
+FRESH_START_WARNINGS = (
+    r".*\(ckpt_path=None\). was called without a model",
+    r".*\(ckpt_path=\"last\"\) is set, but there is no last checkpoint",
+)
 
 
 def _verbose() -> bool:

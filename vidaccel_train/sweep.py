@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
@@ -56,7 +57,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     front = []
     for i, (latency, accuracy) in enumerate(points):
         dominated = any(
-            (l2 <= latency and a2 >= accuracy) and (l2 < latency or a2 > accuracy) for j, (l2, a2) in enumerate(points) if j != i
+            (l2 <= latency and a2 >= accuracy) and (l2 < latency or a2 > accuracy)
+            for j, (l2, a2) in enumerate(points)
+            if j != i
         )
         if not dominated:
             front.append(i)
@@ -67,7 +70,9 @@ def write_summary(sweep_dir: str | Path, job_dirs: list[Path] | None = None) -> 
     """Summarise the jobs of ``sweep_dir`` (its numbered subfolders unless ``job_dirs`` is given)."""
     sweep_dir = Path(sweep_dir)
     if job_dirs is None:
-        job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        job_dirs = sorted(
+            (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+        )
     rows = [job_row(job) for job in job_dirs]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=COLUMNS)
@@ -79,7 +84,9 @@ def write_summary(sweep_dir: str | Path, job_dirs: list[Path] | None = None) -> 
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
-    (sweep_dir / "sweep_summary.md").write_text(f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + "\n".join(lines) + "\n")
+    (sweep_dir / "sweep_summary.md").write_text(
+        f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + "\n".join(lines) + "\n"
+    )
     _plot(sweep_dir / "sweep_pareto.png", rows)
     log.info("Sweep summary of %d jobs in %s", len(rows), sweep_dir / "sweep_summary.md")
     return rows
@@ -174,7 +181,9 @@ def search(
         raise RuntimeError(f"no trial completed; each failure is logged above and in {sweep_dir}/sweep_summary.md")
     best = study.best_trial
     (sweep_dir / "best.yaml").write_text(
-        yaml.safe_dump({"metric": metric, "value": best.value, "trial": best.number, "params": best.params}, sort_keys=False)
+        yaml.safe_dump(
+            {"metric": metric, "value": best.value, "trial": best.number, "params": best.params}, sort_keys=False
+        )
     )
     log.info("Best %s = %.4f in trial %d: %s", metric, best.value, best.number, best.params)
     return study

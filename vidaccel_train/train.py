@@ -46,8 +46,10 @@ def check_override_syntax(args: list[str]) -> None:
         match = _UNQUOTED_EQUALS.match(arg)
         if match and not arg.startswith("-"):
             key, value = match["key"], match["value"]
-            print(f"error: {arg}: Hydra reads '=' in a value as syntax; quote the value: '{key}=\"{value}\"'",
-                  file=sys.stderr)
+            print(
+                f"error: {arg}: Hydra reads '=' in a value as syntax; quote the value: '{key}=\"{value}\"'",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
 
@@ -72,7 +74,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
             log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
-        trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
+        trainer: L.Trainer = instantiate(
+            trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False
+        )
     except Exception as err:
         user_error = as_user_error(err)
         if user_error is None:
@@ -134,8 +138,11 @@ def main(cfg: DictConfig) -> None:
         run_search(cfg) if cfg.get("hparams_search") else run(cfg)
     except pickle.UnpicklingError as err:  # Lightning's safe load of a ckpt_path= file
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        print(f"error: refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
-              f"({reason[:200]}); checkpoints are read with PyTorch's safe loader", file=sys.stderr)
+        print(
+            f"error: refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
+            f"({reason[:200]}); checkpoints are read with PyTorch's safe loader",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except Exception as err:
         user_error = as_user_error(err)  # also what a component refused while Hydra built it

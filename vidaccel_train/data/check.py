@@ -16,9 +16,9 @@ import csv
 import json
 import math
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -50,8 +50,21 @@ def write_labels_and_bad_files(out_dir: Path, class_names: list[str], bad: dict[
 
 # The columns of report.csv: one row per listed file.
 REPORT_COLUMNS = (
-    "split", "path", "label", "status", "reason", "codec", "width", "height", "fps", "duration_s", "duration_source",
-    "start_s", "rotation", "mirrored", "sample_aspect",
+    "split",
+    "path",
+    "label",
+    "status",
+    "reason",
+    "codec",
+    "width",
+    "height",
+    "fps",
+    "duration_s",
+    "duration_source",
+    "start_s",
+    "rotation",
+    "mirrored",
+    "sample_aspect",
 )
 
 
@@ -132,17 +145,26 @@ def check_dataset(
             for (path, label), (reason, found) in zip(index.samples, pool.map(_check, jobs, chunksize=8)):
                 progress.advance(task)
                 row = dict.fromkeys(REPORT_COLUMNS, "") | found
-                row.update(split=split, path=path, label=class_names[label], status="ok" if reason is None else "bad",
-                           reason=reason or "")
+                row.update(
+                    split=split,
+                    path=path,
+                    label=class_names[label],
+                    status="ok" if reason is None else "bad",
+                    reason=reason or "",
+                )
                 split_rows.append(row)
                 if reason is None:
                     good.append(f"{Path(path).resolve()} {label}\n")
                 else:
                     bad[path] = reason
             (out_dir / f"{split}.txt").write_text("".join(good))
-            summary["splits"][split] = {"readable": len(good), "bad": len(index.samples) - len(good),
-                                        "missing": len(index.missing), "not_video": len(index.ignored),
-                                        **conditions(split_rows)}
+            summary["splits"][split] = {
+                "readable": len(good),
+                "bad": len(index.samples) - len(good),
+                "missing": len(index.missing),
+                "not_video": len(index.ignored),
+                **conditions(split_rows),
+            }
             rows += split_rows
     write_labels_and_bad_files(out_dir, class_names, bad)
     with open(out_dir / REPORT_FILE, "w", newline="") as stream:
@@ -189,12 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         for split, counts in summary["splits"].items():
             codecs = ", ".join(f"{codec} {count}" for codec, count in counts["codecs"].items())
-            print(f"{split}: {counts['readable']} readable, {counts['bad']} bad, {counts['missing']} missing, "
-                  f"{counts['not_video']} not video; {counts['rotated']} rotated, {counts['start_offset']} start at "
-                  f"an offset, {counts['no_header_duration']} without a duration in the header, "
-                  f"{counts['anamorphic']} anamorphic; codecs: {codecs or 'none'}")
-        print(f"clean index in {args.out}; bad files listed in {os.path.join(args.out, 'bad_files.txt')}; "
-              f"per file what was found in {os.path.join(args.out, 'report.csv')}")
+            print(
+                f"{split}: {counts['readable']} readable, {counts['bad']} bad, {counts['missing']} missing, "
+                f"{counts['not_video']} not video; {counts['rotated']} rotated, {counts['start_offset']} start at "
+                f"an offset, {counts['no_header_duration']} without a duration in the header, "
+                f"{counts['anamorphic']} anamorphic; codecs: {codecs or 'none'}"
+            )
+        print(
+            f"clean index in {args.out}; bad files listed in {os.path.join(args.out, 'bad_files.txt')}; "
+            f"per file what was found in {os.path.join(args.out, 'report.csv')}"
+        )
         return 1 if any(s["readable"] == 0 for s in summary["splits"].values()) else 0
 
     return run_command(command)

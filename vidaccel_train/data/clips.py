@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
@@ -256,7 +256,12 @@ class ClipDataset(Dataset):
 
     @staticmethod
     def _item(video: torch.Tensor, label: int, index: int, valid: bool = True) -> dict:
-        return {"video": video, "label": torch.tensor(label), "index": torch.tensor(index), "valid": torch.tensor(valid)}
+        return {
+            "video": video,
+            "label": torch.tensor(label),
+            "index": torch.tensor(index),
+            "valid": torch.tensor(valid),
+        }
 
 
 def aggregate_views(logits: torch.Tensor) -> torch.Tensor:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vidaccel_train.errors import ConfigError
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
-from vidaccel_train.data.video_io import VideoDecodeError, check_display_aspect, probe
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
+from vidaccel_train.data.video_io import VideoDecodeError, check_display_aspect, probe
+from vidaccel_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,16 @@ class VideoDataModule(L.LightningDataModule):
     ):
         super().__init__()
         views = {"clips": 1, "crops": 1, **(test_views or {})}
-        counts = dict(batch_size=batch_size, num_frames=num_frames, sampling_rate=sampling_rate, crop_size=crop_size,
-                      eval_short_side=eval_short_side, num_classes=num_classes,
-                      train_clips_per_video=train_clips_per_video, **{f"test_views.{k}": v for k, v in views.items()})
+        counts = dict(
+            batch_size=batch_size,
+            num_frames=num_frames,
+            sampling_rate=sampling_rate,
+            crop_size=crop_size,
+            eval_short_side=eval_short_side,
+            num_classes=num_classes,
+            train_clips_per_video=train_clips_per_video,
+            **{f"test_views.{k}": v for k, v in views.items()},
+        )
         for name, value in counts.items():
             _require_int(name, value, 1, "a positive integer")
         _require_int("num_workers", num_workers, 0, "0 or more")
@@ -106,8 +114,10 @@ class VideoDataModule(L.LightningDataModule):
         if isinstance(low_res_scale, bool) or not isinstance(low_res_scale, (int, float)) or not 0 < low_res_scale <= 1:
             raise ConfigError(f"data.low_res_scale must be in (0, 1], got {low_res_scale!r}")
         if crop_size > eval_short_side:
-            raise ConfigError(f"data.crop_size={crop_size} is larger than data.eval_short_side={eval_short_side}: "
-                              "lower model.clip.crop_size or raise model.clip.eval_short_side")
+            raise ConfigError(
+                f"data.crop_size={crop_size} is larger than data.eval_short_side={eval_short_side}: "
+                "lower model.clip.crop_size or raise model.clip.eval_short_side"
+            )
         self.root = Path(root)
         self.num_classes = num_classes
         self.clip = ClipSpec(num_frames, sampling_rate, target_fps)
@@ -166,8 +176,12 @@ class VideoDataModule(L.LightningDataModule):
             index = index_split(self.dataset_dir, split, self.layout, self.class_names)
             self.class_names = index.class_names
             if index.missing:
-                log.warning("%d clips of split '%s' are listed but missing (named in %s)", len(index.missing), split,
-                            self.bad_files.path if self.bad_files else "no report: data.bad_files_report is unset")
+                log.warning(
+                    "%d clips of split '%s' are listed but missing (named in %s)",
+                    len(index.missing),
+                    split,
+                    self.bad_files.path if self.bad_files else "no report: data.bad_files_report is unset",
+                )
                 if self.bad_files is not None:
                     for path, reason in index.missing.items():
                         self.bad_files.record(path, reason, announce=False)
@@ -186,13 +200,25 @@ class VideoDataModule(L.LightningDataModule):
                 self._check_clip_fits(index.samples)
                 if self.low_res_epochs:
                     early = {"early_transform": self.low_res_transform(), "early_epochs": self.low_res_epochs}
-            clips_per_video = {"train": self.train_clips if self.train_clips > 1 else None, "test": self.test_clips}.get(role)
+            clips_per_video = {
+                "train": self.train_clips if self.train_clips > 1 else None,
+                "test": self.test_clips,
+            }.get(role)
             self.datasets[role] = ClipDataset(
-                index.samples, self.clip, train, transform, self.bad_files, clips_per_video=clips_per_video,
-                decoder_threads=self.decoder_threads, display_aspect=self.display_aspect, **early,
+                index.samples,
+                self.clip,
+                train,
+                transform,
+                self.bad_files,
+                clips_per_video=clips_per_video,
+                decoder_threads=self.decoder_threads,
+                display_aspect=self.display_aspect,
+                **early,
             )
         if len(self.class_names) != self.num_classes:
-            shown = ", ".join(self.class_names[:12]) + (f", ... ({len(self.class_names) - 12} more)" if len(self.class_names) > 12 else "")
+            shown = ", ".join(self.class_names[:12]) + (
+                f", ... ({len(self.class_names) - 12} more)" if len(self.class_names) > 12 else ""
+            )
             raise DatasetLayoutError(
                 f"data.num_classes={self.num_classes} but {self.dataset_dir} has {len(self.class_names)} classes "
                 f"({shown}); set data.num_classes={len(self.class_names)}, or remove the folders that are not classes"
@@ -200,6 +226,7 @@ class VideoDataModule(L.LightningDataModule):
 
     def low_res_transform(self):
         """The training transform of the low-resolution epochs: crop and scale range shrunk alike."""
+
         def scaled(pixels: int) -> int:
             return max(8, round(pixels * self.low_res_scale))
 

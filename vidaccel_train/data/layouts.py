@@ -30,9 +30,36 @@ log = logging.getLogger(__name__)
 # recordings (.webm), older formats (.flv, .wmv, .mpg, .vob), IVF (VP8/VP9/AV1). Raw elementary
 # streams (.h264, .hevc, .m2v) are left out: they carry no timestamps to sample by.
 VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".flv", ".f4v", ".wmv", ".asf",
-    ".mpg", ".mpeg", ".mpe", ".vob", ".ts", ".m2ts", ".mts", ".m2t", ".3gp", ".3g2",
-    ".ogv", ".ogg", ".mxf", ".dv", ".nut", ".ivf", ".rm", ".rmvb", ".divx",
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".qt",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".flv",
+    ".f4v",
+    ".wmv",
+    ".asf",
+    ".mpg",
+    ".mpeg",
+    ".mpe",
+    ".vob",
+    ".ts",
+    ".m2ts",
+    ".mts",
+    ".m2t",
+    ".3gp",
+    ".3g2",
+    ".ogv",
+    ".ogg",
+    ".mxf",
+    ".dv",
+    ".nut",
+    ".ivf",
+    ".rm",
+    ".rmvb",
+    ".divx",
 )
 # Left out wherever a dataset is indexed: dot names (.DS_Store, macOS's ._<name> AppleDouble
 # sidecars, .ipynb_checkpoints, .git) and the __MACOSX folder of zips made on a Mac.
@@ -154,7 +181,9 @@ def _is_annotation_csv(path: Path) -> bool:
 def _index_class_folders(root: Path, split: str, names: list[str] | None) -> SplitIndex:
     split_dir = _find_split_dir(root, split)
     if split_dir is None:
-        raise DatasetLayoutError(f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)")
+        raise DatasetLayoutError(
+            f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)"
+        )
     names = names or _train_class_names(root, "class_folders") or [p.name for p in _class_folders(split_dir)]
     index = {name: i for i, name in enumerate(names)}
     samples: list[tuple[str, int]] = []
@@ -170,11 +199,18 @@ def _index_class_folders(root: Path, split: str, names: list[str] | None) -> Spl
             else:
                 ignored.append(str(clip))
     if not samples:
-        raise DatasetLayoutError(f"{split_dir}: no video files in class folders (by extension: .mp4, .mkv, .webm, .mov, "
-                                 f".avi and {len(VIDEO_EXTENSIONS) - 5} more, in any case)")
+        raise DatasetLayoutError(
+            f"{split_dir}: no video files in class folders (by extension: .mp4, .mkv, .webm, .mov, "
+            f".avi and {len(VIDEO_EXTENSIONS) - 5} more, in any case)"
+        )
     if ignored:
-        log.warning("%d entries of %s are not video files by their extension and were left out (%s%s)", len(ignored),
-                    split_dir, ", ".join(Path(p).name for p in ignored[:5]), ", ..." if len(ignored) > 5 else "")
+        log.warning(
+            "%d entries of %s are not video files by their extension and were left out (%s%s)",
+            len(ignored),
+            split_dir,
+            ", ".join(Path(p).name for p in ignored[:5]),
+            ", ..." if len(ignored) > 5 else "",
+        )
     return SplitIndex(samples, names, ignored=ignored)
 
 
@@ -194,10 +230,14 @@ def clip_stem(row: dict[str, str]) -> str:
 def _index_annotations(root: Path, split: str, names: list[str] | None) -> SplitIndex:
     path = _find_split_file(root, split, (".csv",))
     if path is None:
-        raise DatasetLayoutError(f"no annotation file for split '{split}' under {root} or {root / 'annotations'}; {EXPECTED_LAYOUTS}")
+        raise DatasetLayoutError(
+            f"no annotation file for split '{split}' under {root} or {root / 'annotations'}; {EXPECTED_LAYOUTS}"
+        )
     rows = _read_annotations(path)
     if rows and not rows[0].get("label"):
-        raise DatasetLayoutError(f"{path} has no labels (Kinetics' unlabelled test list); use a labelled split such as validate")
+        raise DatasetLayoutError(
+            f"{path} has no labels (Kinetics' unlabelled test list); use a labelled split such as validate"
+        )
     names = names or _train_class_names(root, "annotations") or sorted({row["label"] for row in rows})
     index = {name: i for i, name in enumerate(names)}
     clips_dir = _find_split_dir(root, split) or root

@@ -19,11 +19,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
-
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -71,8 +70,9 @@ def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) 
                         scaled = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
                     else:
                         upright = info.orientation.apply(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-                        scaled = av.VideoFrame.from_ndarray(np.ascontiguousarray(upright.numpy()), format="rgb24").reformat(
-                            width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+                        scaled = av.VideoFrame.from_ndarray(
+                            np.ascontiguousarray(upright.numpy()), format="rgb24"
+                        ).reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
                     scaled.pts, scaled.time_base = round(seconds / time_base), time_base
                     for packet in out.encode(scaled):
                         writer.mux(packet)
@@ -103,7 +103,7 @@ def _open_output(writer, info: VideoInfo, time_base: Fraction, settings: EncodeS
         "crf": str(settings.crf),
         "preset": settings.preset,
         "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
-                       ":scenecut=0:bframes=0",
+        ":scenecut=0:bframes=0",
     }
     return out, size
 
@@ -131,7 +131,9 @@ def _target_names(samples: Sequence[tuple[str, int]], split: str, class_names: l
     return names
 
 
-def _random_clip_reads(paths: Sequence[str], clip: ClipSpec, starts: Sequence[float]) -> tuple[float, list[torch.Tensor]]:
+def _random_clip_reads(
+    paths: Sequence[str], clip: ClipSpec, starts: Sequence[float]
+) -> tuple[float, list[torch.Tensor]]:
     """Seconds per random training clip (one decoder thread, as loader workers decode) and the clips."""
     clips = []
     began = time.perf_counter()
@@ -144,6 +146,7 @@ def _random_clip_reads(paths: Sequence[str], clip: ClipSpec, starts: Sequence[fl
 def _psnr_as_trained(original: torch.Tensor, copy: torch.Tensor, short_side: int) -> float:
     """PSNR (dB) of ``copy`` against ``original`` (uint8 ``(T, 3, H, W)``), both resized to the
     short side training resizes to, so that the copy's smaller size does not count as loss."""
+
     def scaled(frames):
         height, width = frames.shape[-2:]
         size = (round(height * short_side / min(height, width)), round(width * short_side / min(height, width)))
@@ -210,9 +213,13 @@ def prepare_dataset(
                 if split == splits[0]:
                     pairs.append((path, str(out_dir / name)))
             (out_dir / f"{split}.txt").write_text("".join(lines))
-            report["splits"][split] = {"videos": len(lines), "bad": len(index.samples) - len(lines),
-                                       "missing": len(index.missing), "original_mb": bytes_in / 1e6,
-                                       "copy_mb": bytes_out / 1e6}
+            report["splits"][split] = {
+                "videos": len(lines),
+                "bad": len(index.samples) - len(lines),
+                "missing": len(index.missing),
+                "original_mb": bytes_in / 1e6,
+                "copy_mb": bytes_out / 1e6,
+            }
     report["encode_s"] = time.perf_counter() - started
     write_labels_and_bad_files(out_dir, class_names, bad)
     sample = random.Random(0).sample(pairs, min(measure_videos, len(pairs)))
@@ -256,22 +263,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crf", type=int, default=EncodeSettings.crf, help="x264 quality (lower: better, larger)")
     from vidaccel_train.models.zoo import list_models, zoo_entry  # a zoo entry's clip shape (the command's level)
 
-    parser.add_argument("--model", default="x3d_xs", choices=list_models(),
-                        help="whose clip shape the speed and PSNR are measured on")
-    parser.add_argument("--psnr-short-side", type=int, default=182,
-                        help="both videos are scaled to this short side for the PSNR (X3D-XS/S train at 182-228)")
+    parser.add_argument(
+        "--model", default="x3d_xs", choices=list_models(), help="whose clip shape the speed and PSNR are measured on"
+    )
+    parser.add_argument(
+        "--psnr-short-side",
+        type=int,
+        default=182,
+        help="both videos are scaled to this short side for the PSNR (X3D-XS/S train at 182-228)",
+    )
     parser.add_argument("--measure-videos", type=int, default=32, help="train videos in the speed and PSNR check")
     args: argparse.Namespace = parser.parse_args(argv)
 
     def command() -> int:
         entry = zoo_entry(args.model)
         settings = EncodeSettings(args.short_side, args.keyframe_interval, args.crf)
-        report = prepare_dataset(args.root, args.out, args.splits, args.layout, settings, args.workers,
-                                 args.measure_videos, ClipSpec(entry.num_frames, entry.sampling_rate),
-                                 args.psnr_short_side)
+        report = prepare_dataset(
+            args.root,
+            args.out,
+            args.splits,
+            args.layout,
+            settings,
+            args.workers,
+            args.measure_videos,
+            ClipSpec(entry.num_frames, entry.sampling_rate),
+            args.psnr_short_side,
+        )
         print(json.dumps(report, indent=2))
-        print(f"training copy in {args.out} (data.root={args.out} data.layout=list_file); "
-              f"unreadable source clips in {os.path.join(args.out, 'bad_files.txt')}")
+        print(
+            f"training copy in {args.out} (data.root={args.out} data.layout=list_file); "
+            f"unreadable source clips in {os.path.join(args.out, 'bad_files.txt')}"
+        )
         return 1 if any(s["videos"] == 0 for s in report["splits"].values()) else 0
 
     return run_command(command)

@@ -3,7 +3,7 @@ sample: random crop/flip parameters are drawn once per clip and applied to every
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -71,4 +71,3 @@ def build_transform(
         steps = [v2.Resize(size, antialias=True), crop]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)), ToChannelsFirstClip()]
     return v2.Compose(steps)
-

@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -53,7 +53,7 @@ class Orientation:
     flip_vertical: bool = False
 
     @classmethod
-    def from_display_matrix(cls, matrix: Sequence[int]) -> "Orientation":
+    def from_display_matrix(cls, matrix: Sequence[int]) -> Orientation:
         """From FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX`` (9 int32, 16.16 fixed point), which maps
         a stored pixel ``(x, y)`` to ``(a x + c y, b x + d y)`` on screen. Rotations other than
         multiples of 90 degrees are rounded to the nearest multiple."""
@@ -200,8 +200,17 @@ def _info(container, stream, path: Path, display_aspect: str = "stored") -> Vide
     width = _display_width(coded_width, sample_aspect) if display_aspect == "square" else coded_width
     height = coded_height
     return VideoInfo(
-        duration, fps, width, height, stream.codec_context.name, start, source, UPRIGHT, sample_aspect,
-        coded_width, coded_height,
+        duration,
+        fps,
+        width,
+        height,
+        stream.codec_context.name,
+        start,
+        source,
+        UPRIGHT,
+        sample_aspect,
+        coded_width,
+        coded_height,
     )
 
 
@@ -209,7 +218,9 @@ def _oriented(info: VideoInfo, orientation: Orientation) -> VideoInfo:
     """``info`` with the orientation the decoded frames carry (width and height swapped by a transpose)."""
     if orientation == info.orientation:
         return info
-    width, height = (info.height, info.width) if orientation.transpose != info.orientation.transpose else (info.width, info.height)
+    width, height = (
+        (info.height, info.width) if orientation.transpose != info.orientation.transpose else (info.width, info.height)
+    )
     return dataclasses.replace(info, orientation=orientation, width=width, height=height)
 
 

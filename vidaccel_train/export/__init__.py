@@ -1,4 +1,10 @@
-from vidaccel_train.export.executorch import ExecuTorchModel, LoweredProgram, LoweringError, lower_to_executorch, write_atomic
+from vidaccel_train.export.executorch import (
+    ExecuTorchModel,
+    LoweredProgram,
+    LoweringError,
+    lower_to_executorch,
+    write_atomic,
+)
 
 __all__ = [
     "ExecuTorchModel",

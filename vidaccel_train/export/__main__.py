@@ -13,13 +13,12 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
-from vidaccel_train.export.callback import ExportCallback, net_builder
 from vidaccel_train.errors import CheckpointError, as_user_error
+from vidaccel_train.export.callback import ExportCallback, net_builder
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
 
@@ -33,7 +32,9 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     checkpoint = load_checkpoint(ckpt_path)  # the safe loader: nothing in the file runs
     run_config = checkpoint.get("run_config")
     if not run_config:
-        raise CheckpointError(f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported")
+        raise CheckpointError(
+            f"{ckpt_path} has no run config: only checkpoints written by vidaccel_train can be exported"
+        )
     if "display_aspect" not in run_config.get("data", {}):  # trained before the option: on stored pixels
         run_config = {**run_config, "data": {**run_config["data"], "display_aspect": "stored"}}
     cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
@@ -46,8 +47,14 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     module.run_config = run_config
     callback = ExportCallback(**export_settings)
     # The test's confusion matrices go beside the export, in the run the checkpoint came from.
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, callbacks=[callback],
-                        default_root_dir=Path(out_dir).parent)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+        default_root_dir=Path(out_dir).parent,
+    )
     trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
     return callback.manifest
 
@@ -71,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {user_error}", file=sys.stderr)
         return 2
     for artifact in manifest["artifacts"]:
-        print(f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
-              f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "
-              f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…")
+        print(
+            f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
+            f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "
+            f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…"
+        )
     return 0
 
 

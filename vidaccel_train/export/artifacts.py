@@ -14,21 +14,21 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from vidaccel_train.errors import ConfigError
 from vidaccel_train.data.clips import aggregate_views
+from vidaccel_train.errors import ConfigError
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch
-from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of
+from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.models.deploy import to_deploy_form
-from vidaccel_train.quiet import native_stderr_muted
 from vidaccel_train.quantization import pt2e
+from vidaccel_train.quiet import native_stderr_muted
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ def _tested_logits(module, datamodule, precisions) -> dict[str, torch.Tensor]:
     return {
         f"reference_{precision}": recorded[stage]
         for precision, stage in stages.items()
-        if stage in recorded and tuple(recorded[stage].shape[:2]) == expected and (precision == "fp32" or precision in precisions)
+        if stage in recorded
+        and tuple(recorded[stage].shape[:2]) == expected
+        and (precision == "fp32" or precision in precisions)
     }
 
 
@@ -207,8 +209,9 @@ def export_artifacts(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir.parent, f"{out_dir.name}*")  # from an export that was killed
-    settings = dict(threads=threads, latency_repeats=latency_repeats, calibration_batches=calibration_batches,
-                    precisions=precisions)
+    settings = dict(
+        threads=threads, latency_repeats=latency_repeats, calibration_batches=calibration_batches, precisions=precisions
+    )
     # Whole folders change places: a reader sees the old export or the new one, never a mix.
     with atomic_path(out_dir) as staging:
         staging.mkdir()
@@ -249,8 +252,9 @@ def _build(module, datamodule, staging: Path, build_net, model_name, **settings)
         torch.set_num_threads(torch_threads)
 
 
-def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats,
-                  calibration_batches, precisions) -> dict:
+def _build_on_cpu(
+    module, datamodule, staging: Path, build_net, model_name, threads, latency_repeats, calibration_batches, precisions
+) -> dict:
     clip = datamodule.clip
     shape = (1, *datamodule.clip_shape)
     example = torch.randn(shape)
@@ -265,8 +269,9 @@ def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, thre
                 references["int8"] = module.int8_net()
                 source = f"{module.quant_state.mode} model"
             else:  # an fp32 run: calibrate a copy after training, as quant=ptq would
-                _, references["int8"] = calibrate_int8(module.net, shape[1:], datamodule.calibration_dataloader(),
-                                                       calibration_batches)
+                _, references["int8"] = calibrate_int8(
+                    module.net, shape[1:], datamodule.calibration_dataloader(), calibration_batches
+                )
                 source = f"post-training calibration on {calibration_batches} training batches"
     lowered = {"fp32": float_model, "int8": references.get("int8")}
 
@@ -281,12 +286,16 @@ def _build_on_cpu(module, datamodule, staging: Path, build_net, model_name, thre
     with clock.stage("verification"):
         predictors = {f"reference_{p}": references[p] for p in references}
         predictors.update({p: programs[p] for p in precisions})
-        logits, labels = _collect_logits(datamodule.test_dataloader(), predictors, _tested_logits(module, datamodule, precisions))
+        logits, labels = _collect_logits(
+            datamodule.test_dataloader(), predictors, _tested_logits(module, datamodule, precisions)
+        )
     # The vanilla-PyTorch reference is the train form run eagerly (its weights do not change its speed).
     with clock.stage("latency"):
         eager_train_form = module.net if module.quant_state is None else build_net().eval()
         timed = {"eager": eager_train_form, **programs}
-        latency = {name: median_latency_ms(lambda run=run: run(example), latency_repeats) for name, run in timed.items()}
+        latency = {
+            name: median_latency_ms(lambda run=run: run(example), latency_repeats) for name, run in timed.items()
+        }
 
     artifacts = []
     for precision, path in paths.items():
@@ -366,7 +375,9 @@ def _write_report(folder: Path, manifest: dict) -> None:
         for a in manifest["artifacts"]
     ]
     verified = manifest["verified_on"]
-    stages = ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest["stage_seconds"].items())
+    stages = ", ".join(
+        f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest["stage_seconds"].items()
+    )
     (folder / "report.md").write_text(
         "\n".join(
             [

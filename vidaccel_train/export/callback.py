@@ -53,7 +53,9 @@ class ExportCallback(L.Callback):
             log.info("fast_dev_run: skipping export")
             return
         if pl_module.run_config is None:
-            raise RuntimeError("the module has no run config to rebuild its network from; export from a checkpoint of ours")
+            raise RuntimeError(
+                "the module has no run config to rebuild its network from; export from a checkpoint of ours"
+            )
         out_dir = Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "export"
         log.info("Exporting ExecuTorch artifacts to %s", out_dir)
         self.manifest = export_artifacts(

@@ -92,8 +92,9 @@ def _partitioner():
     return Partitioner()
 
 
-def lower_to_executorch(model: nn.Module, example: torch.Tensor, require_full_delegation: bool = True,
-                        shortcuts: bool = True) -> LoweredProgram:
+def lower_to_executorch(
+    model: nn.Module, example: torch.Tensor, require_full_delegation: bool = True, shortcuts: bool = True
+) -> LoweredProgram:
     """Export ``model`` at the example's (static) shape and lower it with the XNNPACK partitioner.
 
     ``model`` may be an eval-mode ``nn.Module`` or an already quantized (PT2E-converted)

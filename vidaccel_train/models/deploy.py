@@ -265,7 +265,9 @@ def _(module: SqueezeExcitation, num_frames: int) -> nn.Module:
 def _(module: FvcoreSqueezeExcitation, num_frames: int) -> nn.Module:
     reduce3d, activation, expand3d, _sigmoid = module.block
     reduce, expand = (
-        nn.Conv2d(c.in_channels, c.out_channels, 1, bias=c.bias is not None, device=c.weight.device, dtype=c.weight.dtype)
+        nn.Conv2d(
+            c.in_channels, c.out_channels, 1, bias=c.bias is not None, device=c.weight.device, dtype=c.weight.dtype
+        )
         for c in (reduce3d, expand3d)
     )
     for conv2d, conv3d in ((reduce, reduce3d), (expand, expand3d)):

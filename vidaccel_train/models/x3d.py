@@ -8,8 +8,8 @@ checkpoints load unchanged; other settings give custom, smaller or larger, netwo
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from pytorchvideo.layers.accelerator.mobile_cpu.activation_functions import supported_act_functions

@@ -107,7 +107,9 @@ def download_zoo_checkpoint(name: str) -> dict[str, torch.Tensor]:
         )
     cached = Path(torch.hub.get_dir()) / "checkpoints" / entry.checkpoint_file
     try:
-        return torch.hub.load_state_dict_from_url(entry.checkpoint_url, map_location="cpu", progress=True, weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            entry.checkpoint_url, map_location="cpu", progress=True, weights_only=True
+        )
     except (urllib.error.URLError, OSError) as err:
         raise CheckpointError(
             f"could not download {entry.checkpoint_url} ({err}). Without network, put the file at "
@@ -172,7 +174,9 @@ def load_checkpoint(path: str | Path):
             "weights>'], 'weights.pt') and pass weights.pt"
         ) from err
     except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?") from err
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); is it complete?"
+        ) from err
 
 
 def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch import fx, nn
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase, FusedMovingAvgObsFakeQuantize
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open_bounds(low: int, high: int) -> tuple[float, float]:
     """Float32 ``(a, b)`` with ``low <= round(y) <= high`` exactly when ``a < y < b``.
 
@@ -90,12 +90,23 @@ class VectorisedFakeQuantize(FusedMovingAvgObsFakeQuantize):
         # The stock op, given [min, max] of x (all its observer reads), moves the running range
         # and sets scale and zero point exactly as it would given x; its rounding of those two
         # values is thrown away.
-        summary = torch.stack(torch.aminmax(_dense_flat(x.detach()))) if observing else x.detach().as_strided((1,), (1,))
+        summary = (
+            torch.stack(torch.aminmax(_dense_flat(x.detach()))) if observing else x.detach().as_strided((1,), (1,))
+        )
         torch.fused_moving_avg_obs_fake_quant(
-            summary, self.observer_enabled, self.fake_quant_enabled,
-            observer.min_val, observer.max_val, self.scale, self.zero_point,
-            observer.averaging_constant, observer.quant_min, observer.quant_max,
-            self.ch_axis, self.is_per_channel, self.is_symmetric_quant,
+            summary,
+            self.observer_enabled,
+            self.fake_quant_enabled,
+            observer.min_val,
+            observer.max_val,
+            self.scale,
+            self.zero_point,
+            observer.averaging_constant,
+            observer.quant_min,
+            observer.quant_max,
+            self.ch_axis,
+            self.is_per_channel,
+            self.is_symmetric_quant,
         )
         if self.fake_quant_enabled[0] != 1:
             return x

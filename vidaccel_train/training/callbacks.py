@@ -80,22 +80,36 @@ class QuantizationAwareTraining(L.Callback):
         if self.start_epoch == 0 and pl_module.quant_state is None:
             norms = [m for m in pl_module.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if norms and all(int(m.num_batches_tracked) == 0 for m in norms):
-                log.warning("QAT from the first epoch on untrained weights: BatchNorm is folded without statistics, "
-                            "so this run exercises the code but will not learn (start from model.checkpoint=PATH)")
+                log.warning(
+                    "QAT from the first epoch on untrained weights: BatchNorm is folded without statistics, "
+                    "so this run exercises the code but will not learn (start from model.checkpoint=PATH)"
+                )
             # Before the strategy wraps and places the model: DDP and the optimizer see the QAT graph.
-            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=0, lr_scale=self.lr_scale,
-                                         requantize_moved_values=self.requantize_moved_values)
+            pl_module.enter_quantization(
+                "qat",
+                trainer.datamodule.clip_shape,
+                start_step=0,
+                lr_scale=self.lr_scale,
+                requantize_moved_values=self.requantize_moved_values,
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch
         if pl_module.quant_state is None and epoch >= self.start_epoch:
             if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
                 float_checkpoint = Path(trainer.checkpoint_callback.dirpath) / FLOAT_CHECKPOINT
-                trainer.save_checkpoint(float_checkpoint, weights_only=True)  # weights to start from, not a resume point
+                trainer.save_checkpoint(
+                    float_checkpoint, weights_only=True
+                )  # weights to start from, not a resume point
                 log.info("Epoch %d: saved the float model as %s", epoch, float_checkpoint)
             log.info("Epoch %d: switching to quantization-aware training", epoch)
-            pl_module.enter_quantization("qat", trainer.datamodule.clip_shape, start_step=trainer.global_step,
-                                         lr_scale=self.lr_scale, requantize_moved_values=self.requantize_moved_values)
+            pl_module.enter_quantization(
+                "qat",
+                trainer.datamodule.clip_shape,
+                start_step=trainer.global_step,
+                lr_scale=self.lr_scale,
+                requantize_moved_values=self.requantize_moved_values,
+            )
             if isinstance(trainer.strategy, DDPStrategy):
                 trainer.strategy.model = pl_module  # drop the wrapper of the replaced network
                 trainer.strategy.configure_ddp()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,7 +22,7 @@ from vidaccel_train.training.reports import write_confusion_matrix
 TEST_STAGES = ("test", "test_fp32")
 
 
-def _drop_int8_cache(module: "VideoClassifier", incompatible_keys) -> None:
+def _drop_int8_cache(module: VideoClassifier, incompatible_keys) -> None:
     module._int8_cache.clear()
 
 
@@ -73,6 +74,7 @@ class VideoClassifier(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
         def accuracy(top_k: int, average: str = "micro") -> MulticlassAccuracy:
             return MulticlassAccuracy(num_classes, top_k=min(top_k, num_classes), average=average)
 
@@ -80,7 +82,8 @@ class VideoClassifier(L.LightningModule):
         # whenever the first batch scores the same on both, and report top-1 as top-5 from then on.
         clip_metrics = MetricCollection({"top1": accuracy(1), "top5": accuracy(5)}, compute_groups=False)
         video_metrics = MetricCollection(
-            {"top1": accuracy(1), "top5": accuracy(5), "mean_class_accuracy": accuracy(1, "macro")}, compute_groups=False
+            {"top1": accuracy(1), "top5": accuracy(5), "mean_class_accuracy": accuracy(1, "macro")},
+            compute_groups=False,
         )
         # Keyed "<stage>_metrics": nn.ModuleDict may not hold a key named "train".
         self.metrics = nn.ModuleDict(
@@ -113,11 +116,19 @@ class VideoClassifier(L.LightningModule):
         """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device);
         ``requantize_moved_values``: see :func:`pt2e.prepare`."""
         self.net = pt2e.prepare(
-            self.net, tuple(input_shape), mode,
-            channels_last=self.hparams.channels_last, requantize_moved_values=requantize_moved_values,
+            self.net,
+            tuple(input_shape),
+            mode,
+            channels_last=self.hparams.channels_last,
+            requantize_moved_values=requantize_moved_values,
         )
-        self.quant_state = QuantState(mode, tuple(input_shape), start_step=start_step, lr_scale=lr_scale,
-                                      requantize_moved_values=requantize_moved_values)
+        self.quant_state = QuantState(
+            mode,
+            tuple(input_shape),
+            start_step=start_step,
+            lr_scale=lr_scale,
+            requantize_moved_values=requantize_moved_values,
+        )
         self.train(self.training)
 
     def freeze_observers(self) -> None:
@@ -187,7 +198,9 @@ class VideoClassifier(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(logits.detach(), labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "val_fp32", batch_size=len(logits))
+        self.log(
+            f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "val_fp32", batch_size=len(logits)
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage in ("val", "test"))
         return loss
 
@@ -208,14 +221,22 @@ class VideoClassifier(L.LightningModule):
         nothing is left."""
         valid = batch.get("valid")
         left_out = 0 if valid is None else int((~valid).sum())
-        self.log(f"{stage}/videos_left_out", float(left_out), on_step=False, on_epoch=True, reduce_fx="sum",
-                 batch_size=len(batch["label"]))
+        self.log(
+            f"{stage}/videos_left_out",
+            float(left_out),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            batch_size=len(batch["label"]),
+        )
         if not left_out:
             return batch
         if left_out == len(valid):
             return None
-        return {key: value[valid] if torch.is_tensor(value) and len(value) == len(valid) else value
-                for key, value in batch.items()}
+        return {
+            key: value[valid] if torch.is_tensor(value) and len(value) == len(valid) else value
+            for key, value in batch.items()
+        }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         batch = self._readable(batch, "val")
@@ -252,12 +273,16 @@ class VideoClassifier(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.test_logits = {}
         # Only a whole, exact test is worth keeping: not a shard of one (DDP), not bf16 or GPU numbers.
-        exact = self.device.type == "cpu" and self.trainer.world_size == 1 and str(self.trainer.precision).startswith("32")
+        exact = (
+            self.device.type == "cpu" and self.trainer.world_size == 1 and str(self.trainer.precision).startswith("32")
+        )
         self._test_logit_batches = {stage: [] for stage in TEST_STAGES} if exact else None
 
     def on_test_epoch_end(self) -> None:
         if self._test_logit_batches is not None:
-            self.test_logits = {stage: torch.cat(batches) for stage, batches in self._test_logit_batches.items() if batches}
+            self.test_logits = {
+                stage: torch.cat(batches) for stage, batches in self._test_logit_batches.items() if batches
+            }
             self._test_logit_batches = None
         for stage in TEST_STAGES:
             confusion = self.metrics[f"{stage}_confusion"]
@@ -306,8 +331,9 @@ class VideoClassifier(L.LightningModule):
         saved = checkpoint.get("quantization")
         state = QuantState.from_checkpoint(saved) if saved else None
         if state and self.quant_state is None:
-            self.enter_quantization(state.mode, state.input_shape, state.start_step, state.lr_scale,
-                                    state.requantize_moved_values)
+            self.enter_quantization(
+                state.mode, state.input_shape, state.start_step, state.lr_scale, state.requantize_moved_values
+            )
         elif not state and self.quant_state is not None:
             raise RuntimeError(
                 "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "

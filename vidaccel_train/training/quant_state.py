@@ -40,7 +40,7 @@ class QuantState:
         return {**asdict(self), "input_shape": list(self.input_shape)}
 
     @classmethod
-    def from_checkpoint(cls, saved: dict) -> "QuantState":
+    def from_checkpoint(cls, saved: dict) -> QuantState:
         """The state a checkpoint holds. Migration: checkpoints written before
         ``requantize_moved_values`` existed requantized moved values (torchao's QAT), so a missing
         key reads as True; unknown keys are ignored."""

@@ -26,7 +26,6 @@ from vidaccel_train.models.zoo import CheckpointError
 log = logging.getLogger(__name__)
 
 
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint beside its target and renames it into place, so a run killed
     while saving keeps the previous checkpoint whole instead of a truncated one.
@@ -128,7 +127,10 @@ class ResumableTraining(L.Callback):
         done = fit_loop.epoch_loop.batch_progress.current.completed if fit_loop.restarted_mid_epoch else 0
         if not hasattr(sampler, "resume_after"):
             if done:
-                log.warning("the train sampler cannot skip batches: epoch %d restarts from its first batch", trainer.current_epoch)
+                log.warning(
+                    "the train sampler cannot skip batches: epoch %d restarts from its first batch",
+                    trainer.current_epoch,
+                )
             return
         epoch = fit_loop.epoch_progress.current.processed
         if sampler.epoch == epoch and not done:
@@ -177,6 +179,8 @@ def check_checkpoint_file(path: str | Path) -> None:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err}); it is truncated or corrupted: {advice}") from err
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({err}); it is truncated or corrupted: {advice}"
+        ) from err
     if damaged is not None:
         raise CheckpointError(f"{path}: corrupted (entry {damaged} fails its checksum): {advice}")
