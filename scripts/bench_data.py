@@ -35,8 +35,9 @@ from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 from vidaccel_train.data.transforms import build_transform
+from vidaccel_train.models.zoo import zoo_entry
 
-CLIPS = {"x3d_xs": (4, 12, 160, (182, 228)), "x3d_s": (13, 6, 160, (182, 228))}
+CLIPS = {name: zoo_entry(name).clip for name in ("x3d_xs", "x3d_s")}  # the zoo entries' clip contracts
 BENCH_SPEC = SyntheticSpec(
     classes=("move_left", "move_right", "rotate_cw", "approach"),
     clips_per_class={"train": 12, "val": 1, "test": 1},
@@ -164,9 +165,9 @@ def main() -> None:
 
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
     index = index_split(root, "train")
-    num_frames, sampling_rate, crop, short_side = CLIPS[args.model]
-    clip = ClipSpec(num_frames, sampling_rate)
-    transform = build_transform(True, crop, short_side)
+    contract = CLIPS[args.model]
+    clip = ClipSpec(contract.num_frames, contract.sampling_rate, contract.fps)
+    transform = build_transform(True, contract.crop_size, contract.train_short_side)
     loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
 
     def ours(clips_per_video: int, decoder_threads: int, skip_non_reference: bool = True) -> float:
@@ -181,7 +182,7 @@ def main() -> None:
             video_io._SKIP_MARGIN_FRAMES = margin
 
     print(
-        f"{args.model}: {num_frames} frames every {sampling_rate} ({clip.span_s:.2f} s span), crop {crop}, "
+        f"{args.model}: {contract.num_frames} frames every {contract.sampling_rate} ({clip.span_s:.2f} s span), crop {contract.crop_size}, "
         f"{len(index.samples)} videos from {root}, {args.workers} workers, batch {args.batch_size}"
     )
     if args.baseline_rev:
@@ -204,7 +205,7 @@ def main() -> None:
         clip_sampler=make_clip_sampler("random", clip.span_s),
         decoder="pyav",
         decode_audio=False,
-        transform=StockTransform(num_frames, transform),
+        transform=StockTransform(contract.num_frames, transform),
     )
     assert isinstance(stock._labeled_videos, LabeledVideoPaths) and len(stock._labeled_videos) == len(index.samples)
     stock_rate = clips_per_second(DataLoader(stock, **loader_args), args.batches)

@@ -98,14 +98,21 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
 
 
 def test_model_configs_agree_with_the_zoo(tmp_path, data_dir):
+    """Each zoo entry's clip contract is what its config (and the data config built on it) runs."""
+    from omegaconf import OmegaConf
+
+    from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD
+
     for name, entry in ZOO.items():
         cfg = compose_config(tmp_path, data_dir, [f"model={name}"])
-        clip = cfg.model.clip
-        assert (clip.num_frames, clip.sampling_rate, clip.crop_size) == (
-            entry.num_frames,
-            entry.sampling_rate,
-            entry.crop_size,
+        assert OmegaConf.to_container(cfg.model.clip, resolve=True) == entry.clip.as_config(), name
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        assert (data["num_frames"], data["sampling_rate"], data["target_fps"]) == (
+            entry.clip.num_frames,
+            entry.clip.sampling_rate,
+            entry.clip.fps,
         ), name
+        assert (entry.clip.mean, entry.clip.std) == (KINETICS_MEAN, KINETICS_STD), name  # the datamodule's defaults
 
 
 def test_custom_architecture_from_config(tmp_path, data_dir):

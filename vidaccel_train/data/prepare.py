@@ -185,10 +185,17 @@ def prepare_dataset(
     settings: EncodeSettings = EncodeSettings(),
     workers: int = 4,
     measure_videos: int = 32,
-    clip: ClipSpec = ClipSpec(4, 12),
-    train_short_side: int = 182,
+    clip: ClipSpec | None = None,
+    train_short_side: int | None = None,
 ) -> dict:
-    """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report."""
+    """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report.
+
+    The decode speed and PSNR are measured on ``measure_videos`` train videos with random
+    ``clip``s at ``train_short_side`` (both required when ``measure_videos`` > 0: a zoo entry's
+    clip contract, as ``python -m vidaccel_train.data.prepare --model`` passes it).
+    """
+    if measure_videos and (clip is None or train_short_side is None):
+        raise ValueError("prepare_dataset: measuring needs the clip and short side of a model (a zoo entry's contract)")
     out_dir = Path(out_dir)
     indexes, class_names = index_splits(root, splits, layout)  # a wrong root fails before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--psnr-short-side",
         type=int,
-        default=182,
-        help="both videos are scaled to this short side for the PSNR (X3D-XS/S train at 182-228)",
+        default=None,
+        help="both videos are scaled to this short side for the PSNR (default: the model's eval short side)",
     )
     parser.add_argument("--measure-videos", type=int, default=32, help="train videos in the speed and PSNR check")
     args: argparse.Namespace = parser.parse_args(argv)
@@ -286,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             args.workers,
             args.measure_videos,
-            ClipSpec(entry.num_frames, entry.sampling_rate),
-            args.psnr_short_side,
+            ClipSpec(entry.clip.num_frames, entry.clip.sampling_rate, entry.clip.fps),
+            args.psnr_short_side or entry.clip.eval_short_side,
         )
         print(json.dumps(report, indent=2))
         print(

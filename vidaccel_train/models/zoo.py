@@ -23,15 +23,61 @@ HEAD_KEYS = ("projection.model.weight", "projection.model.bias")
 
 
 @dataclass(frozen=True)
-class ZooEntry:
-    """An architecture, the clip it takes (30 fps source) and its published weights, if any."""
+class ClipContract:
+    """What a model takes, as it was trained (the zoo's recipes; X3D paper, Table 1 and sec. 4).
 
-    stages: tuple[StageSpec, ...]
+    ``num_frames`` frames, one every ``sampling_rate`` frames of a ``fps`` source (so a clip spans
+    ``num_frames * sampling_rate / fps`` seconds); for training the short side is scaled to a
+    random size in ``train_short_side`` and a random ``crop_size`` square is cut, for evaluation
+    the short side is ``eval_short_side`` and the crops are ``crop_size`` squares; RGB in [0, 1]
+    normalised by ``mean`` and ``std`` per channel. The model group's ``clip:`` block mirrors it
+    (``model.clip.*`` overrides it for a run); the export's manifest records what a run used.
+    """
+
     num_frames: int
     sampling_rate: int
     crop_size: int
+    train_short_side: tuple[int, int]
+    eval_short_side: int
+    fps: float = 30.0
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+
+    @property
+    def span_s(self) -> float:
+        return self.num_frames * self.sampling_rate / self.fps
+
+    def as_config(self) -> dict[str, Any]:
+        """The ``model.clip`` block of the model's config."""
+        return {
+            "num_frames": self.num_frames,
+            "sampling_rate": self.sampling_rate,
+            "crop_size": self.crop_size,
+            "train_short_side": list(self.train_short_side),
+            "eval_short_side": self.eval_short_side,
+        }
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """An architecture, the clip it takes and its published weights, if any."""
+
+    stages: tuple[StageSpec, ...]
+    clip: ClipContract
     checkpoint_url: str | None = None
     arch: dict[str, Any] = field(default_factory=dict)  # other EfficientX3dNet arguments
+
+    @property
+    def num_frames(self) -> int:
+        return self.clip.num_frames
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.clip.sampling_rate
+
+    @property
+    def crop_size(self) -> int:
+        return self.clip.crop_size
 
     @property
     def checkpoint_file(self) -> str | None:
@@ -39,16 +85,22 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {
-    "x3d_xs": ZooEntry(tuple(x3d_stages("XS")), 4, 12, 160, f"{_ZOO_URL}/efficient_x3d_xs_original_form.pyth"),
-    "x3d_s": ZooEntry(tuple(x3d_stages("S")), 13, 6, 160, f"{_ZOO_URL}/efficient_x3d_s_original_form.pyth"),
-    "x3d_m": ZooEntry(tuple(x3d_stages("M")), 16, 5, 224),
-    "x3d_l": ZooEntry(tuple(x3d_stages("L")), 16, 5, 312),
+    "x3d_xs": ZooEntry(
+        tuple(x3d_stages("XS")),
+        ClipContract(4, 12, 160, (182, 228), 182),
+        f"{_ZOO_URL}/efficient_x3d_xs_original_form.pyth",
+    ),
+    "x3d_s": ZooEntry(
+        tuple(x3d_stages("S")),
+        ClipContract(13, 6, 160, (182, 228), 182),
+        f"{_ZOO_URL}/efficient_x3d_s_original_form.pyth",
+    ),
+    "x3d_m": ZooEntry(tuple(x3d_stages("M")), ClipContract(16, 5, 224, (256, 320), 256)),
+    "x3d_l": ZooEntry(tuple(x3d_stages("L")), ClipContract(16, 5, 312, (356, 446), 356)),
     # A narrow, shallow X3D of the same blocks: fast tests and smoke runs on a laptop CPU.
     "x3d_tiny": ZooEntry(
         (StageSpec(1, 24, 16), StageSpec(2, 48, 24), StageSpec(2, 96, 48), StageSpec(1, 144, 64)),
-        4,
-        6,
-        56,
+        ClipContract(4, 6, 56, (60, 68), 60),
         arch={"stem_channels": 16, "head_channels": 144, "fc_channels": 256, "init": "pytorch"},
     ),
 }
