@@ -11,9 +11,11 @@ import json
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from vidaccel_train.export.artifacts import export_artifacts
-from vidaccel_train.export.callback import net_builder
+from vidaccel_train.export.callback import export_input
+from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.models import create_model
 from vidaccel_train.training import VideoClassifier
 
@@ -91,10 +93,9 @@ def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     module = _module()
     module.enter_quantization("qat", CLIP)
     module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
-    build_net = net_builder({"model": {"net": dict(cfg.model.net)}})
+    module.run_config = {"model": {"name": "x3d_tiny", "net": OmegaConf.to_container(cfg.model.net, resolve=True)}}
     with torch.device("meta"):
-        manifest = export_artifacts(
-            module, datamodule, tmp_path / "export", build_net, "x3d_tiny", threads=1, latency_repeats=1
-        )
+        inputs = export_input(module, datamodule)
+        manifest = export_artifacts(inputs, tmp_path / "export", ExportSettings(threads=1, latency_repeats=1))
     assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
     assert json.loads((tmp_path / "export" / "manifest.json").read_text())["input_shape"] == [1, *CLIP]

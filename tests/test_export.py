@@ -16,13 +16,16 @@ from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import read_clip
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.__main__ import export_checkpoint
-from vidaccel_train.export.artifacts import _fidelity, export_artifacts
-from vidaccel_train.export.callback import net_builder
+from vidaccel_train.export.artifacts import export_artifacts
+from vidaccel_train.export.callback import export_input
+from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.export.manifest import sha256_of
+from vidaccel_train.export.verify import fidelity
 from vidaccel_train.models import create_model
 from vidaccel_train.predict import ArtifactError, load_verified, predict
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
+from vidaccel_train.training.module import net_builder
 
 from conftest import TINY_FIT, compose_config
 
@@ -76,15 +79,15 @@ def test_fidelity_counts_clips_and_videos_and_measures_the_logit_error():
     reference = torch.tensor([[[3.0, 1, 0], [3, 1, 0], [3, 1, 0]], [[2.0, 1.5, 0], [2, 1.5, 0], [2, 1.5, 0]]])
     artifact = reference.clone()
     artifact[1, 0] = torch.tensor([1.7, 1.9, 0.0])
-    fidelity = _fidelity(artifact, reference)
-    assert fidelity["clip_agreement"] == pytest.approx(5 / 6) and fidelity["disagreeing_clips"] == 1
-    assert fidelity["agreement"] == 1.0  # the averaged views of video 1 still favour class 0
-    assert fidelity["logit_max_abs_error"] == pytest.approx(0.4)
-    assert fidelity["widest_disagreeing_gap"] == pytest.approx(0.5)
+    measured = fidelity(artifact, reference)
+    assert measured["clip_agreement"] == pytest.approx(5 / 6) and measured["disagreeing_clips"] == 1
+    assert measured["agreement"] == 1.0  # the averaged views of video 1 still favour class 0
+    assert measured["logit_max_abs_error"] == pytest.approx(0.4)
+    assert measured["widest_disagreeing_gap"] == pytest.approx(0.5)
     expected_cosine = torch.nn.functional.cosine_similarity(artifact[1, 0], reference[1, 0], dim=0)
-    assert fidelity["logit_cosine_min"] == pytest.approx(expected_cosine.item())
+    assert measured["logit_cosine_min"] == pytest.approx(expected_cosine.item())
     artifact[1, 1] = artifact[1, 2] = torch.tensor([0.0, 2.5, 0.0])
-    assert _fidelity(artifact, reference)["agreement"] == 0.5
+    assert fidelity(artifact, reference)["agreement"] == 0.5
 
 
 def test_both_programs_run_in_the_executorch_runtime(export_dir):
@@ -192,17 +195,11 @@ def test_a_failed_export_leaves_nothing_half_written(fp32_run, tmp_path, data_di
     module = VideoClassifier.load_from_checkpoint(
         fp32_run / "checkpoints" / "last.ckpt", net=net_builder(checkpoint["run_config"])(), optimizer=torch.optim.SGD
     )
+    module.run_config = checkpoint["run_config"]
     out = tmp_path / "export"
     with pytest.raises(RuntimeError, match="test split is empty"):
         export_artifacts(
-            module,
-            datamodule,
-            out,
-            net_builder(checkpoint["run_config"]),
-            "x3d_tiny",
-            threads=1,
-            latency_repeats=1,
-            calibration_batches=1,
+            export_input(module, datamodule), out, ExportSettings(threads=1, latency_repeats=1, calibration_batches=1)
         )
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder either
@@ -213,7 +210,8 @@ def test_the_export_checks_programs_against_the_logits_the_test_computed(smoke_r
     own pass over the test split (same views, same order), so the export need not run them again."""
     import lightning as L
 
-    from vidaccel_train.export.artifacts import _collect_logits, _tested_logits, float_deploy_form
+    from vidaccel_train.export.callback import tested_logits
+    from vidaccel_train.export.verify import collect_logits
 
     checkpoint = smoke_run / "checkpoints" / "last.ckpt"
     config = torch.load(checkpoint, map_location="cpu", weights_only=False)["run_config"]
@@ -227,12 +225,13 @@ def test_the_export_checks_programs_against_the_logits_the_test_computed(smoke_r
         enable_progress_bar=False,
         default_root_dir=smoke_run / "retest",
     ).test(module, datamodule=datamodule)
-    recorded = _tested_logits(module, datamodule, ("fp32", "int8"))
+    recorded = tested_logits(module, datamodule, ("fp32", "int8"))
     assert set(recorded) == {"reference_fp32", "reference_int8"}
     with torch.no_grad():
-        fresh, labels = _collect_logits(
+        module.run_config = config
+        fresh, labels = collect_logits(
             datamodule.test_dataloader(),
-            {"reference_fp32": float_deploy_form(module, 4, net_builder(config)), "reference_int8": module.int8_net()},
+            {"reference_fp32": module.float_deploy_form(4), "reference_int8": module.int8_net()},
         )
     assert recorded["reference_int8"].shape == (64, 3, 4) and len(labels) == 64
     assert torch.allclose(recorded["reference_fp32"], fresh["reference_fp32"], atol=1e-4)

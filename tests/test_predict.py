@@ -18,7 +18,7 @@ from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 from vidaccel_train.data.video_io import write_video
 from vidaccel_train.export import ExecuTorchModel
-from vidaccel_train.export.artifacts import _collect_logits
+from vidaccel_train.export.verify import collect_logits
 from vidaccel_train.predict import Views, main, predict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_predict_on_the_test_split_gives_the_exports_verification(artifact, test
     video equal the export's verification of the same program, and so does its top-1."""
     manifest = json.loads((artifact.parent / "manifest.json").read_text())
     assert manifest["test_views"] == {"clips": 1, "crops": 3}
-    logits, labels = _collect_logits(test_split.test_dataloader(), {"int8": ExecuTorchModel(artifact)})
+    logits, labels = collect_logits(test_split.test_dataloader(), {"int8": ExecuTorchModel(artifact)})
     expected = aggregate_views(logits["int8"])
 
     result = _predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--json", "--topk", "4")

@@ -18,9 +18,10 @@ from omegaconf import OmegaConf
 
 import vidaccel_train.config  # noqa: F401 - registers config resolvers
 from vidaccel_train.errors import CheckpointError, as_user_error
-from vidaccel_train.export.callback import ExportCallback, net_builder
+from vidaccel_train.export.callback import ExportCallback
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
+from vidaccel_train.training.module import net_builder
 
 log = logging.getLogger("vidaccel_train.export")
 

@@ -1,4 +1,9 @@
-"""The export callback: the product of a run is a verified program a phone can run."""
+"""The export callback: the product of a run is a verified program a phone can run.
+
+Lightning glue: it takes what the export needs from the module and datamodule it is handed
+(:func:`export_input`) and calls :func:`~vidaccel_train.export.artifacts.export_artifacts`,
+which knows neither.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,71 @@ import os
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+import torch
 
-from vidaccel_train.export.artifacts import PRECISIONS, check_precisions, export_artifacts
+from vidaccel_train.export.artifacts import export_artifacts
+from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings, Preprocessing, check_precisions
 
 log = logging.getLogger(__name__)
 
 
-def net_builder(run_config: dict):
-    """Builds the run's network afresh (architecture only: no weights are downloaded or read)."""
-    net_config = {**run_config["model"]["net"], "pretrained": False, "checkpoint": None}
-    return lambda: instantiate(net_config)
+def tested_logits(module, datamodule, precisions) -> dict[str, torch.Tensor]:
+    """The references' logits as the run's test just computed them, where that test covered the
+    whole test split exactly (``VideoClassifier.test_logits``): ``reference_<precision>``."""
+    recorded = getattr(module, "test_logits", None) or {}
+    if module.quant_state is None:
+        stages = {"fp32": "test"}  # an fp32 run's int8 reference is calibrated in the export, never tested
+    else:
+        stages = {"fp32": "test_fp32", "int8": "test"}
+    expected = (len(datamodule.datasets["test"]), datamodule.test_views) if "test" in datamodule.datasets else None
+    return {
+        f"reference_{precision}": recorded[stage]
+        for precision, stage in stages.items()
+        if stage in recorded
+        and tuple(recorded[stage].shape[:2]) == expected
+        and (precision == "fp32" or precision in precisions)
+    }
+
+
+def export_input(module, datamodule, precisions=PRECISIONS) -> ExportInput:
+    """What ``export_artifacts`` needs, from a ``VideoClassifier`` (moved to the CPU, eval mode)
+    and its ``VideoDataModule``: the deploy forms, the int8 model the run tested (or what to
+    calibrate one from), the test batches, the clip contract and the test's own logits."""
+    if module.device.type != "cpu":
+        log.info("Exporting on the CPU: moving the model off %s", module.device)
+    module = module.cpu().eval()  # the programs are CPU programs, verified on the CPU
+    quantized = module.quant_state is not None
+    num_frames = datamodule.clip.num_frames
+    with torch.no_grad(), torch.device("cpu"):
+        float_model = module.float_deploy_form(num_frames)
+        int8_model = module.int8_net() if quantized and "int8" in precisions else None
+        # The vanilla-PyTorch latency baseline: the train form run eagerly (its weights do not change its speed).
+        eager_model = module.net if not quantized else module.fresh_train_form()
+    return ExportInput(
+        model_name=module.run_config["model"]["name"],
+        classes=list(module.class_names or datamodule.class_names),
+        preprocessing=Preprocessing(
+            num_frames=num_frames,
+            sampling_rate=datamodule.clip.sampling_rate,
+            target_fps=datamodule.clip.target_fps,
+            crop_size=datamodule.crop_size,
+            short_side=datamodule.eval_short_side,
+            mean=tuple(datamodule.mean),
+            std=tuple(datamodule.std),
+            display_aspect=datamodule.display_aspect,
+            test_views={"clips": datamodule.test_clips, "crops": datamodule.test_crops},
+        ),
+        float_model=float_model,
+        eager_model=eager_model,
+        test_batches=datamodule.test_dataloader(),
+        # The in-framework models the programs are checked against: what the run's test measured.
+        fp32_reference=module.net if not quantized else float_model,
+        int8_model=int8_model,
+        int8_source=f"{module.quant_state.mode} model" if int8_model is not None else None,
+        calibration_model=module.net if not quantized else None,
+        calibration_batches=datamodule.calibration_dataloader() if not quantized else None,
+        reference_logits=tested_logits(module, datamodule, precisions),
+    )
 
 
 class ExportCallback(L.Callback):
@@ -26,6 +85,9 @@ class ExportCallback(L.Callback):
     Exporting after the test means the artifacts are the tested model: the best or last
     checkpoint, quantized as the run was (QAT), or calibrated after training when it was fp32.
     Only rank 0 exports.
+
+    Raises:
+        ConfigError: unknown ``precisions``, or counts below 1 (when built, before training).
     """
 
     def __init__(
@@ -38,12 +100,14 @@ class ExportCallback(L.Callback):
         precisions: list[str] | tuple[str, ...] = PRECISIONS,
     ):
         self.enabled = enabled
-        self.precisions = check_precisions(precisions)  # a typo fails before training, not after
         self.out_dir = out_dir
         # Never more threads than cores: an oversubscribed eager reference would flatter the programs.
-        self.threads = threads or min(4, os.cpu_count() or 1)
-        self.latency_repeats = latency_repeats
-        self.calibration_batches = calibration_batches
+        self.settings = ExportSettings(
+            threads=threads or min(4, os.cpu_count() or 1),
+            latency_repeats=latency_repeats,
+            calibration_batches=calibration_batches,
+            precisions=check_precisions(precisions),  # a typo fails before training, not after
+        )
         self.manifest: dict | None = None
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -58,14 +122,5 @@ class ExportCallback(L.Callback):
             )
         out_dir = Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "export"
         log.info("Exporting ExecuTorch artifacts to %s", out_dir)
-        self.manifest = export_artifacts(
-            pl_module,
-            trainer.datamodule,
-            out_dir,
-            build_net=net_builder(pl_module.run_config),
-            model_name=pl_module.run_config["model"]["name"],
-            threads=self.threads,
-            latency_repeats=self.latency_repeats,
-            calibration_batches=self.calibration_batches,
-            precisions=self.precisions,
-        )
+        inputs = export_input(pl_module, trainer.datamodule, self.settings.precisions)
+        self.manifest = export_artifacts(inputs, out_dir, self.settings)

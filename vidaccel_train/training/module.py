@@ -15,11 +15,21 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.errors import ConfigError
+from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.quant_state import QuantState
 from vidaccel_train.training.reports import write_confusion_matrix
 
 TEST_STAGES = ("test", "test_fp32")
+
+
+def net_builder(run_config: dict) -> Callable[[], nn.Module]:
+    """Builds a run's network afresh from its resolved config (architecture only: no weights are
+    downloaded or read)."""
+    from hydra.utils import instantiate
+
+    net_config = {**run_config["model"]["net"], "pretrained": False, "checkpoint": None}
+    return lambda: instantiate(net_config)
 
 
 def _drop_int8_cache(module: VideoClassifier, incompatible_keys) -> None:
@@ -130,6 +140,30 @@ class VideoClassifier(L.LightningModule):
             requantize_moved_values=requantize_moved_values,
         )
         self.train(self.training)
+
+    def fresh_train_form(self) -> nn.Module:
+        """The run's network built afresh from its run config (architecture only: no weights
+        are downloaded or read), in eval mode."""
+        if self.run_config is None:
+            raise RuntimeError("the module has no run config to rebuild its network from; use a checkpoint of ours")
+        return net_builder(self.run_config)().eval()
+
+    def float_deploy_form(self, num_frames: int) -> nn.Module:
+        """The fp32 deploy form of the current weights, in eval mode.
+
+        A quantized module holds an exported graph whose parameters keep the deploy form's
+        names, so they load straight into a freshly built deploy form (quantization left out).
+        """
+        if self.quant_state is None:
+            return to_deploy_form(self.net, num_frames)
+        deployed = to_deploy_form(self.fresh_train_form(), num_frames)
+        own = deployed.state_dict()
+        trained = {k: v.detach().cpu() for k, v in self.net.state_dict().items() if k in own}
+        missing = sorted(set(own) - set(trained))
+        if missing:
+            raise RuntimeError(f"the quantized graph lacks deploy-form weights {missing[:5]}")
+        deployed.load_state_dict(trained)
+        return deployed.eval()
 
     def freeze_observers(self) -> None:
         self.quant_state.observers_frozen = True

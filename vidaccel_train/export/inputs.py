@@ -1,0 +1,119 @@
+"""What an export takes, as values: the models, the test batches, the clip contract and the
+settings. The Lightning callback and the command line build these; nothing here knows a
+LightningModule, a datamodule or a config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vidaccel_train.errors import ConfigError
+
+PRECISIONS = ("fp32", "int8")
+
+
+def check_precisions(precisions) -> tuple[str, ...]:
+    """The precisions to export, each once, in order.
+
+    Raises:
+        ConfigError: none given, or one that is not fp32 or int8.
+    """
+    chosen = tuple(dict.fromkeys(str(p) for p in precisions))
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if not chosen or unknown:
+        raise ConfigError(
+            f"callbacks.export.precisions must name one or more of {list(PRECISIONS)}, got {list(precisions)}"
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to export.
+
+    Attributes:
+        threads: threads for the runtime (XNNPACK) and eager PyTorch while timing.
+        latency_repeats: timed runs per model at batch 1 (the median is reported, in ms).
+        calibration_batches: training batches to calibrate an int8 model on, when none is given.
+        precisions: which programs to write (``fp32``, ``int8``).
+
+    Raises:
+        ConfigError: unknown precisions, or counts below 1.
+    """
+
+    threads: int = 4
+    latency_repeats: int = 20
+    calibration_batches: int = 16
+    precisions: tuple[str, ...] = PRECISIONS
+
+    def __post_init__(self):
+        object.__setattr__(self, "precisions", check_precisions(self.precisions))
+        for name in ("threads", "latency_repeats", "calibration_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"callbacks.export.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class Preprocessing:
+    """The clip contract the programs were trained and verified with, as the manifest records it
+    (``predict`` and the demo read it back): ``num_frames`` frames one every ``sampling_rate`` of
+    a ``target_fps`` source, short side ``short_side``, ``crop_size`` squares, RGB in [0, 1]
+    normalised by ``mean``/``std``, pixels as ``display_aspect`` says, ``test_views`` per video."""
+
+    num_frames: int
+    sampling_rate: int
+    target_fps: float
+    crop_size: int
+    short_side: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    display_aspect: str
+    test_views: dict[str, int]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int, int]:
+        """``(1, C, T, H, W)``: one clip, the programs' input."""
+        return (1, 3, self.num_frames, self.crop_size, self.crop_size)
+
+
+@dataclass
+class ExportInput:
+    """Everything an export needs, as values.
+
+    Attributes:
+        model_name: the zoo name, for the manifest and the report.
+        classes: class names in logit order.
+        preprocessing: the clip contract (see :class:`Preprocessing`).
+        float_model: the fp32 deploy form, lowered into the fp32 program.
+        eager_model: the train form run eagerly: the latency baseline ("vanilla PyTorch").
+        test_batches: whole videos, ``{"video": (B, views, C, T, H, W), "label": (B,), "valid": (B,)}``;
+            iterated once.
+        fp32_reference: the in-framework fp32 model the fp32 program is checked against (the
+            model the run tested); ``float_model`` when None.
+        int8_model: the converted int8 model (QAT or PTQ) lowered into the int8 program, or None
+            to calibrate ``calibration_model`` on ``calibration_batches`` here.
+        int8_source: how ``int8_model`` came about, for the manifest.
+        calibration_model: the trained network in its train form (PT2E exports its deploy form),
+            when ``int8_model`` is None.
+        calibration_batches: training batches, ``{"video": (B, C, T, H, W), ...}``, when
+            ``int8_model`` is None.
+        reference_logits: logits the run's test already measured on every test view,
+            ``reference_fp32`` / ``reference_int8`` ``(videos, views, classes)``: taken as they are.
+    """
+
+    model_name: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    float_model: nn.Module
+    eager_model: nn.Module
+    test_batches: Iterable[dict]
+    fp32_reference: nn.Module | None = None
+    int8_model: nn.Module | None = None
+    int8_source: str | None = None
+    calibration_model: nn.Module | None = None
+    calibration_batches: Iterable[dict] | None = None
+    reference_logits: dict[str, torch.Tensor] = field(default_factory=dict)

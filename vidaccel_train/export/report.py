@@ -1,0 +1,73 @@
+"""The export's human-readable report: ``report.md`` and ``accuracy_latency.png`` from a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_report(folder: Path, manifest: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = manifest["reference_eager_fp32"]
+    points = [("PyTorch eager fp32", reference["latency_ms"], reference["top1"])] + [
+        (f"ExecuTorch {a['precision']}", a["latency_ms"], a["top1"]) for a in manifest["artifacts"]
+    ]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, latency, top1 in points:
+        axes.scatter(latency, top1 * 100, s=60, label=label)
+    axes.set_xscale("log")
+    axes.set_xlabel(f"latency, batch 1, {reference['threads']} threads (ms, log scale)")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title(f"{manifest['model']}: accuracy against latency")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(folder / "accuracy_latency.png", dpi=120)
+    plt.close(figure)
+
+    rows = [
+        f"| {label} | {top1 * 100:.1f} | {latency:.2f} | {reference['latency_ms'] / latency:.1f}x |"
+        for label, latency, top1 in points
+    ]
+    details = [
+        f"| {a['file']} | {a['precision']} | {a['bytes'] / 1e6:.2f} MB | {a['agreement'] * 100:.1f}% | "
+        f"{a['clip_agreement'] * 100:.1f}% | {a['logit_max_abs_error']:.3g} | {a['logit_cosine_min']:.5f} | "
+        f"{a['disagreeing_clips']} (widest gap {a['widest_disagreeing_gap']:.3g}) | `{a['sha256'][:16]}…` |"
+        for a in manifest["artifacts"]
+    ]
+    verified = manifest["verified_on"]
+    stages = ", ".join(
+        f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest["stage_seconds"].items()
+    )
+    (folder / "report.md").write_text(
+        "\n".join(
+            [
+                f"# Export report: {manifest['model']}",
+                "",
+                f"Input {manifest['input_shape']} ({manifest['layout']}), {manifest['num_frames']} frames "
+                f"every {manifest['sampling_rate']} at {manifest['target_fps']:g} fps"
+                + (f"; int8 from {manifest['int8_source']}." if manifest["int8_source"] else "."),
+                "",
+                "| model | test top-1 (%) | latency (ms) | speed-up vs eager |",
+                "| --- | --- | --- | --- |",
+                *rows,
+                "",
+                f"Each artifact against the in-framework model it was lowered from, on all {verified['clips']} test "
+                f"views ({verified['videos']} videos); a disagreeing clip whose reference top-1/top-2 logit gap is "
+                "within the logit error was a near-tie.",
+                "",
+                "| artifact | precision | size | video agreement | clip agreement | max logit error | min cosine "
+                "| disagreeing clips | sha256 |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                *details,
+                "",
+                f"Export stages: {stages}.",
+                "",
+                "![accuracy against latency](accuracy_latency.png)",
+                "",
+            ]
+        )
+    )

@@ -1,0 +1,93 @@
+"""Verification of exported programs: every test view through each program and its reference
+(accuracy, agreement, logit error) and latency at batch 1. Takes models, programs and batches."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from vidaccel_train.data.clips import aggregate_views
+from vidaccel_train.quiet import native_stderr_muted
+
+
+def set_runtime_threads(threads: int) -> None:
+    """Threads for XNNPACK inside the ExecuTorch runtime and for eager PyTorch alike.
+
+    Load programs after this call: running a program loaded before the pool changed can hang.
+    """
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    with native_stderr_muted():
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
+    torch.set_num_threads(threads)
+
+
+def median_latency_ms(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def collect_logits(loader, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]], known=None):
+    """Every predictor's logits on every test view, ``(videos, views, classes)``, and the labels.
+
+    In-framework models take a video's views as one batch; programs are exported for batch 1
+    and run each view alone. ``known`` logits (from the test that just ran) are taken as they are.
+    """
+    known = known or {}
+    predictors = {name: predict for name, predict in predictors.items() if name not in known}
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in predictors}
+    labels = []
+    for batch in loader:
+        valid = batch.get("valid", torch.ones(len(batch["label"]), dtype=torch.bool))
+        for views, label, readable in zip(batch["video"], batch["label"], valid):
+            if not readable:  # an unreadable video (named in bad_files.txt): left out, as the test does
+                continue
+            labels.append(int(label))
+            for name, predict in predictors.items():
+                if isinstance(predict, nn.Module):
+                    out = predict(views)
+                else:
+                    out = torch.stack([predict(view.unsqueeze(0).contiguous()).reshape(-1) for view in views])
+                logits[name].append(out.float())
+    if not labels:
+        raise RuntimeError("the test split is empty: nothing to verify the artifacts on")
+    return {**known, **{name: torch.stack(values) for name, values in logits.items()}}, torch.tensor(labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Video-level top-1/top-5 as the test step scores them (views' probabilities averaged)."""
+    probabilities = aggregate_views(logits)
+    ranked = probabilities.topk(min(5, probabilities.shape[-1]), dim=-1).indices
+    return {
+        "top1": (ranked[:, 0] == labels).float().mean().item(),
+        "top5": (ranked == labels[:, None]).any(-1).float().mean().item(),
+    }
+
+
+def fidelity(artifact: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How closely an artifact's logits follow its reference's, per video and per view."""
+    video_same = aggregate_views(artifact).argmax(-1) == aggregate_views(reference).argmax(-1)
+    clips, clips_ref = artifact.flatten(0, 1), reference.flatten(0, 1)
+    clip_same = clips.argmax(-1) == clips_ref.argmax(-1)
+    cosine = torch.nn.functional.cosine_similarity(clips, clips_ref, dim=-1)
+    top2 = clips_ref.topk(min(2, clips_ref.shape[-1]), dim=-1).values
+    gaps = (top2[:, 0] - top2[:, -1])[~clip_same]
+    return {
+        "agreement": video_same.float().mean().item(),
+        "clip_agreement": clip_same.float().mean().item(),
+        "logit_max_abs_error": (clips - clips_ref).abs().max().item(),
+        "logit_cosine_min": cosine.min().item(),
+        "disagreeing_clips": int((~clip_same).sum()),
+        "widest_disagreeing_gap": gaps.max().item() if len(gaps) else 0.0,
+    }
