@@ -1,6 +1,7 @@
 """Export after training: verified fp32 and int8 ExecuTorch artifacts, predict, tamper checks."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,29 @@ def fp32_run(tmp_path_factory, data_dir):
     run_dir = tmp_path_factory.mktemp("fp32")
     run(compose_config(run_dir, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
     return run_dir
+
+
+def test_the_export_command_line_writes_only_its_out_dir(fp32_run, tmp_path):
+    out, cwd = tmp_path / "exported", tmp_path / "cwd"
+    cwd.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.export", f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}",
+         f"out_dir={out}", "callbacks.export.latency_repeats=2", "callbacks.export.precisions=[fp32,int8]"],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line for line in result.stdout.splitlines() if line.startswith("model_")]
+    assert [line.split(":")[0] for line in printed] == ["model_fp32.pte", "model_int8.pte"]
+    assert {a["precision"] for a in json.loads((out / "manifest.json").read_text())["artifacts"]} == {"fp32", "int8"}
+    assert list(cwd.iterdir()) == []  # no Hydra run folder or log file where it was started
+    typo = subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.export", f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}",
+         "callbacks.export.thread=2"],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    assert typo.returncode != 0 and "callbacks.export.thread" in typo.stderr  # Hydra checks the keys
 
 
 def _test_video(run_dir, class_name):

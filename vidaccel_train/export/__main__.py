@@ -1,8 +1,11 @@
 """Export any checkpoint of ours: ``python -m vidaccel_train.export ckpt_path=<file.ckpt> [key=value ...]``.
 
-The checkpoint carries its run config, which rebuilds the model and data; ``key=value`` pairs
-override it (``out_dir=...``, ``callbacks.export.threads=2``, ``data.root=...``). The default
-output is ``<run dir>/export`` next to the checkpoint's ``checkpoints/`` folder.
+A Hydra entry with its own config (``conf/export.yaml``), as the training entry: the checkpoint
+carries its run config, which rebuilds the model and data; ``key=value`` pairs change it
+(``out_dir=...``, ``callbacks.export.threads=2``, ``data.root=...``) and Hydra checks each key
+against the training config. The default output is ``<run dir>/export`` next to the
+checkpoint's ``checkpoints/`` folder. ``--help`` shows the options; a mistake is one ``error:``
+line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import sys
 import warnings
 from pathlib import Path
 
+import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-import vidaccel_train.config  # noqa: F401 - registers config resolvers
+from vidaccel_train.config import CONFIG_DIR  # also registers the config resolvers
 from vidaccel_train.errors import CheckpointError, as_user_error
 from vidaccel_train.export.callback import ExportCallback
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
+from vidaccel_train.train import check_override_syntax
 from vidaccel_train.training.module import net_builder
 
 log = logging.getLogger("vidaccel_train.export")
@@ -60,32 +66,46 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     return callback.manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    ckpt = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
-    if len(ckpt) != 1 or any("=" not in a for a in args):
-        print(__doc__, file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+# Keys of the export's own config, not changes to the checkpoint's run config.
+_OWN_KEYS = ("ckpt_path", "out_dir")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def _main(cfg: DictConfig) -> None:
+    if not cfg.get("ckpt_path"):
+        print(
+            "error: ckpt_path is not set: python -m vidaccel_train.export ckpt_path=<run>/checkpoints/last.ckpt "
+            "(see --help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    # What the command line changed, applied to the checkpoint's run config (Hydra checked each key).
+    overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in _OWN_KEYS]
+    if cfg.out_dir:
+        overrides.append(f"out_dir={cfg.out_dir}")
     silence_third_party_noise()
     # The checkpoint's callbacks (ModelCheckpoint, QAT, ...) are training's: the export needs none of them.
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
     try:
-        manifest = export_checkpoint(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
+        manifest = export_checkpoint(cfg.ckpt_path, overrides)
     except Exception as err:
         user_error = as_user_error(err)  # also what a component refused while Hydra built it
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
-        return 2
+        sys.exit(2)
     for artifact in manifest["artifacts"]:
         print(
             f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
             f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "
             f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…"
         )
-    return 0
+
+
+def main() -> None:
+    check_override_syntax(sys.argv[1:])
+    _main()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
