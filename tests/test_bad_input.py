@@ -18,7 +18,7 @@ from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import VideoDecodeError
 from vidaccel_train.train import run
 
-from conftest import TINY_FIT, compose_config
+from support import TINY_FIT, compose_config
 
 
 def _write_audio_only(path):

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from vidaccel_train.config import CONFIG_DIR
 from vidaccel_train.train import instantiate_group
 
-from conftest import compose_config
+from support import compose_config
 
 REPO = Path(CONFIG_DIR).parent
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra")
@@ -122,7 +122,7 @@ def test_a_clip_longer_than_the_real_videos_is_named_before_training(tmp_path, d
     from vidaccel_train.config import ConfigError
     from vidaccel_train.train import run
 
-    from conftest import TINY_FIT
+    from support import TINY_FIT
 
     overrides = [o for o in TINY_FIT if not o.startswith("data.synthetic")]
     cfg = compose_config(

@@ -5,7 +5,7 @@ from hydra.utils import instantiate
 from vidaccel_train.data import VideoDataModule
 from vidaccel_train.data.layouts import DatasetLayoutError
 
-from conftest import TINY_RUN, TINY_SPEC, compose_config
+from support import TINY_RUN, TINY_SPEC, compose_config
 
 
 @pytest.fixture

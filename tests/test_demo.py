@@ -26,7 +26,7 @@ from torch import nn
 
 from vidaccel_train.export.manifest import sha256_of
 
-from video_corpus import read_indices, write_case
+from support.video_corpus import read_indices, write_case
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["walk", "run", "jump", "wave"]

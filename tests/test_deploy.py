@@ -129,6 +129,7 @@ def test_tiny_deploy_form_lowers_whole_to_xnnpack_and_runs_in_executorch(tiny_pa
         assert (program(clip) - model(clip)).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothing_changed(tiny_pair, monkeypatch):
     """The shortcuts only skip work: an int8 program (whose operators XNNPACK keeps whole) comes out
     identical to stock ExecuTorch's, and the process is left as it was found."""

@@ -9,6 +9,7 @@ catches what only a GPU run would otherwise show.
 import functools
 import json
 
+import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -19,7 +20,7 @@ from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.models import create_model
 from vidaccel_train.training import VideoClassifier
 
-from conftest import TINY_FIT, compose_config
+from support import TINY_FIT, compose_config
 
 CLIP = (3, 4, 32, 32)
 
@@ -84,6 +85,7 @@ def test_the_int8_conversion_is_reused_until_weights_or_ranges_may_change():
     assert module.int8_net() is not reloaded
 
 
+@pytest.mark.slow
 def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     run_dir = tmp_path / "run"
     cfg = compose_config(run_dir, data_dir, TINY_FIT)

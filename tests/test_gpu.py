@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_FIT, run_cli
+from support import TINY_FIT, run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -62,7 +62,13 @@ def test_a_gpu_run_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir):
     cut = run_cli(
         stopped,
         data_dir,
-        [*GPU, *QAT, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1", "test=false"],
+        [
+            *GPU,
+            *QAT,
+            "+callbacks.stop._target_=support.callbacks.StopAfterEpoch",
+            "+callbacks.stop.epoch=1",
+            "test=false",
+        ],
     )
     assert cut.returncode == 0, cut.stderr[-4000:]
     resumed = run_cli(stopped, data_dir, [*GPU, *QAT, "ckpt_path=last"])

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from vidaccel_train.data.layouts import DatasetLayoutError, detect_layout, index_split
 from vidaccel_train.train import run
 
-from conftest import TINY_FIT, TINY_SPEC, compose_config
+from support import TINY_FIT, TINY_SPEC, compose_config
 
 # The tiny run without its generated-data settings, for data=kinetics.
 TINY_KINETICS_FIT = [o for o in TINY_FIT if not o.startswith("data.synthetic")]

@@ -10,7 +10,7 @@ import pytest
 
 from vidaccel_train.train import run
 
-from conftest import compose_config
+from support import compose_config
 
 # Measured on 2 CPU cores (docs/benchmarks.md): the main job's test top-1 is 0.99 (fp32 weights
 # and int8); the floor is the README's aim and leaves room for other machines' float rounding,

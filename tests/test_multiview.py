@@ -14,7 +14,7 @@ from vidaccel_train.data.transforms import SpatialCrops, build_transform, crop_o
 from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
 from vidaccel_train.training import VideoClassifier
 
-from conftest import TINY_RUN, compose_config
+from support import TINY_RUN, compose_config
 
 
 def test_clips_spread_evenly_and_crops_span_the_long_side():

@@ -8,7 +8,7 @@ import torch
 
 from vidaccel_train.train import run
 
-from conftest import TINY_FIT, compose_config
+from support import TINY_FIT, compose_config
 
 QAT_RUN = [
     *TINY_FIT,
@@ -46,6 +46,7 @@ def test_qat_switches_at_its_epoch_and_checkpoints_the_quantized_graph(tmp_path,
     assert "val_fp32/top1" in header
 
 
+@pytest.mark.slow
 def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
     unstopped = tmp_path / "unstopped"
     stopped = tmp_path / "stopped"
@@ -55,7 +56,12 @@ def test_resuming_mid_qat_ends_exactly_as_an_unstopped_run(tmp_path, data_dir):
         compose_config(
             stopped,
             data_dir,
-            [*QAT_RUN, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=2", "test=false"],
+            [
+                *QAT_RUN,
+                "+callbacks.stop._target_=support.callbacks.StopAfterEpoch",
+                "+callbacks.stop.epoch=2",
+                "test=false",
+            ],
         )
     )
     assert _last_state(stopped)["epoch"] == 2
@@ -78,7 +84,7 @@ def test_qat_from_the_first_epoch_observes_its_ranges_and_tests_int8(tmp_path, d
                 "quant.start_epoch=0",
                 "trainer.max_epochs=3",
                 f"model.checkpoint={start_weights}",
-                "+callbacks.observers._target_=conftest.RecordObservers",
+                "+callbacks.observers._target_=support.callbacks.RecordObservers",
                 f"+callbacks.observers.path={observed}",
             ],
         )
@@ -144,7 +150,14 @@ def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(
     assert _last_state(finetune)["quantization"]["start_step"] == 0
 
 
-@pytest.mark.parametrize("observing, fake_quantizing", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    "observing, fake_quantizing",
+    [
+        (True, True),
+        pytest.param(False, True, marks=pytest.mark.slow),
+        pytest.param(True, False, marks=pytest.mark.slow),
+    ],
+)
 def test_vectorised_fake_quantization_gives_the_stock_values_gradients_and_ranges(observing, fake_quantizing):
     from vidaccel_train.models import create_model
     from vidaccel_train.quantization import pt2e
@@ -232,6 +245,7 @@ def test_vectorised_rounding_matches_the_stock_op_at_every_edge(zero_point, chan
     assert 0 < passed.sum() < passed.numel()  # both ends cut, the middle passes
 
 
+@pytest.mark.slow
 def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
     """By default QAT passes sliced, joined and zeroed values through instead of fake-quantizing
     them again: each shared quantizer observes once a step (torchao's QAT: five times), with

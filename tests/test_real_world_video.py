@@ -1,7 +1,7 @@
 """The files people actually have: phone recordings (display matrix), cuts and segments (first
 timestamp not 0, edit lists), browser recordings (no duration in the header), AV1/VP9/HEVC/MJPEG,
 variable frame rate, anamorphic pixels, one-frame files. Every frame carries its index in its
-pixels (tests/video_corpus.py): each path must return, for every time it samples, the frame a
+pixels (tests/support/video_corpus.py): each path must return, for every time it samples, the frame a
 player shows then, upright, against a reference computed from the presentation timestamps."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vidaccel_train.data.prepare import EncodeSettings, transcode
 from vidaccel_train.data.video_io import VideoInfo, probe, read_clip
 from vidaccel_train.predict import Views, views_dataset
 
-from video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices
+from support.video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices
 
 REPO = Path(__file__).resolve().parents[1]
 

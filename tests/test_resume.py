@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import TINY_FIT, run_cli
+from support import TINY_FIT, run_cli
 
 # Two fp32 epochs, then QAT (observers frozen for the last epoch): 3 train batches an epoch, with
 # the two persistent loader workers every real run has (they draw indices as soon as a loader starts).
@@ -43,7 +43,7 @@ def unstopped(tmp_path_factory, data_dir):
 
 
 def _kill_then_resume(run_dir, data_dir, kill: list[str], extra: list[str] = ()):
-    killed = run_cli(run_dir, data_dir, [*RUN, *extra, "+callbacks.kill._target_=conftest.KillAt", *kill])
+    killed = run_cli(run_dir, data_dir, [*RUN, *extra, "+callbacks.kill._target_=support.callbacks.KillAt", *kill])
     resumed = run_cli(run_dir, data_dir, [*RUN, *extra, "ckpt_path=last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return killed, resumed
@@ -79,13 +79,14 @@ def test_sigkill_inside_the_qat_phase_mid_epoch(tmp_path, data_dir, unstopped):
     assert losses == pytest.approx(expected_losses, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resumes_mid_epoch(tmp_path, data_dir, unstopped):
     killed = run_cli(
         tmp_path,
         data_dir,
         [
             *RUN,
-            "+callbacks.kill._target_=conftest.KillAt",
+            "+callbacks.kill._target_=support.callbacks.KillAt",
             "+callbacks.kill.stage=train",
             "+callbacks.kill.epoch=3",
             "+callbacks.kill.batch=0",
@@ -125,7 +126,7 @@ def test_sigkill_during_export_redoes_it_whole(tmp_path, data_dir, unstopped):
     killed = run_cli(
         tmp_path,
         data_dir,
-        [*RUN, *with_export, "+callbacks.kill._target_=conftest.KillAt", "+callbacks.kill.stage=export"],
+        [*RUN, *with_export, "+callbacks.kill._target_=support.callbacks.KillAt", "+callbacks.kill.stage=export"],
     )
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "export" / "manifest.json").exists()  # cut off: no export that looks finished
@@ -158,7 +159,7 @@ def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damag
     from vidaccel_train.models.zoo import CheckpointError
     from vidaccel_train.train import run
 
-    from conftest import compose_config
+    from support import compose_config
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -183,7 +184,7 @@ def test_a_failed_checkpoint_write_is_named_and_leaves_no_temporary(tmp_path, da
     from vidaccel_train.train import run
     from vidaccel_train.training.resilience import DiskFullError
 
-    from conftest import compose_config
+    from support import compose_config
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

@@ -10,7 +10,7 @@ import yaml
 
 from vidaccel_train.sweep import pareto_front
 
-from conftest import TINY_FIT, run_cli
+from support import TINY_FIT, run_cli
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():
@@ -18,6 +18,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert pareto_front(points) == [0, 1, 4]
 
 
+@pytest.mark.slow
 def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -47,6 +48,7 @@ def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
         assert (sweep / job / "export" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_an_optuna_search_runs_trials_and_names_the_best(tmp_path, data_dir):
     space = "[{name:optim.lr,type:float,low:0.001,high:0.05,log:true},{name:quant.lr_scale,type:categorical,choices:[0.1,1.0]}]"
     result = run_cli(
@@ -99,9 +101,9 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
             "trainer.max_epochs=2",
             "callbacks.export.enabled=true",
             "callbacks.export.latency_repeats=3",
-            "+callbacks.record._target_=conftest.RecordTrainIndices",
+            "+callbacks.record._target_=support.callbacks.RecordTrainIndices",
             f"+callbacks.record.out_dir={indices}",
-            "+callbacks.state._target_=conftest.RecordRankState",
+            "+callbacks.state._target_=support.callbacks.RecordRankState",
             f"+callbacks.state.out_dir={states}",
         ],
     )
@@ -146,7 +148,7 @@ def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_
     cut = run_cli(
         stopped,
         data_dir,
-        [*run, "+callbacks.stop._target_=conftest.StopAfterEpoch", "+callbacks.stop.epoch=1", "test=false"],
+        [*run, "+callbacks.stop._target_=support.callbacks.StopAfterEpoch", "+callbacks.stop.epoch=1", "test=false"],
     )
     assert cut.returncode == 0, cut.stderr[-3000:]
     resumed = run_cli(stopped, data_dir, [*run, "ckpt_path=last"])

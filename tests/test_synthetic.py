@@ -4,7 +4,7 @@ import pytest
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset, render_clip
 from vidaccel_train.data.video_io import read_frames_at
 
-from conftest import TINY_SPEC
+from support import TINY_SPEC
 
 SPEC = SyntheticSpec(height=64, width=80, duration_s=1.2, fps=30)
 

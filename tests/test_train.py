@@ -14,7 +14,7 @@ from vidaccel_train.models import CheckpointError, create_model
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 
-from conftest import TINY_FIT, TINY_RUN, compose_config
+from support import TINY_FIT, TINY_RUN, compose_config
 
 
 @pytest.mark.parametrize("model", ["x3d_tiny", "x3d_xs", "x3d_s"])
@@ -47,6 +47,7 @@ def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(s
     assert (smoke_run / "smoke.log").is_file()
 
 
+@pytest.mark.slow
 def test_two_clips_per_video_learn_as_well_as_one(tmp_path, data_dir):
     """The smoke run with two clips per decoded video: the same accuracy floor as with one."""
     metrics = run(
@@ -104,7 +105,7 @@ def test_low_res_epochs_train_smaller_clips_then_full_size_with_workers(tmp_path
         "trainer.max_epochs=2",
         "quant=ptq",
         "quant.calibration_batches=2",
-        "+callbacks.shapes._target_=conftest.RecordBatchShapes",
+        "+callbacks.shapes._target_=support.callbacks.RecordBatchShapes",
         f"+callbacks.shapes.path={shapes}",
     ]
     metrics = run(compose_config(tmp_path, data_dir, overrides))

@@ -9,7 +9,7 @@ from pytorchvideo.models.accelerator.mobile_cpu.efficient_x3d import EfficientX3
 from vidaccel_train.models import zoo
 from vidaccel_train.models.zoo import ZOO, CheckpointError, create_model
 
-from conftest import compose_config
+from support import compose_config
 
 
 def _pytorchvideo_model(expansion: str, num_classes: int = 400) -> EfficientX3d:
