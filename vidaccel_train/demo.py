@@ -102,13 +102,13 @@ def resolve_artifact(path: str | Path) -> Path:
 def collect_examples(inputs: Sequence[str]) -> list[Path]:
     """Videos named by ``--examples``: files, or folders searched recursively (hidden files left
     out), at most :data:`MAX_EXAMPLES`. Raises :class:`PredictError` for one that does not exist."""
-    from vidaccel_train.data.layouts import is_hidden, is_video_file
+    from vidaccel_train.data.layouts import videos_under
 
     found: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            videos = sorted(p for p in path.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, path))
+            videos = videos_under(path)
             if not videos:
                 raise PredictError(f"--examples {path}: no video files in this folder or below it")
             found += videos

@@ -40,7 +40,7 @@ from torchvision import tv_tensors
 
 from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
-from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, is_hidden, is_video_file
+from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, videos_under
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import probe, read_clip
 from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
@@ -424,7 +424,7 @@ def collect_inputs(inputs: Sequence[str], classes: Sequence[str]) -> list[tuple[
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, path))
+            found = videos_under(path)
             if not found:
                 raise PredictError(f"{path}: no video files in this folder or below it")
             videos += [(str(p), None) for p in found]

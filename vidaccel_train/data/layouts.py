@@ -88,6 +88,12 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not is_hidden(path)
 
 
+def videos_under(folder: Path) -> list[Path]:
+    """Every video file in ``folder`` and below it, sorted; hidden files and folders left out."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, folder))
+
+
 def _read_text(path: Path) -> str:
     """A text file as spreadsheets and editors save it: with or without a UTF-8 byte-order mark."""
     return path.read_text(encoding="utf-8-sig")
