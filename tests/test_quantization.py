@@ -1,6 +1,7 @@
 """QAT and PTQ on generated data through the real pipeline."""
 
 import copy
+import functools
 import json
 
 import pytest
@@ -290,3 +291,33 @@ def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
     assert all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
     assert torch.equal(pt2e.convert_int8(passing)(clip), pt2e.convert_int8(requantizing)(clip))
     assert any(n.target is pass_through for n in passing.graph.nodes)  # converting left the QAT graph alone
+
+
+def test_the_quantized_state_is_typed_and_old_checkpoints_still_load():
+    """Checkpoints keep the state as a plain dict (the safe loader reads it); one written before
+    ``requantize_moved_values`` existed loads as requantizing, as torchao's QAT did then."""
+    from vidaccel_train.models import create_model
+    from vidaccel_train.training import QuantState, VideoClassifier
+
+    def module():
+        net = create_model("x3d_tiny", num_classes=4)
+        return VideoClassifier(net, optimizer=functools.partial(torch.optim.SGD, lr=0.1), num_classes=4)
+
+    trained = module()
+    trained.enter_quantization("qat", (3, 4, 32, 32), start_step=7, lr_scale=0.3)
+    trained.freeze_observers()
+    checkpoint = {"state_dict": trained.state_dict()}
+    trained.on_save_checkpoint(checkpoint)
+    assert checkpoint["quantization"] == {
+        "mode": "qat", "input_shape": [3, 4, 32, 32], "observers_frozen": True, "start_step": 7, "lr_scale": 0.3,
+        "requantize_moved_values": False,
+    }  # fmt: skip
+    del checkpoint["quantization"]["requantize_moved_values"]  # as written before the option
+    resumed = module()
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    assert resumed.quant_state == QuantState("qat", (3, 4, 32, 32), True, 7, 0.3, requantize_moved_values=True)
+    clip = torch.randn(2, 3, 4, 32, 32)
+    trained.eval(), resumed.eval()
+    with torch.no_grad():
+        assert torch.allclose(trained(clip), resumed(clip), atol=1e-5)  # frozen ranges: the same function
