@@ -247,4 +247,7 @@ def test_atomic_writes_leave_the_old_or_the_new_never_a_mix(tmp_path):
         "export",
     ]
     (tmp_path / ".export.tmp-999999").mkdir()  # a writer killed in another process
-    assert [p.name for p in remove_leftovers(tmp_path, "export*")] == [".export.tmp-999999"]
+    (tmp_path / ".export.old.tmp-999999").mkdir()  # killed between its two renames
+    (tmp_path / ".export_b.tmp-999999").mkdir()  # another export's: not this one's to remove
+    removed = sorted(p.name for p in remove_leftovers(tmp_path, "export"))
+    assert removed == [".export.old.tmp-999999", ".export.tmp-999999"] and (tmp_path / ".export_b.tmp-999999").is_dir()

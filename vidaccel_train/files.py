@@ -74,7 +74,8 @@ def remove_leftovers(folder: str | Path, name: str = "*") -> list[Path]:
     """Remove what killed writers of other processes left in ``folder`` (their names match
     ``name``); returns what was removed."""
     removed = []
-    for stale in Path(folder).glob(f".{name}{STAGING_INFIX}*"):
+    patterns = {f".{name}{STAGING_INFIX}*", f".{name}.old{STAGING_INFIX}*"}  # staged and moved-aside copies
+    for stale in sorted({p for pattern in patterns for p in Path(folder).glob(pattern)}):
         if stale.name.rsplit(STAGING_INFIX, 1)[-1] != str(os.getpid()):
             _remove(stale)
             removed.append(stale)

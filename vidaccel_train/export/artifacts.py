@@ -91,7 +91,7 @@ def export_artifacts(inputs: ExportInput, out_dir: str | Path, settings: ExportS
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out_dir.parent, f"{out_dir.name}*")  # from an export that was killed
+    remove_leftovers(out_dir.parent, out_dir.name)  # from an export that was killed
     torch_threads = torch.get_num_threads()
     try:
         # Whole folders change places: a reader sees the old export or the new one, never a mix.
