@@ -163,14 +163,16 @@ def test_the_export_command_line_writes_only_its_out_dir(fp32_run, tmp_path):
     cwd.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "vidaccel_train.export", f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}",
-         f"out_dir={out}", "callbacks.export.latency_repeats=2"],
+         f"out_dir={out}", "callbacks.export.latency_repeats=2", "callbacks.export.threads=1"],
         cwd=cwd, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [line for line in result.stdout.splitlines() if line.startswith("model_")]
     assert [line.split(":")[0] for line in printed] == ["model_int8.pte"]  # the run's callbacks.export.precisions
-    assert json.loads((out / "manifest.json").read_text())["int8_source"].startswith("post-training calibration")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["int8_source"].startswith("post-training calibration")  # an fp32 run: calibrated here
+    assert {a["threads"] for a in manifest["artifacts"]} == {1}  # the run config changed from the command line
     assert list(cwd.iterdir()) == []  # no Hydra run folder or log file where it was started
     typo = subprocess.run(
         [sys.executable, "-m", "vidaccel_train.export", f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}",
@@ -187,6 +189,7 @@ def _test_video(run_dir, class_name):
     return next(Path(config["data"]["root"]).glob(f"synthetic-*/test/{class_name}/*.mp4"))
 
 
+@pytest.mark.slow  # test_the_export_command_line_writes_only_its_out_dir runs the same export through the CLI
 def test_export_cli_from_an_fp32_checkpoint_calibrates_int8(fp32_run, tmp_path):
     out = tmp_path / "exported"
     torch_threads = torch.get_num_threads()

@@ -120,6 +120,7 @@ def test_ptq_calibrates_the_tested_checkpoint_and_tests_int8(tmp_path, data_dir)
     assert written["metrics"]["test/top1"] == metrics["test/top1"]
 
 
+@pytest.mark.slow
 def test_qat_fine_tune_of_an_earlier_checkpoint_on_a_new_label_set_exports_int8(tmp_path, data_dir, caplog):
     """The zoo use case on tiny shapes: weights trained on four motions, a new head for two others,
     QAT from the first epoch, the int8 test and the export."""
