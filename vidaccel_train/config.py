@@ -22,7 +22,9 @@ SYNTHETIC_MIN_DURATION_S = 2.0
 def synthetic_duration_s(num_frames: int, sampling_rate: int, target_fps: float) -> float:
     """How long generated videos last: 2 s, or a model's clip span plus 0.4 s when that is longer
     (X3D-S's 13 x 6 frames span 2.6 s at 30 fps: 3.0 s videos)."""
-    span = num_frames * sampling_rate / target_fps
+    from vidaccel_train.data.clips import ClipSpec
+
+    span = ClipSpec(num_frames, sampling_rate, target_fps).span_s
     return max(SYNTHETIC_MIN_DURATION_S, round(span + 0.4, 1))
 
 
@@ -160,7 +162,9 @@ def _check_generated_videos(cfg) -> None:
         isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)
     ):
         return  # the datamodule rejects bad counts when built
-    span = frames * rate / fps
+    from vidaccel_train.data.clips import ClipSpec
+
+    span = ClipSpec(frames, rate, fps).span_s
     if span > synthetic.duration_s:
         raise ConfigError(
             f"a clip of {frames} frames every {rate} at {fps} fps spans {span:.2f} s but the generated videos last "
