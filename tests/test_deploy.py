@@ -15,7 +15,15 @@ from torch import nn
 
 from vidaccel_train.export import ExecuTorchModel, LoweringError, lower_to_executorch, write_atomic
 from vidaccel_train.models import create_model
-from vidaccel_train.models.deploy import FoldTime, UnsupportedBlockError, to_deploy_form
+from vidaccel_train.models.deploy import (
+    REVISION,
+    REVISIONS,
+    ClipSqueezeExcite,
+    FoldTime,
+    TemporalConv,
+    UnsupportedBlockError,
+    to_deploy_form,
+)
 from vidaccel_train.models.zoo import ZOO
 
 
@@ -70,12 +78,13 @@ BLOCKS = {
 }
 
 
+@pytest.mark.parametrize("revision", REVISIONS)
 @pytest.mark.parametrize("block", sorted(BLOCKS))
-def test_every_block_deploys_to_the_same_numbers(block):
+def test_every_block_deploys_to_the_same_numbers(block, revision):
     torch.manual_seed(1)
     frames = 5
     train_form = _randomise_norms(BLOCKS[block]())
-    deployed = to_deploy_form(train_form, frames)
+    deployed = to_deploy_form(train_form, frames, revision)
     for batch in (1, 3):
         clip = torch.randn(batch, 8, frames, 14, 14)
         with torch.no_grad():
@@ -84,6 +93,31 @@ def test_every_block_deploys_to_the_same_numbers(block):
         _, channels, height, width = folded.shape
         unfolded = folded.reshape(frames, batch, channels, height, width).permute(1, 2, 0, 3, 4)
         assert (unfolded - expected).abs().max() <= 1e-4, (block, batch)
+
+
+def _operators(graph) -> list:
+    return [node for node in graph.nodes if node.op == "call_function"]
+
+
+def test_temporal_convolutions_pad_once_and_make_zeros_without_a_product():
+    """Revision 2: one join per temporal convolution (its padded clip), zeros from a clamp to
+    [0, 0]; no product with 0.0, which XNNPACK ran as a Multiply between two transposes."""
+    model = create_model("x3d_xs", num_classes=5)
+    assert REVISION == 2
+    example = (torch.randn(2, 3, 4, 32, 32),)
+    graphs = {r: torch.export.export(to_deploy_form(model, 4, r), example).graph for r in REVISIONS}
+    temporal = [m for m in to_deploy_form(model, 4).modules() if isinstance(m, TemporalConv) and m.temporal_padding]
+    side_taps = sum(min(m.temporal_padding, 3) * 2 for m in temporal)
+    ops = {r: [str(n.target) for n in _operators(g)] for r, g in graphs.items()}
+    assert ops[2].count("aten.cat.default") == len(temporal) == 27
+    excites = [m for m in to_deploy_form(model, 4).modules() if isinstance(m, ClipSqueezeExcite)]
+    assert ops[2].count("aten.hardtanh.default") == len(temporal) + len(excites) == 27 + 15
+    products = [n for n in _operators(graphs[2]) if n.target == torch.ops.aten.mul.Tensor]
+    assert not [n for n in products if 0.0 in n.args or 0 in n.args]
+    assert ops[1].count("aten.cat.default") == side_taps and ops[1].count("aten.mul.Tensor") > len(products) + side_taps
+    assert len(ops[2]) < len(ops[1]) - 2 * len(temporal)
+    with pytest.raises(ValueError, match="revision must be one of"):
+        to_deploy_form(model, 4, revision=3)
 
 
 def test_nothing_after_the_entry_is_five_dimensional(tiny_pair):

@@ -250,7 +250,8 @@ def test_vectorised_rounding_matches_the_stock_op_at_every_edge(zero_point, chan
 @pytest.mark.slow
 def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
     """By default QAT passes sliced, joined and zeroed values through instead of fake-quantizing
-    them again: each shared quantizer observes once a step (torchao's QAT: five times), with
+    them again: the quantizer a temporal convolution's padded clip shares observes once a step
+    (torchao's QAT: six times), with
     frozen ranges the logits and gradients are bit for bit those of requantizing, and the int8
     model converted from either is the same."""
     from vidaccel_train.models import create_model
@@ -265,18 +266,20 @@ def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
     assert passing.state_dict().keys() == requantizing.state_dict().keys()  # checkpoints fit either
     moved = [n.args[0] for n in passing.graph.nodes if n.target is pass_through]
     assert len(moved) > 50
-    assert {str(n.target) for n in moved} == {"aten.slice.Tensor", "aten.cat.default", "aten.mul.Tensor"}
-    shared = {n.args[1].target for n in passing.graph.nodes if n.target is pass_through}
+    assert {str(n.target) for n in moved} == {"aten.slice.Tensor", "aten.cat.default", "aten.hardtanh.default"}
+    # The quantizers of padded clips (squeeze-excite's zeroed means share theirs with a mean and
+    # reshapes, which round again by the quantizer's design).
+    padded = {n.args[1].target for n in passing.graph.nodes if n.target is pass_through and "cat" in n.args[0].name}
 
     calls = {}
     for model in (passing, requantizing):
         counts = {}
-        for module in {id(m): m for m in map(model.get_submodule, shared)}.values():  # one name per move
+        for module in {id(m): m for m in map(model.get_submodule, padded)}.values():  # one name per move
             module.register_forward_pre_hook(lambda m, _, c=counts: c.__setitem__(id(m), c.get(id(m), 0) + 1))
         model.train()
         model(torch.randn(2, *shape))
         calls[model is passing] = sorted(counts.values())
-    assert set(calls[True]) == {1} and max(calls[False]) == 5
+    assert len(calls[True]) == 27 and set(calls[True]) == {1} and min(calls[False]) == 6
 
     requantizing.load_state_dict(passing.state_dict())
     clip = torch.randn(2, *shape) * 2
@@ -296,7 +299,9 @@ def test_moved_values_pass_through_once_observed_and_give_the_same_int8_model():
 
 def test_the_quantized_state_is_typed_and_old_checkpoints_still_load():
     """Checkpoints keep the state as a plain dict (the safe loader reads it); one written before
-    ``requantize_moved_values`` existed loads as requantizing, as torchao's QAT did then."""
+    ``requantize_moved_values`` existed loads as requantizing, as torchao's QAT did then, and one
+    written before ``deploy_revision`` existed rebuilds the graph of deploy-form revision 1 (its
+    observers are not those of revision 2: loading it into the current graph would fail)."""
     from vidaccel_train.models import create_model
     from vidaccel_train.training import QuantState, VideoClassifier
 
@@ -304,20 +309,26 @@ def test_the_quantized_state_is_typed_and_old_checkpoints_still_load():
         net = create_model("x3d_tiny", num_classes=4)
         return VideoClassifier(net, optimizer=functools.partial(torch.optim.SGD, lr=0.1), num_classes=4)
 
+    current = module()
+    current.enter_quantization("qat", (3, 4, 32, 32))
     trained = module()
-    trained.enter_quantization("qat", (3, 4, 32, 32), start_step=7, lr_scale=0.3)
+    trained.enter_quantization("qat", (3, 4, 32, 32), start_step=7, lr_scale=0.3, deploy_revision=1)
     trained.freeze_observers()
+    assert trained.state_dict().keys() != current.state_dict().keys()
     checkpoint = {"state_dict": trained.state_dict()}
     trained.on_save_checkpoint(checkpoint)
     assert checkpoint["quantization"] == {
         "mode": "qat", "input_shape": [3, 4, 32, 32], "observers_frozen": True, "start_step": 7, "lr_scale": 0.3,
-        "requantize_moved_values": False,
+        "requantize_moved_values": False, "deploy_revision": 1,
     }  # fmt: skip
-    del checkpoint["quantization"]["requantize_moved_values"]  # as written before the option
+    del checkpoint["quantization"]["requantize_moved_values"]  # as written before the options
+    del checkpoint["quantization"]["deploy_revision"]
     resumed = module()
     resumed.on_load_checkpoint(checkpoint)
     resumed.load_state_dict(checkpoint["state_dict"])
-    assert resumed.quant_state == QuantState("qat", (3, 4, 32, 32), True, 7, 0.3, requantize_moved_values=True)
+    assert resumed.quant_state == QuantState(
+        "qat", (3, 4, 32, 32), True, 7, 0.3, requantize_moved_values=True, deploy_revision=1
+    )
     clip = torch.randn(2, 3, 4, 32, 32)
     trained.eval(), resumed.eval()
     with torch.no_grad():

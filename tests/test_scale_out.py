@@ -18,6 +18,16 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert pareto_front(points) == [0, 1, 4]
 
 
+def test_the_same_architecture_timed_twice_is_not_a_trade_off():
+    """Two jobs of one architecture whose latency ranges overlap: the more accurate one dominates;
+    ranges apart, the faster and the more accurate job are both on the front."""
+    points = [(0.26, 70.0), (0.49, 72.0)]
+    assert pareto_front(points) == [0, 1]  # the figures alone look like a trade-off
+    assert pareto_front(points, [(0.26, 0.52), (0.49, 0.55)]) == [1]
+    assert pareto_front(points, [(0.26, 0.30), (0.49, 0.55)]) == [0, 1]
+    assert pareto_front([(0.3, 70.0), (0.3, 70.0)], [(0.3, 0.4), (0.3, 0.4)]) == [0, 1]
+
+
 @pytest.mark.slow
 def test_a_multirun_writes_one_folder_per_job_and_a_summary(tmp_path, data_dir):
     sweep = tmp_path / "sweep"

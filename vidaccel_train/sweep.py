@@ -22,7 +22,17 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("job", "overrides", "status", "fp32_top1", "int8_top1", "int8_latency_ms", "int8_mb", "fp32_latency_ms")
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "fp32_top1",
+    "int8_top1",
+    "int8_latency_ms",
+    "int8_latency_range_ms",
+    "int8_mb",
+    "fp32_latency_ms",
+)
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:
@@ -47,18 +57,42 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         int8, fp32 = artifacts.get("int8", {}), artifacts.get("fp32", {})
         row["int8_top1"] = int8.get("top1", row["int8_top1"])
         row["int8_latency_ms"] = int8.get("latency_ms", "")
+        if "latency_range_ms" in int8:  # the lowest and highest round median (exports before it have none)
+            row["int8_latency_range_ms"] = "{:.4g}-{:.4g}".format(*int8["latency_range_ms"])
         row["int8_mb"] = round(int8["bytes"] / 1e6, 3) if "bytes" in int8 else ""
         row["fp32_latency_ms"] = fp32.get("latency_ms", "")
     return row
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both latency (lower) and accuracy (higher)."""
+def latency_range(row: dict[str, Any]) -> tuple[float, float]:
+    """A row's int8 latency range in ms (the figure twice when the export recorded none)."""
+    if row.get("int8_latency_range_ms"):
+        low, high = row["int8_latency_range_ms"].split("-")
+        return float(low), float(high)
+    return float(row["int8_latency_ms"]), float(row["int8_latency_ms"])
+
+
+def pareto_front(points: list[tuple[float, float]], ranges: list[tuple[float, float]] | None = None) -> list[int]:
+    """Indices of the points no other point beats on both latency (lower) and accuracy (higher).
+
+    ``points`` are ``(latency, accuracy)``; ``ranges`` the ``(low, high)`` latency each was
+    measured within. Latencies whose ranges overlap count as equal, so the same architecture
+    timed twice (a sweep over the learning rate) is not drawn as a trade-off: the more accurate
+    job dominates the other.
+    """
+    ranges = ranges or [(latency, latency) for latency, _ in points]
+
+    def faster(j: int, i: int) -> bool:  # j's latency is below i's beyond both ranges
+        return ranges[j][1] < ranges[i][0]
+
+    def not_slower(j: int, i: int) -> bool:
+        return faster(j, i) or not faster(i, j)
+
     front = []
-    for i, (latency, accuracy) in enumerate(points):
+    for i, (_, accuracy) in enumerate(points):
         dominated = any(
-            (l2 <= latency and a2 >= accuracy) and (l2 < latency or a2 > accuracy)
-            for j, (l2, a2) in enumerate(points)
+            not_slower(j, i) and a2 >= accuracy and (faster(j, i) or a2 > accuracy)
+            for j, (_, a2) in enumerate(points)
             if j != i
         )
         if not dominated:
@@ -102,8 +136,20 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     if measured:
         points = [(float(r["int8_latency_ms"]), float(r["int8_top1"]) * 100) for r in measured]
-        front = pareto_front(points)
-        axes.scatter(*zip(*points), s=40, color="tab:blue", label="job")
+        ranges = [latency_range(r) for r in measured]
+        front = pareto_front(points, ranges)
+        axes.errorbar(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            xerr=[
+                [p[0] - low for p, (low, _) in zip(points, ranges)],
+                [high - p[0] for p, (_, high) in zip(points, ranges)],
+            ],
+            fmt="o",
+            color="tab:blue",
+            capsize=3,
+            label="job (latency range over timing rounds)",
+        )
         for (latency, accuracy), row in zip(points, measured):
             axes.annotate(row["job"], (latency, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
         line = sorted(points[i] for i in front)
@@ -111,7 +157,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         axes.legend()
     else:
         axes.text(0.5, 0.5, "no job has an int8 export yet", ha="center", va="center", transform=axes.transAxes)
-    axes.set_xlabel("int8 latency, batch 1 (ms)")
+    axes.set_xlabel("int8 latency, batch 1 (ms): lowest round median, bar: range of round medians")
     axes.set_ylabel("int8 test top-1 (%)")
     axes.set_title("accuracy against latency over the sweep")
     axes.grid(alpha=0.3)

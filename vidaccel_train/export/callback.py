@@ -95,7 +95,8 @@ class ExportCallback(L.Callback):
         enabled: bool = True,
         out_dir: str | None = None,
         threads: int | None = None,
-        latency_repeats: int = 20,
+        latency_repeats: int = 10,
+        latency_rounds: int = 3,
         calibration_batches: int = 16,
         precisions: list[str] | tuple[str, ...] = PRECISIONS,
     ):
@@ -105,6 +106,7 @@ class ExportCallback(L.Callback):
         self.settings = ExportSettings(
             threads=threads or min(4, os.cpu_count() or 1),
             latency_repeats=latency_repeats,
+            latency_rounds=latency_rounds,
             calibration_batches=calibration_batches,
             precisions=check_precisions(precisions),  # a typo fails before training, not after
         )

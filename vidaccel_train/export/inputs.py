@@ -36,7 +36,10 @@ class ExportSettings:
 
     Attributes:
         threads: threads for the runtime (XNNPACK) and eager PyTorch while timing.
-        latency_repeats: timed runs per model at batch 1 (the median is reported, in ms).
+        latency_repeats: timed calls per model and round at batch 1, at least (a round lasts at
+            least 0.1 s: a fast program gets more calls).
+        latency_rounds: rounds of timing per model, taken in turns; the lowest round median is
+            the figure and the range over rounds its spread (:func:`.verify.measure_latency`).
         calibration_batches: training batches to calibrate an int8 model on, when none is given.
         precisions: which programs to write (``fp32``, ``int8``).
 
@@ -45,13 +48,14 @@ class ExportSettings:
     """
 
     threads: int = 4
-    latency_repeats: int = 20
+    latency_repeats: int = 10
+    latency_rounds: int = 3
     calibration_batches: int = 16
     precisions: tuple[str, ...] = PRECISIONS
 
     def __post_init__(self):
         object.__setattr__(self, "precisions", check_precisions(self.precisions))
-        for name in ("threads", "latency_repeats", "calibration_batches"):
+        for name in ("threads", "latency_repeats", "latency_rounds", "calibration_batches"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"callbacks.export.{name} must be a positive integer, got {value!r}")

@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _range(record: dict) -> str:
+    """``low-high`` ms over the timing rounds (exports made before it recorded none)."""
+    low_high = record.get("latency_range_ms")
+    return "{:.2f}-{:.2f}".format(*low_high) if low_high else "n/a"
+
+
 def write_report(folder: Path, manifest: dict) -> None:
     import matplotlib
 
@@ -15,6 +21,7 @@ def write_report(folder: Path, manifest: dict) -> None:
     points = [("PyTorch eager fp32", reference["latency_ms"], reference["top1"])] + [
         (f"ExecuTorch {a['precision']}", a["latency_ms"], a["top1"]) for a in manifest["artifacts"]
     ]
+    spreads = [_range(reference)] + [_range(a) for a in manifest["artifacts"]]
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, latency, top1 in points:
         axes.scatter(latency, top1 * 100, s=60, label=label)
@@ -29,9 +36,10 @@ def write_report(folder: Path, manifest: dict) -> None:
     plt.close(figure)
 
     rows = [
-        f"| {label} | {top1 * 100:.1f} | {latency:.2f} | {reference['latency_ms'] / latency:.1f}x |"
-        for label, latency, top1 in points
+        f"| {label} | {top1 * 100:.1f} | {latency:.2f} | {spread} | {reference['latency_ms'] / latency:.1f}x |"
+        for (label, latency, top1), spread in zip(points, spreads)
     ]
+    timing = reference.get("latency_timing", "median")
     details = [
         f"| {a['file']} | {a['precision']} | {a['bytes'] / 1e6:.2f} MB | {a['agreement'] * 100:.1f}% | "
         f"{a['clip_agreement'] * 100:.1f}% | {a['logit_max_abs_error']:.3g} | {a['logit_cosine_min']:.5f} | "
@@ -51,9 +59,12 @@ def write_report(folder: Path, manifest: dict) -> None:
                 f"every {manifest['sampling_rate']} at {manifest['target_fps']:g} fps"
                 + (f"; int8 from {manifest['int8_source']}." if manifest["int8_source"] else "."),
                 "",
-                "| model | test top-1 (%) | latency (ms) | speed-up vs eager |",
-                "| --- | --- | --- | --- |",
+                "| model | test top-1 (%) | latency (ms) | range over rounds (ms) | speed-up vs eager |",
+                "| --- | --- | --- | --- | --- |",
                 *rows,
+                "",
+                f"Latency at batch 1 with {reference['threads']} threads, each model the {timing} "
+                "(models timed in turns in one process).",
                 "",
                 f"Each artifact against the in-framework model it was lowered from, on all {verified['clips']} test "
                 f"views ({verified['videos']} videos); a disagreeing clip whose reference top-1/top-2 logit gap is "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,15 +28,61 @@ def set_runtime_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def median_latency_ms(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
+@dataclass(frozen=True)
+class Latency:
+    """Batch-1 latency of one model, in ms: the lowest of ``rounds`` round medians (``ms``) and
+    the range of those medians (``low_ms``-``high_ms``), each round ``runs`` timed calls."""
+
+    ms: float
+    low_ms: float
+    high_ms: float
+    rounds: int
+    runs: int
+
+    @property
+    def spread(self) -> float:
+        """The range of the round medians over the figure: 0.05 is 5%."""
+        return (self.high_ms - self.low_ms) / self.ms if self.ms else 0.0
+
+
+def measure_latency(
+    runs: dict[str, Callable[[], object]], repeats: int = 20, rounds: int = 5, min_round_s: float = 0.1
+) -> dict[str, Latency]:
+    """Time each callable at batch 1 in turns: ``rounds`` rounds, each at least ``repeats`` calls
+    and ``min_round_s`` seconds per callable, after warm-up.
+
+    The figure is the lowest round median: a burst of other work on the machine (a loader worker
+    exiting, another process) raises the rounds it falls in, not the figure, and the range over
+    rounds says how steady the machine was. A 0.3 ms program gets a few hundred calls a round, so
+    its figure is not a handful of samples. Each round starts after a 20 ms pause, which lets the
+    previous callable's worker threads (OpenMP's spin before they sleep) go idle.
+
+    Raises:
+        ValueError: ``repeats`` or ``rounds`` below 1.
+    """
+    if repeats < 1 or rounds < 1:
+        raise ValueError(f"repeats and rounds must be at least 1, got {repeats} and {rounds}")
+    calls = {}
+    for name, run in runs.items():  # warm-up, and how many calls fill a round
+        run(), run()
+        started = time.perf_counter()
         run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        once = max(time.perf_counter() - started, 1e-6)
+        calls[name] = max(repeats, min(int(min_round_s / once), 50 * repeats))
+    medians: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            time.sleep(0.02)
+            run()
+            times = []
+            for _ in range(calls[name]):
+                started = time.perf_counter()
+                run()
+                times.append((time.perf_counter() - started) * 1000)
+            medians[name].append(statistics.median(times))
+    return {
+        name: Latency(min(values), min(values), max(values), rounds, calls[name]) for name, values in medians.items()
+    }
 
 
 def collect_logits(loader, predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]], known=None):

@@ -4,11 +4,12 @@ The train form (PyTorchVideo's efficient blocks) runs Conv3d on ``(B, C, T, H, W
 runtimes have no fast Conv3d (XNNPACK has none at all), so the deploy form carries a clip as
 ``(T*B, C, H, W)``, time-major: rows ``t*B .. t*B+B-1`` hold frame ``t`` of every clip.
 
-- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps" over all frames at once; tap ``k``'s
-  output moves ``k - kt//2`` frames in time (a slice of whole ``B``-row blocks joined with zero
-  frames: the clip's temporal zero padding) and the taps are summed; BatchNorm is folded into
-  the weights. Time-major is what makes the move a plain 4-D slice: batch-major ``(B*T, ...)``
-  would need a 5-D view, which XNNPACK pays for with two full-size transposes per use;
+- a ``kt x kh x kw`` Conv3d becomes ``kt`` Conv2d "taps" over all frames at once; the clip is
+  padded in time once (zero frames joined before and after: the Conv3d's temporal zero
+  padding), tap ``k`` reads the frames ``k - kt//2`` away (a slice of whole ``B``-row blocks)
+  and the taps are summed; BatchNorm is folded into the weights. Time-major is what makes the
+  move a plain 4-D slice: batch-major ``(B*T, ...)`` would need a 5-D view, which XNNPACK pays
+  for with two full-size transposes per use;
 - pooling over a clip is a 4-D mean over ``(H, W)`` then one over T (after a permute of the
   small pooled tensor), the only ``mean`` XNNPACK takes;
 - per-clip scales (squeeze-excite) are repeated over T on the small ``(B, C)`` tensor and
@@ -18,6 +19,18 @@ The batch size is never baked in (it is read from the input's shape), and there 
 per-frame Python loop, so one converted model serves any batch and exports with a dynamic
 batch dimension. Each train-form block type has a converter registered with
 :func:`deploy_form`; a block without one is an error that names it.
+
+Revisions (:data:`REVISION`): the operators a deploy form is made of decide the quantized graph
+a QAT checkpoint's observers belong to, so a checkpoint records the revision it was made with
+and :func:`to_deploy_form` rebuilds that one.
+
+- 1: each tap's output shifted and joined with zero frames made as ``x * 0.0``; squeeze-excite's
+  scale repeated over time by adding it to ``frames * 0.0``. In the int8 XNNPACK program each
+  product is a Multiply between two transposes (the 0.0 constant is a channels-first operand).
+- 2 (current): the input padded once per temporal convolution, zeros made by a clamp to
+  ``[0, 0]`` (XNNPACK's Clamp keeps its input's layout and quantization). X3D-XS's int8
+  program runs 698 XNNPACK operators instead of 897: 71 Multiply, 112 Transpose, 29 Slice and
+  29 Copy fewer, 42 Clamp more (``scripts/profile_pte.py``; timings in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import copy
 from functools import singledispatch
 
 import torch
+import torch.nn.functional as F
 from fvcore.nn.squeeze_excitation import SqueezeExcitation as FvcoreSqueezeExcitation
 from pytorchvideo.layers.accelerator.mobile_cpu import activation_functions as pv_act
 from pytorchvideo.layers.accelerator.mobile_cpu.attention import SqueezeExcitation
@@ -45,6 +59,10 @@ from vidaccel_train.models.x3d import EfficientX3dNet
 
 class UnsupportedBlockError(TypeError):
     """A train-form module with no registered deploy form."""
+
+
+REVISION = 2  # the deploy form made now; see the module docstring for what changed
+REVISIONS = (1, 2)
 
 
 # ----------------------------------------------------------------------------- deploy modules
@@ -68,12 +86,21 @@ def clip_mean(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(1, 2, 0, 3).mean(dim=(2, 3), keepdim=True)
 
 
+def zero_frames(x: torch.Tensor, rows: int, revision: int = 2) -> torch.Tensor:
+    """``rows`` all-zero rows shaped like ``x``'s, made from ``x`` so the batch size stays symbolic.
+
+    Revision 2 clamps to ``[0, 0]``: an int8 program keeps the input's quantization (zero is its
+    zero point) and layout. Revision 1 multiplied by 0.0 (see the module's revisions).
+    """
+    return F.hardtanh(x[:rows], 0.0, 0.0) if revision >= 2 else x[:rows] * 0.0
+
+
 def shift_frames(x: torch.Tensor, step: int, num_frames: int) -> torch.Tensor:
-    """Frame ``t`` of each clip takes frame ``t + step``; zero frames past either end."""
+    """Frame ``t`` of each clip takes frame ``t + step``; zero frames past either end (revision 1)."""
     if step == 0:
         return x
     rows = abs(step) * (x.shape[0] // num_frames)  # whole frames of the time-major batch
-    zeros = x[:rows] * 0.0  # made from the input so the batch size stays symbolic
+    zeros = zero_frames(x, rows, revision=1)
     return torch.cat([x[rows:], zeros]) if step > 0 else torch.cat([zeros, x[:-rows]])
 
 
@@ -85,15 +112,38 @@ class Swish(nn.Module):
 
 
 class TemporalConv(nn.Module):
-    """A Conv3d with temporal stride 1 and 'same' padding as ``kt`` Conv2d taps, shifted and summed."""
+    """A Conv3d with temporal stride 1 and 'same' padding as ``kt`` Conv2d taps over shifted frames, summed.
 
-    def __init__(self, taps: list[nn.Conv2d], temporal_padding: int, num_frames: int):
+    ``forward`` takes and returns ``(T*B, C, H, W)`` time-major clips (``T = num_frames``).
+    """
+
+    def __init__(self, taps: list[nn.Conv2d], temporal_padding: int, num_frames: int, revision: int = REVISION):
         super().__init__()
         self.taps = nn.ModuleList(taps)
         self.temporal_padding = temporal_padding
         self.num_frames = num_frames
+        self.revision = revision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.revision < 2:
+            return self._shifted_outputs(x)
+        centre = self.temporal_padding
+        reach = min(centre, self.num_frames - 1)  # taps further out only ever see padding
+        total = self.taps[centre](x)  # frame t from frame t; this tap carries the bias
+        if reach == 0:
+            return total
+        rows = x.shape[0] // self.num_frames  # one frame of the time-major batch
+        zeros = zero_frames(x, reach * rows)
+        padded = torch.cat([zeros, x, zeros])  # frames -reach .. T-1+reach
+        for index, tap in enumerate(self.taps):
+            step = index - centre
+            if step != 0 and abs(step) <= reach:
+                start = (reach + step) * rows
+                total = total + tap(padded[start : start + x.shape[0]])
+        return total
+
+    def _shifted_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Revision 1: every tap over the clip, its output shifted in time."""
         total = None
         for index, tap in enumerate(self.taps):
             step = index - self.temporal_padding
@@ -107,10 +157,13 @@ class TemporalConv(nn.Module):
 class ClipSqueezeExcite(nn.Module):
     """Squeeze-excite with the squeeze over each whole clip, as the 3-D train form."""
 
-    def __init__(self, reduce: nn.Conv2d, activation: nn.Module, expand: nn.Conv2d, num_frames: int):
+    def __init__(
+        self, reduce: nn.Conv2d, activation: nn.Module, expand: nn.Conv2d, num_frames: int, revision: int = REVISION
+    ):
         super().__init__()
         self.reduce, self.activation, self.expand = reduce, activation, expand
         self.num_frames = num_frames
+        self.revision = revision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[1]
@@ -118,7 +171,7 @@ class ClipSqueezeExcite(nn.Module):
         scale = torch.sigmoid(self.expand(self.activation(self.reduce(clip_mean(frames)))))  # (B, C, 1, 1)
         # Repeated over T by a broadcast add to zeros: XNNPACK has no expand, and a cat of one
         # tensor with itself does not delegate.
-        per_frame = frames * 0.0 + scale.reshape(1, -1, channels, 1)  # (T, B, C, 1)
+        per_frame = zero_frames(frames, len(frames), self.revision) + scale.reshape(1, -1, channels, 1)  # (T, B, C, 1)
         return x * per_frame.reshape(-1, channels, 1, 1)
 
 
@@ -308,7 +361,21 @@ def _(module: EfficientX3dNet, num_frames: int) -> nn.Module:
     )
 
 
-def to_deploy_form(model: nn.Module, num_frames: int) -> nn.Module:
-    """A deploy-form copy of ``model`` in eval mode; ``model`` itself is left untouched."""
+def to_deploy_form(model: nn.Module, num_frames: int, revision: int = REVISION) -> nn.Module:
+    """A deploy-form copy of ``model`` in eval mode; ``model`` itself is left untouched.
+
+    ``revision`` picks the operators of an older deploy form (see the module docstring), for
+    quantized checkpoints made with it; the numbers are the same to float rounding.
+
+    Raises:
+        UnsupportedBlockError: a module has no deploy form.
+        ValueError: ``revision`` is not one of :data:`REVISIONS`.
+    """
+    if revision not in REVISIONS:
+        raise ValueError(f"deploy-form revision must be one of {REVISIONS}, got {revision!r}")
     model = copy.deepcopy(model).eval()
-    return deploy_form(model, num_frames).eval()
+    deployed = deploy_form(model, num_frames).eval()
+    for module in deployed.modules():
+        if isinstance(module, (TemporalConv, ClipSqueezeExcite)):
+            module.revision = revision
+    return deployed

@@ -170,7 +170,9 @@ def _moves_values_of(node: fx.Node, module: nn.Module) -> bool:
         return quantized_by_module(node.args[0])
     if node.target == _aten.cat.default:
         return all(quantized_by_module(arg) for arg in node.args[0])
-    if node.target == _aten.mul.Tensor:
+    if node.target == _aten.hardtanh.default:  # a clamp to [0, 0]: the deploy form's zero frames
+        return quantized_by_module(node.args[0]) and tuple(node.args[1:3]) == (0.0, 0.0)
+    if node.target == _aten.mul.Tensor:  # zero frames of deploy-form revision 1
         left, right = node.args[:2]
         return (quantized_by_module(left) and _is_zero_constant(right)) or (
             quantized_by_module(right) and _is_zero_constant(left)

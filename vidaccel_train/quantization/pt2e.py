@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from vidaccel_train.models.deploy import Classifier, to_deploy_form
+from vidaccel_train.models.deploy import REVISION, Classifier, to_deploy_form
 
 MODES = ("qat", "ptq")
 
@@ -41,10 +41,10 @@ def device_of(module: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int]) -> GraphModule:
-    """The deploy form of ``net`` exported for clips ``(C, T, H, W)`` with a dynamic batch."""
+def export_deploy_form(net: nn.Module, input_shape: tuple[int, int, int, int], revision: int = REVISION) -> GraphModule:
+    """The deploy form (of ``revision``) of ``net`` exported for clips ``(C, T, H, W)`` with a dynamic batch."""
     channels, frames, height, width = input_shape
-    deployed = to_deploy_form(net, frames)
+    deployed = to_deploy_form(net, frames, revision)
     device = device_of(net)
     # Batch 2 in the example: an example batch of 1 would be specialised to a constant.
     example = torch.zeros(2, channels, frames, height, width, device=device)
@@ -58,6 +58,7 @@ def prepare(
     mode: str,
     channels_last: bool = False,
     requantize_moved_values: bool = False,
+    deploy_revision: int = REVISION,
 ) -> GraphModule:
     """``net``'s deploy form with observers (``ptq``) or fake quantization (``qat``) inserted.
 
@@ -68,7 +69,9 @@ def prepare(
     ``channels_last`` stores the convolution weights channels-last, which makes every
     activation of the (2-D) deploy form channels-last too: a QAT step of X3D-XS on the CPU
     takes about 15% less time (``scripts/bench_qat_step.py``). Values are the same to float
-    rounding; :func:`convert_int8` converts a contiguous copy.
+    rounding; :func:`convert_int8` converts a contiguous copy. ``deploy_revision`` rebuilds the
+    graph of an older deploy form (:data:`vidaccel_train.models.deploy.REVISIONS`), as a
+    checkpoint made with it needs.
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
@@ -80,7 +83,7 @@ def prepare(
     # torch.export and the quantizer make constants and observers without naming a device:
     # have them made where the weights are (a GPU run would otherwise mix cuda and cpu).
     with torch.device(device_of(net)):
-        graph = export_deploy_form(net, input_shape)
+        graph = export_deploy_form(net, input_shape, deploy_revision)
         quantizer = xnnpack_quantizer(qat=mode == "qat")
         if mode == "qat":
             prepared = vectorise_fake_quantize(prepare_qat_pt2e(graph, quantizer))

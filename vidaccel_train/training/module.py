@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.errors import ConfigError
-from vidaccel_train.models.deploy import to_deploy_form
+from vidaccel_train.models.deploy import REVISION, to_deploy_form
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.quant_state import QuantState
 from vidaccel_train.training.reports import write_confusion_matrix
@@ -106,8 +106,7 @@ class VideoClassifier(L.LightningModule):
         self.class_names: list[str] | None = None
         # The resolved run config, saved in every checkpoint so it can be resumed or exported alone.
         self.run_config: dict[str, Any] | None = None
-        # None in fp32; else {"mode", "input_shape", "observers_frozen", "start_step", "lr_scale",
-        # "requantize_moved_values"}.
+        # None in fp32; else where quantization stands (QuantState).
         self.quant_state: QuantState | None = None
         # The converted int8 model per device, kept out of the state_dict; dropped whenever the
         # weights or ranges may change: training mode, a loaded state dict, frozen observers.
@@ -121,16 +120,23 @@ class VideoClassifier(L.LightningModule):
     # ------------------------------------------------------------------ quantization
 
     def enter_quantization(
-        self, mode: str, input_shape, start_step: int = 0, lr_scale: float = 1.0, requantize_moved_values: bool = False
+        self,
+        mode: str,
+        input_shape,
+        start_step: int = 0,
+        lr_scale: float = 1.0,
+        requantize_moved_values: bool = False,
+        deploy_revision: int = REVISION,
     ) -> None:
         """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device);
-        ``requantize_moved_values``: see :func:`pt2e.prepare`."""
+        ``requantize_moved_values``, ``deploy_revision``: see :func:`pt2e.prepare`."""
         self.net = pt2e.prepare(
             self.net,
             tuple(input_shape),
             mode,
             channels_last=self.hparams.channels_last,
             requantize_moved_values=requantize_moved_values,
+            deploy_revision=deploy_revision,
         )
         self.quant_state = QuantState(
             mode,
@@ -138,6 +144,7 @@ class VideoClassifier(L.LightningModule):
             start_step=start_step,
             lr_scale=lr_scale,
             requantize_moved_values=requantize_moved_values,
+            deploy_revision=deploy_revision,
         )
         self.train(self.training)
 
@@ -366,7 +373,12 @@ class VideoClassifier(L.LightningModule):
         state = QuantState.from_checkpoint(saved) if saved else None
         if state and self.quant_state is None:
             self.enter_quantization(
-                state.mode, state.input_shape, state.start_step, state.lr_scale, state.requantize_moved_values
+                state.mode,
+                state.input_shape,
+                state.start_step,
+                state.lr_scale,
+                state.requantize_moved_values,
+                state.deploy_revision,
             )
         elif not state and self.quant_state is not None:
             raise RuntimeError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from vidaccel_train.models.deploy import REVISION
+
 MODES = ("qat", "ptq")
 
 
@@ -22,6 +24,8 @@ class QuantState:
         lr_scale: the learning-rate multiplier during QAT.
         requantize_moved_values: fake-quantize sliced, joined and zeroed values again, as
             torchao's QAT does (see :func:`vidaccel_train.quantization.pt2e.prepare`).
+        deploy_revision: the deploy form's revision the quantized graph was made from
+            (:data:`vidaccel_train.models.deploy.REVISION`): its operators, and so its observers.
     """
 
     mode: str
@@ -30,6 +34,7 @@ class QuantState:
     start_step: int = 0
     lr_scale: float = 1.0
     requantize_moved_values: bool = False
+    deploy_revision: int = REVISION
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -41,9 +46,10 @@ class QuantState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> QuantState:
-        """The state a checkpoint holds. Migration: checkpoints written before
+        """The state a checkpoint holds. Migrations: checkpoints written before
         ``requantize_moved_values`` existed requantized moved values (torchao's QAT), so a missing
-        key reads as True; unknown keys are ignored."""
+        key reads as True; those written before ``deploy_revision`` existed hold a graph of
+        revision 1. Unknown keys are ignored."""
         return cls(
             mode=saved["mode"],
             input_shape=saved["input_shape"],
@@ -51,4 +57,5 @@ class QuantState:
             start_step=int(saved.get("start_step", 0)),
             lr_scale=float(saved.get("lr_scale", 1.0)),
             requantize_moved_values=bool(saved.get("requantize_moved_values", True)),
+            deploy_revision=int(saved.get("deploy_revision", 1)),
         )
