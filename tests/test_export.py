@@ -79,7 +79,7 @@ def test_manifest_describes_verified_artifacts(export_dir, smoke_run):
     }
     report = (export_dir / "report.md").read_text()
     assert "clip agreement" in report and "Export stages: int8 conversion" in report
-    assert "| range over rounds (ms) |" in report and "lowest median of 3 rounds" in report
+    assert "| range over rounds (ms) |" in report and "int8: lowest median of 3 rounds x" in report
 
 
 def test_latency_is_the_lowest_round_median_and_a_burst_of_other_work_does_not_raise_it():

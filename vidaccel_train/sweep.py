@@ -153,7 +153,15 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         for (latency, accuracy), row in zip(points, measured):
             axes.annotate(row["job"], (latency, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
         line = sorted(points[i] for i in front)
-        axes.plot(*zip(*line), color="tab:red", marker="o", label="Pareto front")
+        axes.plot(
+            *zip(*line),
+            color="tab:red",
+            marker="o",
+            markersize=12,
+            markerfacecolor="none",
+            zorder=3,
+            label="Pareto front",
+        )
         axes.legend()
     else:
         axes.text(0.5, 0.5, "no job has an int8 export yet", ha="center", va="center", transform=axes.transAxes)
