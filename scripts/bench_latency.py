@@ -77,7 +77,8 @@ def build_programs(name: str, folder: Path) -> tuple[dict[str, Path], float]:
 
 
 def build_onnx(name: str, folder: Path) -> dict[str, Path]:
-    """Vanilla X3D as ONNX fp32 and int8 (static QDQ, per-channel weights), if onnxruntime is here."""
+    """Vanilla X3D as ONNX fp32 and int8 (static QDQ: uint8 activations, per-channel int8 weights), if onnxruntime is here."""
+    import onnx
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -94,16 +95,31 @@ def build_onnx(name: str, folder: Path) -> dict[str, Path]:
             return next(self.clips, None)
 
     int8 = folder / f"{name}_int8.onnx"
+    # ONNX Runtime's QLinearGlobalAveragePool refuses X3D's 5-D pools ("out of computation range"):
+    # they stay fp32 between a dequantize and a quantize.
+    pools = [node.name for node in onnx.load(str(fp32)).graph.node if node.op_type == "GlobalAveragePool"]
     quantize_static(
         str(fp32),
         str(int8),
         Clips(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,  # U8S8, ONNX Runtime's x86 default (QInt8 trips its 3-D average pool)
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=pools,
     )
     return {"onnxruntime fp32": fp32, "onnxruntime int8": int8}
+
+
+def built(folder: Path, name: str, build) -> tuple[dict[str, Path], float | None]:
+    """What ``build`` makes for ``name`` in ``folder``, reused when a listing of it is there."""
+    listing = folder / f"{name}.{build.__name__}.json"
+    if listing.is_file():
+        return {runtime: Path(path) for runtime, path in json.loads(listing.read_text()).items()}, None
+    made = build(name, folder)
+    artifacts, seconds = made if isinstance(made, tuple) else (made, None)
+    listing.write_text(json.dumps({runtime: str(path) for runtime, path in artifacts.items()}))
+    return artifacts, seconds
 
 
 # ------------------------------------------------------------------------------- timing (child)
@@ -148,7 +164,7 @@ def runner(runtime: str, name: str, artifact: str | None, threads: int):
 
 
 def child(args) -> None:
-    run = runner(args.child, args.model, args.artifact, args.threads)
+    run = runner(args.child, args.model, args.artifact, args.threads[0])
     for _ in range(args.warmup):
         run()
     times = []
@@ -183,6 +199,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per process")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--keep", type=Path, help="build the programs in this folder, or reuse those it has")
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--artifact", help=argparse.SUPPRESS)
@@ -195,15 +212,16 @@ def main() -> None:
     have_onnx = importlib.util.find_spec("onnxruntime") is not None
     if not have_onnx:
         print("onnxruntime is not installed: its two rows are left out (pip install onnxruntime onnx)")
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in args.models:
-            artifacts, lowering_s = build_programs(name, Path(folder))
+            artifacts, lowering_s = built(folder, name, build_programs)
             if have_onnx and any(r.startswith("onnxruntime") for r in args.runtimes):
-                artifacts.update(build_onnx(name, Path(folder)))
+                artifacts.update(built(folder, name, build_onnx)[0])
             runtimes = [r for r in args.runtimes if not r.startswith("onnxruntime") or r in artifacts]
-            print(
-                f"\n{name}: input (1, {', '.join(map(str, clip_shape(name)))}); lowering fp32 + int8 {lowering_s:.1f} s"
-            )
+            lowered = f"lowering fp32 + int8 {lowering_s:.1f} s" if lowering_s else f"programs reused from {folder}"
+            print(f"\n{name}: input (1, {', '.join(map(str, clip_shape(name)))}); {lowered}")
             for threads in args.threads:
                 rounds: dict[str, list[float]] = {r: [] for r in runtimes}
                 errors: dict[str, str] = {}

@@ -86,13 +86,13 @@ def clip_mean(frames: torch.Tensor) -> torch.Tensor:
     return frames.permute(1, 2, 0, 3).mean(dim=(2, 3), keepdim=True)
 
 
-def zero_frames(x: torch.Tensor, rows: int, revision: int = 2) -> torch.Tensor:
-    """``rows`` all-zero rows shaped like ``x``'s, made from ``x`` so the batch size stays symbolic.
+def zeros_from(x: torch.Tensor, revision: int = REVISION) -> torch.Tensor:
+    """Zeros shaped like ``x``, made from ``x`` so the batch size stays symbolic.
 
     Revision 2 clamps to ``[0, 0]``: an int8 program keeps the input's quantization (zero is its
     zero point) and layout. Revision 1 multiplied by 0.0 (see the module's revisions).
     """
-    return F.hardtanh(x[:rows], 0.0, 0.0) if revision >= 2 else x[:rows] * 0.0
+    return F.hardtanh(x, 0.0, 0.0) if revision >= 2 else x * 0.0
 
 
 def shift_frames(x: torch.Tensor, step: int, num_frames: int) -> torch.Tensor:
@@ -100,7 +100,7 @@ def shift_frames(x: torch.Tensor, step: int, num_frames: int) -> torch.Tensor:
     if step == 0:
         return x
     rows = abs(step) * (x.shape[0] // num_frames)  # whole frames of the time-major batch
-    zeros = zero_frames(x, rows, revision=1)
+    zeros = zeros_from(x[:rows], revision=1)
     return torch.cat([x[rows:], zeros]) if step > 0 else torch.cat([zeros, x[:-rows]])
 
 
@@ -133,7 +133,7 @@ class TemporalConv(nn.Module):
         if reach == 0:
             return total
         rows = x.shape[0] // self.num_frames  # one frame of the time-major batch
-        zeros = zero_frames(x, reach * rows)
+        zeros = zeros_from(x[: reach * rows])
         padded = torch.cat([zeros, x, zeros])  # frames -reach .. T-1+reach
         for index, tap in enumerate(self.taps):
             step = index - centre
@@ -171,7 +171,7 @@ class ClipSqueezeExcite(nn.Module):
         scale = torch.sigmoid(self.expand(self.activation(self.reduce(clip_mean(frames)))))  # (B, C, 1, 1)
         # Repeated over T by a broadcast add to zeros: XNNPACK has no expand, and a cat of one
         # tensor with itself does not delegate.
-        per_frame = zero_frames(frames, len(frames), self.revision) + scale.reshape(1, -1, channels, 1)  # (T, B, C, 1)
+        per_frame = zeros_from(frames, self.revision) + scale.reshape(1, -1, channels, 1)  # (T, B, C, 1)
         return x * per_frame.reshape(-1, channels, 1, 1)
 
 
