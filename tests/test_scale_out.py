@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from vidaccel_train.sweep import pareto_front
+from vidaccel_train.sweep import pareto_front, write_summary
 
 from support import TINY_FIT, run_cli
 
@@ -26,6 +26,21 @@ def test_the_same_architecture_timed_twice_is_not_a_trade_off():
     assert pareto_front(points, [(0.26, 0.52), (0.49, 0.55)]) == [1]
     assert pareto_front(points, [(0.26, 0.30), (0.49, 0.55)]) == [0, 1]
     assert pareto_front([(0.3, 70.0), (0.3, 70.0)], [(0.3, 0.4), (0.3, 0.4)]) == [0, 1]
+
+
+def test_a_summary_keeps_each_latency_range_as_the_export_recorded_it(tmp_path):
+    """A range of one value (one timing round) plots as a zero-length bar; a range rounded again
+    in the summary put its top below the figure and the plot refused the negative bar."""
+    for job, figure in (("0", 21.7804), ("1", 123.4567)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / "export").mkdir()
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- optim.lr=0.00{job}\n")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"metrics": {"test/top1": 0.9, "test_fp32/top1": 0.9}}))
+        artifact = {"precision": "int8", "top1": 0.9, "latency_ms": figure, "latency_range_ms": [figure, figure]}
+        (tmp_path / job / "export" / "manifest.json").write_text(json.dumps({"artifacts": [{**artifact, "bytes": 10}]}))
+    rows = write_summary(tmp_path)
+    assert [row["int8_latency_range_ms"] for row in rows] == ["21.7804-21.7804", "123.4567-123.4567"]
+    assert (tmp_path / "sweep_pareto.png").stat().st_size > 0
 
 
 @pytest.mark.slow

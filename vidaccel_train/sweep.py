@@ -58,7 +58,8 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         row["int8_top1"] = int8.get("top1", row["int8_top1"])
         row["int8_latency_ms"] = int8.get("latency_ms", "")
         if "latency_range_ms" in int8:  # the lowest and highest round median (exports before it have none)
-            row["int8_latency_range_ms"] = "{:.4g}-{:.4g}".format(*int8["latency_range_ms"])
+            # As recorded, not rounded again: the plot's error bar is the distance to the figure.
+            row["int8_latency_range_ms"] = "{}-{}".format(*int8["latency_range_ms"])
         row["int8_mb"] = round(int8["bytes"] / 1e6, 3) if "bytes" in int8 else ""
         row["fp32_latency_ms"] = fp32.get("latency_ms", "")
     return row
