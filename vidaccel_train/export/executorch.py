@@ -61,8 +61,8 @@ def _lowering_shortcuts():
     stock_transform = XNNPACKPassManager.transform
 
     def transform(manager):
-        graph = manager.exported_program.graph
-        manager.passes = [p for p in manager.passes if _xnnpack_pass_applies(p.__name__, graph)]
+        needed = _xnnpack_passes_that_apply(manager.exported_program.graph)
+        manager.passes = [p for p in manager.passes if needed(p.__name__)]
         return stock_transform(manager)
 
     XNNPACKPassManager.transform = transform
@@ -86,36 +86,34 @@ def _lowering_shortcuts():
             os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = nvml_check
 
 
-def _xnnpack_pass_applies(name: str, graph) -> bool:
-    """Whether XNNPACK's pass ``name`` can change ``graph``: false only for the passes whose every
-    rewrite starts at an operator the graph does not have (each checked against the pass's source,
-    executorch 1.5; ``scripts/bench_lowering.py`` checks the program's bytes are the same)."""
+def _xnnpack_passes_that_apply(graph):
+    """Whether each of XNNPACK's passes, by name, can change ``graph``: false only for the passes
+    whose every rewrite starts at an operator the graph does not have (each checked against the
+    pass's source, executorch 1.5; ``scripts/bench_lowering.py`` checks the program's bytes are
+    the same). The graph is read once, before the first pass."""
     calls = [node for node in graph.nodes if node.op == "call_function"]
     names = {str(getattr(node.target, "__name__", node.target)) for node in calls}
 
     def has(*fragments: str) -> bool:
         return any(fragment in op for op in names for fragment in fragments)
 
-    if name == "ConvertToUpsampleBilinear2d":
-        return has("upsample", "index")
-    if name == "ConvertToSDPAPass":
-        return has("bmm", "softmax")
-    if name in ("FuseBatchNormPass", "DecomposeBatchNorm"):
-        return has("batch_norm")
-    if name == "DecomposeConcatenate":  # joins of more than five tensors
-        return any("aten.cat" in str(node.target) and len(node.args[0]) > 5 for node in calls)
-    if name == "RemoveGetItemPass":
-        return has("max_pool2d_with_indices", "aten.max.dim")
-    if name == "Conv1dUnsqueezePass":
-        return any(
+    triggers = {
+        "ConvertToUpsampleBilinear2d": has("upsample", "index"),
+        "ConvertToSDPAPass": has("bmm", "softmax"),
+        "FuseBatchNormPass": has("batch_norm"),
+        "DecomposeBatchNorm": has("batch_norm"),
+        # joins of more than five tensors
+        "DecomposeConcatenate": any("aten.cat" in str(node.target) and len(node.args[0]) > 5 for node in calls),
+        "RemoveGetItemPass": has("max_pool2d_with_indices", "aten.max.dim"),
+        "Conv1dUnsqueezePass": any(
             "convolution" in str(node.target)
             and getattr(node.args[0], "meta", {}).get("val") is not None
             and node.args[0].meta["val"].dim() == 3
             for node in calls
-        )
-    if name == "PReLUReshapePass":
-        return has("prelu")
-    return True
+        ),
+        "PReLUReshapePass": has("prelu"),
+    }
+    return lambda name: triggers.get(name, True)
 
 
 def _partitioner():
