@@ -169,10 +169,12 @@ def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothi
     identical to stock ExecuTorch's, and the process is left as it was found."""
     import os
 
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
     from torch.fx.traceback import NodeSource
 
     from vidaccel_train.quantization import pt2e
 
+    stock_transform = XNNPACKPassManager.transform
     model, _ = tiny_pair
     prepared = pt2e.prepare(model, (3, 4, 32, 32), "ptq")
     pt2e.calibrate(prepared, [{"video": torch.randn(2, 3, 4, 32, 32)} for _ in range(2)], 2)
@@ -183,6 +185,7 @@ def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothi
     stock = lower_to_executorch(int8, clip, shortcuts=False)
     assert fast.undelegated == {} and fast.buffer == stock.buffer
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1" and "__deepcopy__" not in NodeSource.__dict__
+    assert XNNPACKPassManager.transform is stock_transform  # every pass runs again outside the shortcuts
 
 
 def test_lowering_shortcuts_leave_the_collector_as_found():
