@@ -22,7 +22,6 @@ import argparse
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +75,7 @@ def build_programs(name: str, folder: Path) -> tuple[dict[str, Path], float]:
     }, seconds
 
 
-def build_onnx(name: str, folder: Path) -> dict[str, Path]:
+def build_onnx(name: str, folder: Path) -> tuple[dict[str, Path], float]:
     """Vanilla X3D as ONNX fp32 and int8 (static QDQ: uint8 activations, per-channel int8 weights), if onnxruntime is here."""
     import onnx
     import torch
@@ -84,6 +83,7 @@ def build_onnx(name: str, folder: Path) -> dict[str, Path]:
 
     shape = clip_shape(name)
     model = vanilla_model(name)
+    started = time.perf_counter()
     fp32 = folder / f"{name}.onnx"
     torch.onnx.export(model, (torch.randn(1, *shape),), str(fp32), input_names=["clip"], dynamo=False)
 
@@ -108,16 +108,16 @@ def build_onnx(name: str, folder: Path) -> dict[str, Path]:
         weight_type=QuantType.QInt8,
         nodes_to_exclude=pools,
     )
-    return {"onnxruntime fp32": fp32, "onnxruntime int8": int8}
+    return {"onnxruntime fp32": fp32, "onnxruntime int8": int8}, time.perf_counter() - started
 
 
 def built(folder: Path, name: str, build) -> tuple[dict[str, Path], float | None]:
-    """What ``build`` makes for ``name`` in ``folder``, reused when a listing of it is there."""
+    """What ``build`` makes for ``name`` in ``folder`` and the seconds it took; reused (``None``
+    seconds) when a listing of it is there."""
     listing = folder / f"{name}.{build.__name__}.json"
     if listing.is_file():
         return {runtime: Path(path) for runtime, path in json.loads(listing.read_text()).items()}, None
-    made = build(name, folder)
-    artifacts, seconds = made if isinstance(made, tuple) else (made, None)
+    artifacts, seconds = build(name, folder)
     listing.write_text(json.dumps({runtime: str(path) for runtime, path in artifacts.items()}))
     return artifacts, seconds
 
@@ -164,15 +164,11 @@ def runner(runtime: str, name: str, artifact: str | None, threads: int):
 
 
 def child(args) -> None:
+    from vidaccel_train.export.verify import measure_latency
+
     run = runner(args.child, args.model, args.artifact, args.threads[0])
-    for _ in range(args.warmup):
-        run()
-    times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    print(json.dumps({"median_ms": statistics.median(times)}))
+    timed = measure_latency({args.child: run}, args.repeats, rounds=1, min_round_s=0.0, warmup=args.warmup)
+    print(json.dumps({"median_ms": timed[args.child].ms}))
 
 
 def time_in_own_process(runtime: str, name: str, artifact: Path | None, threads: int, args) -> float | str:

@@ -46,10 +46,15 @@ class Latency:
 
 
 def measure_latency(
-    runs: dict[str, Callable[[], object]], repeats: int = 20, rounds: int = 5, min_round_s: float = 0.1
+    runs: dict[str, Callable[[], object]],
+    repeats: int = 20,
+    rounds: int = 5,
+    min_round_s: float = 0.1,
+    warmup: int = 2,
 ) -> dict[str, Latency]:
     """Time each callable at batch 1 in turns: ``rounds`` rounds, each at least ``repeats`` calls
-    and ``min_round_s`` seconds per callable, after warm-up.
+    and ``min_round_s`` seconds per callable, after ``warmup`` untimed calls and one that sizes
+    the rounds.
 
     The figure is the lowest round median: a burst of other work on the machine (a loader worker
     exiting, another process) raises the rounds it falls in, not the figure, and the range over
@@ -64,7 +69,8 @@ def measure_latency(
         raise ValueError(f"repeats and rounds must be at least 1, got {repeats} and {rounds}")
     calls = {}
     for name, run in runs.items():  # warm-up, and how many calls fill a round
-        run(), run()
+        for _ in range(warmup):
+            run()
         started = time.perf_counter()
         run()
         once = max(time.perf_counter() - started, 1e-6)
