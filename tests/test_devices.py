@@ -18,7 +18,7 @@ from vidaccel_train.export.artifacts import export_artifacts
 from vidaccel_train.export.callback import export_input
 from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.models import create_model
-from vidaccel_train.training import VideoClassifier
+from vidaccel_train.training import QuantState, VideoClassifier
 
 from support import TINY_FIT, compose_config
 
@@ -43,13 +43,13 @@ def test_qat_and_ptq_make_every_tensor_where_the_weights_are():
     clips = torch.randn(2, *CLIP)
     qat, ptq = _module(), _module()
     with torch.device("meta"):
-        qat.enter_quantization("qat", CLIP)  # deploy form (BatchNorm folded), export, fake quantization
+        qat.enter_quantization(QuantState("qat", CLIP))  # deploy form (BatchNorm folded), export, fake quantization
         qat.train()
         qat(clips).sum().backward()
         qat.freeze_observers()
         qat.eval()
         outputs = [qat(clips), qat._float_logits(clips), qat.int8_net()(clips)]
-        ptq.enter_quantization("ptq", CLIP)
+        ptq.enter_quantization(QuantState("ptq", CLIP))
         ptq.calibrate([{"video": clips}], 1)
         outputs.append(ptq.int8_net()(clips))
     assert all(out.device.type == "cpu" and out.shape == (2, 4) and torch.isfinite(out).all() for out in outputs)
@@ -59,7 +59,7 @@ def test_qat_and_ptq_make_every_tensor_where_the_weights_are():
 def test_a_quantized_model_moves_whole_to_another_device():
     """A model trained on a GPU is tested and exported on the CPU: ``.to()`` must move all of it."""
     module = _module()
-    module.enter_quantization("qat", CLIP)
+    module.enter_quantization(QuantState("qat", CLIP))
     module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
     int8 = module.int8_net()
     module.to("meta")
@@ -71,7 +71,7 @@ def test_a_quantized_model_moves_whole_to_another_device():
 def test_the_int8_conversion_is_reused_until_weights_or_ranges_may_change():
     """The test converts once and the export reuses it; training or loaded weights convert again."""
     module = _module()
-    module.enter_quantization("qat", CLIP)
+    module.enter_quantization(QuantState("qat", CLIP))
     module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
     module.eval()
     tested = module.int8_net()
@@ -93,7 +93,7 @@ def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     datamodule.prepare_data()
     datamodule.setup("test")
     module = _module()
-    module.enter_quantization("qat", CLIP)
+    module.enter_quantization(QuantState("qat", CLIP))
     module.calibrate([{"video": torch.randn(2, *CLIP)}], 1)
     module.run_config = {"model": {"name": "x3d_tiny", "net": OmegaConf.to_container(cfg.model.net, resolve=True)}}
     with torch.device("meta"):

@@ -310,9 +310,11 @@ def test_the_quantized_state_is_typed_and_old_checkpoints_still_load():
         return VideoClassifier(net, optimizer=functools.partial(torch.optim.SGD, lr=0.1), num_classes=4)
 
     current = module()
-    current.enter_quantization("qat", (3, 4, 32, 32))
+    with pytest.raises(TypeError, match="takes a QuantState"):
+        current.enter_quantization({"mode": "qat", "input_shape": [3, 4, 32, 32]})  # a checkpoint's dict
+    current.enter_quantization(QuantState("qat", (3, 4, 32, 32)))
     trained = module()
-    trained.enter_quantization("qat", (3, 4, 32, 32), start_step=7, lr_scale=0.3, deploy_revision=1)
+    trained.enter_quantization(QuantState("qat", (3, 4, 32, 32), start_step=7, lr_scale=0.3, deploy_revision=1))
     trained.freeze_observers()
     assert trained.state_dict().keys() != current.state_dict().keys()
     checkpoint = {"state_dict": trained.state_dict()}

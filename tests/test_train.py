@@ -12,7 +12,7 @@ import torch
 
 from vidaccel_train.models import CheckpointError, create_model
 from vidaccel_train.train import run
-from vidaccel_train.training import VideoClassifier
+from vidaccel_train.training import QuantState, VideoClassifier
 
 from support import TINY_FIT, TINY_RUN, compose_config
 
@@ -136,7 +136,7 @@ def test_channels_last_clips_change_speed_not_numbers(quantized):
             copy.deepcopy(net), functools.partial(torch.optim.SGD, lr=0.1), num_classes=4, channels_last=channels_last
         )
         if quantized:
-            module.enter_quantization("qat", clips.shape[1:])
+            module.enter_quantization(QuantState("qat", clips.shape[1:]))
         seen = []
         module.net.register_forward_pre_hook(
             lambda _, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))

@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vidaccel_train.errors import ConfigError
+from vidaccel_train.training.quant_state import QuantState
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,17 @@ class QuantizationAwareTraining(L.Callback):
                     "so this run exercises the code but will not learn (start from model.checkpoint=PATH)"
                 )
             # Before the strategy wraps and places the model: DDP and the optimizer see the QAT graph.
-            pl_module.enter_quantization(
-                "qat",
-                trainer.datamodule.clip_shape,
-                start_step=0,
-                lr_scale=self.lr_scale,
-                requantize_moved_values=self.requantize_moved_values,
-            )
+            pl_module.enter_quantization(self._state(trainer, start_step=0))
+
+    def _state(self, trainer: L.Trainer, start_step: int) -> QuantState:
+        """The state QAT starts in at ``start_step``: this run's clip shape and QAT settings."""
+        return QuantState(
+            "qat",
+            trainer.datamodule.clip_shape,
+            start_step=start_step,
+            lr_scale=self.lr_scale,
+            requantize_moved_values=self.requantize_moved_values,
+        )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
         epoch = trainer.current_epoch
@@ -103,13 +108,7 @@ class QuantizationAwareTraining(L.Callback):
                 )  # weights to start from, not a resume point
                 log.info("Epoch %d: saved the float model as %s", epoch, float_checkpoint)
             log.info("Epoch %d: switching to quantization-aware training", epoch)
-            pl_module.enter_quantization(
-                "qat",
-                trainer.datamodule.clip_shape,
-                start_step=trainer.global_step,
-                lr_scale=self.lr_scale,
-                requantize_moved_values=self.requantize_moved_values,
-            )
+            pl_module.enter_quantization(self._state(trainer, start_step=trainer.global_step))
             if isinstance(trainer.strategy, DDPStrategy):
                 trainer.strategy.model = pl_module  # drop the wrapper of the replaced network
                 trainer.strategy.configure_ddp()
@@ -141,6 +140,6 @@ class PostTrainingQuantization(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module) -> None:
         if pl_module.quant_state is not None:
             return
-        pl_module.enter_quantization("ptq", trainer.datamodule.clip_shape)
+        pl_module.enter_quantization(QuantState("ptq", trainer.datamodule.clip_shape))
         loader = trainer.datamodule.calibration_dataloader()
         pl_module.calibrate(loader, self.calibration_batches)

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.errors import ConfigError
-from vidaccel_train.models.deploy import REVISION, to_deploy_form
+from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.quant_state import QuantState
 from vidaccel_train.training.reports import write_confusion_matrix
@@ -119,33 +119,25 @@ class VideoClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------ quantization
 
-    def enter_quantization(
-        self,
-        mode: str,
-        input_shape,
-        start_step: int = 0,
-        lr_scale: float = 1.0,
-        requantize_moved_values: bool = False,
-        deploy_revision: int = REVISION,
-    ) -> None:
-        """Replace ``net`` by its deploy form prepared for ``qat`` or ``ptq`` (same device);
-        ``requantize_moved_values``, ``deploy_revision``: see :func:`pt2e.prepare`."""
+    def enter_quantization(self, state: QuantState) -> None:
+        """Replace ``net`` by its deploy form prepared for ``state.mode`` (same device), as
+        ``state`` says (its ``requantize_moved_values`` and ``deploy_revision``: see
+        :func:`pt2e.prepare`), and keep ``state`` as :attr:`quant_state`.
+
+        Raises:
+            TypeError: ``state`` is not a :class:`QuantState`.
+        """
+        if not isinstance(state, QuantState):
+            raise TypeError(f"enter_quantization takes a QuantState, got {type(state).__name__}")
         self.net = pt2e.prepare(
             self.net,
-            tuple(input_shape),
-            mode,
+            state.input_shape,
+            state.mode,
             channels_last=self.hparams.channels_last,
-            requantize_moved_values=requantize_moved_values,
-            deploy_revision=deploy_revision,
+            requantize_moved_values=state.requantize_moved_values,
+            deploy_revision=state.deploy_revision,
         )
-        self.quant_state = QuantState(
-            mode,
-            tuple(input_shape),
-            start_step=start_step,
-            lr_scale=lr_scale,
-            requantize_moved_values=requantize_moved_values,
-            deploy_revision=deploy_revision,
-        )
+        self.quant_state = state
         self.train(self.training)
 
     def fresh_train_form(self) -> nn.Module:
@@ -372,14 +364,7 @@ class VideoClassifier(L.LightningModule):
         saved = checkpoint.get("quantization")
         state = QuantState.from_checkpoint(saved) if saved else None
         if state and self.quant_state is None:
-            self.enter_quantization(
-                state.mode,
-                state.input_shape,
-                state.start_step,
-                state.lr_scale,
-                state.requantize_moved_values,
-                state.deploy_revision,
-            )
+            self.enter_quantization(state)
         elif not state and self.quant_state is not None:
             raise RuntimeError(
                 "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "
