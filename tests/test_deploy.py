@@ -188,6 +188,29 @@ def test_lowering_shortcuts_write_the_same_program_byte_for_byte_and_leave_nothi
     assert XNNPACKPassManager.transform is stock_transform  # every pass runs again outside the shortcuts
 
 
+def test_a_deploy_form_leaves_executorch_nothing_to_decompose_after_functionalization(tiny_pair):
+    """ExecuTorch retraces the whole program a second time when any operator of its decomposition
+    table is left after functionalization (the partitioner's kept operators aside): written in
+    core ATen, a deploy form has none, and lowers the same (its output checked against the model)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.program._program import _default_decomposition_table
+
+    from vidaccel_train.export.executorch import _convolutions_in_core_aten
+
+    model, deployed = tiny_pair
+    clip = torch.randn(1, 3, 4, 32, 32)
+    exported = torch.export.export(deployed.eval(), (clip,))
+    table = _default_decomposition_table()
+    ops = lambda program: {n.target for n in program.graph.nodes if n.op == "call_function"}  # noqa: E731
+    assert torch.ops.aten.conv2d.default in ops(exported.run_decompositions({}))  # what torch.export writes
+    _convolutions_in_core_aten(exported)
+    functional = exported.run_decompositions({})
+    kept, _ = XnnpackPartitioner().ops_to_not_decompose(functional)
+    assert {op for op in ops(functional) if op in table} - set(kept) == set()
+    with torch.no_grad():
+        assert (exported.module()(clip) - model(clip)).abs().max() <= 1e-4
+
+
 def test_lowering_shortcuts_leave_the_collector_as_found():
     """Objects are frozen away from the collector while lowering and released after, but what
     the caller froze itself stays frozen."""
