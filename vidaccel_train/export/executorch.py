@@ -48,9 +48,10 @@ def _lowering_shortcuts():
       Those objects are frozen for the duration, unless the caller froze objects of its own
       (``gc.unfreeze`` would release theirs too).
     - XNNPACK's own pass manager runs 17 passes, each a walk and re-check of the whole program;
-      seven only rewrite operators a deploy form has none of (upsampling, attention, BatchNorm,
-      concatenations of more than five tensors, max with indices, 1-D convolutions, PReLU) and
-      are left out when the program has none of them: 27 s of 133 s for X3D-XS int8 on 2 cores.
+      ten only rewrite what a deploy form has none of (upsampling, attention, BatchNorm,
+      concatenations of more than five tensors, max with indices, 1-D convolutions, PReLU,
+      matrix products, custom metadata, dim-order copies) and are left out when the program has
+      none of them: 27 s of 133 s for X3D-XS int8 on 2 cores for the first seven.
     """
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
     from torch.fx.traceback import NodeSource
@@ -112,6 +113,10 @@ def _xnnpack_passes_that_apply(graph):
             for node in calls
         ),
         "PReLUReshapePass": has("prelu"),
+        # these three retrace the whole program even when they change nothing
+        "ConvertToLinearPass": has(".mm.", "addmm", "bmm"),  # linear kept whole is not rewritten
+        "PropagateCustomMetaPass": any("custom" in node.meta for node in graph.nodes),
+        "DimOrderOpsRevertPass": has("dim_order"),
     }
     return lambda name: triggers.get(name, True)
 
