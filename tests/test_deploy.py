@@ -211,6 +211,49 @@ def test_a_deploy_form_leaves_executorch_nothing_to_decompose_after_functionaliz
         assert (exported.module()(clip) - model(clip)).abs().max() <= 1e-4
 
 
+def test_xnnpack_passes_are_left_out_only_when_they_have_nothing_to_rewrite():
+    """Graphs of edge operators as XNNPACK's pass manager sees them: a linear kept whole is left
+    alone, but one beside a view, a matrix product or custom metadata brings its pass back."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    from vidaccel_train.export.executorch import _xnnpack_passes_that_apply
+
+    edge = exir_ops.edge.aten
+
+    def graph(*steps, custom=False):
+        g = torch.fx.Graph()
+        x = g.placeholder("x")
+        w = g.placeholder("w")
+        for op, *extra in steps:
+            x = g.call_function(op, (x, w) if op in (edge.linear.default, edge.mm.default) else (x, *extra))
+        if custom:
+            x.meta["custom"] = {"tag": 1}
+        g.output(x)
+        return _xnnpack_passes_that_apply(g)
+
+    plain = graph((edge.linear.default,), (edge.relu.default,))
+    assert not plain("ConvertToLinearPass") and not plain("PropagateCustomMetaPass")
+    assert not plain("DimOrderOpsRevertPass") and plain("ChannelsLastTaggedReshapePass")
+    assert graph((edge.linear.default,), (edge.view_copy.default, [1, 4]))("ConvertToLinearPass")
+    assert graph((edge.view_copy.default, [1, 4]), (edge.linear.default,))("ConvertToLinearPass")
+    assert graph((edge.mm.default,))("ConvertToLinearPass")
+    assert graph((edge.relu.default,), custom=True)("PropagateCustomMetaPass")
+
+
+def test_only_batched_conv2d_is_written_as_convolution():
+    """An unbatched conv2d decomposes to unsqueeze, convolution, squeeze: it is left to ExecuTorch."""
+    from vidaccel_train.export.executorch import _convolutions_in_core_aten
+
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1).eval()
+    for clip, expected in ((torch.randn(1, 3, 8, 8), torch.ops.aten.convolution.default), (torch.randn(3, 8, 8), None)):
+        exported = torch.export.export(conv, (clip,))
+        _convolutions_in_core_aten(exported)
+        targets = {n.target for n in exported.graph.nodes if n.op == "call_function"}
+        assert targets == {expected or torch.ops.aten.conv2d.default}
+        with torch.no_grad():
+            assert torch.equal(exported.module()(clip), conv(clip))
+
+
 def test_lowering_shortcuts_leave_the_collector_as_found():
     """Objects are frozen away from the collector while lowering and released after, but what
     the caller froze itself stays frozen."""

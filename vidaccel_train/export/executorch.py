@@ -89,14 +89,26 @@ def _lowering_shortcuts():
 
 def _xnnpack_passes_that_apply(graph):
     """Whether each of XNNPACK's passes, by name, can change ``graph``: false only for the passes
-    whose every rewrite starts at an operator the graph does not have (each checked against the
-    pass's source, executorch 1.5; ``scripts/bench_lowering.py`` checks the program's bytes are
-    the same). The graph is read once, before the first pass."""
+    whose every rewrite starts at something the graph does not have, an operator, an operator
+    next to another, or node metadata (each checked against the pass's source, executorch 1.5;
+    ``scripts/bench_lowering.py`` checks the program's bytes are the same). The graph is read
+    once, before the first pass; no pass before a skipped one makes what it would rewrite."""
     calls = [node for node in graph.nodes if node.op == "call_function"]
-    names = {str(getattr(node.target, "__name__", node.target)) for node in calls}
+    names = {_target_name(node) for node in calls}
 
     def has(*fragments: str) -> bool:
         return any(fragment in op for op in names for fragment in fragments)
+
+    def linear_beside_a_view(node) -> bool:
+        """A linear whose input is a view, or whose one user is: ExecuTorch's linear transform
+        (``replace_linear_view_copy_input_output``) may drop those views."""
+        if "linear" not in _target_name(node):
+            return False
+        source = node.args[0]
+        users = list(node.users)
+        return (isinstance(source, torch.fx.Node) and "view_copy" in _target_name(source)) or (
+            len(users) == 1 and "view_copy" in _target_name(users[0])
+        )
 
     triggers = {
         "ConvertToUpsampleBilinear2d": has("upsample", "index"),
@@ -114,11 +126,16 @@ def _xnnpack_passes_that_apply(graph):
         ),
         "PReLUReshapePass": has("prelu"),
         # these three retrace the whole program even when they change nothing
-        "ConvertToLinearPass": has(".mm.", "addmm", "bmm"),  # linear kept whole is not rewritten
+        "ConvertToLinearPass": has(".mm.", "addmm", "bmm") or any(linear_beside_a_view(node) for node in calls),
         "PropagateCustomMetaPass": any("custom" in node.meta for node in graph.nodes),
         "DimOrderOpsRevertPass": has("dim_order"),
     }
     return lambda name: triggers.get(name, True)
+
+
+def _target_name(node) -> str:
+    """``aten.linear.default`` for an ATen or edge operator node; the placeholder's op otherwise."""
+    return str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else node.op
 
 
 def _convolutions_in_core_aten(exported) -> None:
@@ -133,12 +150,16 @@ def _convolutions_in_core_aten(exported) -> None:
     defaults = (None, [1, 1], [0, 0], [1, 1], 1)  # bias, stride, padding, dilation, groups
     changed = False
     for node in exported.graph.nodes:
-        if node.op == "call_function" and node.target is aten.conv2d.default and not node.kwargs:
-            x, weight, *given = node.args
-            bias, stride, padding, dilation, groups = (*given, *defaults[len(given) :])
-            node.target = aten.convolution.default
-            node.args = (x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
-            changed = True
+        if node.op != "call_function" or node.target is not aten.conv2d.default or node.kwargs:
+            continue
+        value = node.args[0].meta.get("val")
+        if not (isinstance(value, torch.Tensor) and value.dim() == 4):
+            continue  # an unbatched conv2d decomposes to unsqueeze, convolution, squeeze
+        x, weight, *given = node.args
+        bias, stride, padding, dilation, groups = (*given, *defaults[len(given) :])
+        node.target = aten.convolution.default
+        node.args = (x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
+        changed = True
     if changed:
         exported.graph_module.recompile()
 
@@ -172,8 +193,9 @@ def lower_to_executorch(
     ``GraphModule``. With ``require_full_delegation`` any operator left outside XNNPACK is an
     error naming it, because the portable runtime cannot run 5-D convolutions or 3-D pooling.
     ``shortcuts`` skips work that does not change the program (the same bytes; see
-    :func:`_lowering_shortcuts`, :func:`_convolutions_in_core_aten`, :func:`_partitioner`) and ExecuTorch's edge-dialect verifier,
-    which the delegation check here and the numerical check of every exported program replace.
+    :func:`_lowering_shortcuts`, :func:`_convolutions_in_core_aten`, :func:`_partitioner`) and
+    ExecuTorch's edge-dialect verifier, which the delegation check here and the numerical check
+    of every exported program replace.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
