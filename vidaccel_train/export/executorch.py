@@ -27,9 +27,14 @@ class LoweredProgram:
     delegate_calls: int = 0
 
 
+def _target_name(target) -> str:
+    """``aten.convolution.default`` for an ATen or edge operator; Python callables by their name."""
+    return getattr(target, "__name__", None) or str(target)
+
+
 def _op_name(target) -> str:
     """``aten.convolution.default`` -> ``convolution``; Python callables by their name."""
-    name = getattr(target, "__name__", None) or str(target)
+    name = _target_name(target)
     return name.split(".")[1] if name.startswith("aten.") else name
 
 
@@ -94,20 +99,22 @@ def _xnnpack_passes_that_apply(graph):
     ``scripts/bench_lowering.py`` checks the program's bytes are the same). The graph is read
     once, before the first pass; no pass before a skipped one makes what it would rewrite."""
     calls = [node for node in graph.nodes if node.op == "call_function"]
-    names = {_target_name(node) for node in calls}
+    names = {_target_name(node.target) for node in calls}
 
     def has(*fragments: str) -> bool:
         return any(fragment in op for op in names for fragment in fragments)
 
+    def is_view(node) -> bool:
+        return (
+            isinstance(node, torch.fx.Node) and node.op == "call_function" and "view_copy" in _target_name(node.target)
+        )
+
     def linear_beside_a_view(node) -> bool:
         """A linear whose input is a view, or whose one user is: ExecuTorch's linear transform
         (``replace_linear_view_copy_input_output``) may drop those views."""
-        if "linear" not in _target_name(node):
-            return False
-        source = node.args[0]
         users = list(node.users)
-        return (isinstance(source, torch.fx.Node) and "view_copy" in _target_name(source)) or (
-            len(users) == 1 and "view_copy" in _target_name(users[0])
+        return "linear" in _target_name(node.target) and (
+            is_view(node.args[0]) or (len(users) == 1 and is_view(users[0]))
         )
 
     triggers = {
@@ -116,10 +123,12 @@ def _xnnpack_passes_that_apply(graph):
         "FuseBatchNormPass": has("batch_norm"),
         "DecomposeBatchNorm": has("batch_norm"),
         # joins of more than five tensors
-        "DecomposeConcatenate": any("aten.cat" in str(node.target) and len(node.args[0]) > 5 for node in calls),
+        "DecomposeConcatenate": any(
+            "aten.cat" in _target_name(node.target) and len(node.args[0]) > 5 for node in calls
+        ),
         "RemoveGetItemPass": has("max_pool2d_with_indices", "aten.max.dim"),
         "Conv1dUnsqueezePass": any(
-            "convolution" in str(node.target)
+            "convolution" in _target_name(node.target)
             and getattr(node.args[0], "meta", {}).get("val") is not None
             and node.args[0].meta["val"].dim() == 3
             for node in calls
@@ -131,11 +140,6 @@ def _xnnpack_passes_that_apply(graph):
         "DimOrderOpsRevertPass": has("dim_order"),
     }
     return lambda name: triggers.get(name, True)
-
-
-def _target_name(node) -> str:
-    """``aten.linear.default`` for an ATen or edge operator node; the placeholder's op otherwise."""
-    return str(getattr(node.target, "__name__", node.target)) if node.op == "call_function" else node.op
 
 
 def _convolutions_in_core_aten(exported) -> None:

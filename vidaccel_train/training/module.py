@@ -365,11 +365,11 @@ class VideoClassifier(L.LightningModule):
         state = QuantState.from_checkpoint(saved) if saved else None
         if state and self.quant_state is None:
             self.enter_quantization(state)
-        elif not state and self.quant_state is not None:
+        elif state:  # already quantized: the graph fits, the state is the checkpoint's
+            self.quant_state = state
+            self.train(self.training)
+        elif self.quant_state is not None:
             raise RuntimeError(
                 "this checkpoint holds an fp32 model but the run is quantized; test or export an fp32 "
                 "checkpoint without quant=..., or a checkpoint saved during quantization"
             )
-        if state:
-            self.quant_state = state
-            self.train(self.training)
