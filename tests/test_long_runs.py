@@ -19,7 +19,7 @@ MAIN_JOB_FLOOR = 0.85
 
 
 @pytest.mark.slow
-def test_main_job_learns_quantizes_and_exports_within_ten_minutes(tmp_path, data_dir):
+def test_main_job_learns_quantizes_and_exports(tmp_path, data_dir):
     """The README's main job as it is (generated data, X3D-XS at 160x160 from scratch, progressive
     resizing, a QAT epoch, the int8 export): its accuracy floor, the int8 model within one test
     video of the fp32 weights, and the verified program."""
@@ -33,4 +33,9 @@ def test_main_job_learns_quantizes_and_exports_within_ten_minutes(tmp_path, data
     (int8,) = manifest["artifacts"]
     assert int8["top1"] == pytest.approx(metrics["test/top1"], abs=1 / 128) and int8["clip_agreement"] >= 0.97
     assert (tmp_path / "checkpoints" / "fp32.ckpt").is_file()  # what experiment=finetune starts from
-    assert minutes < 12, f"{minutes:.1f} minutes"  # 10 on an idle 2-core machine; pytest adds its own load
+    # Time is the benchmark's to judge (docs/benchmarks.md#the-main-job names machine and command); what no
+    # machine can change is the share each part takes: the export (lowering both forms, verification on
+    # every test clip, latency) stays a small part of a run that trains 21 epochs.
+    export_s = sum(manifest["stage_seconds"].values())
+    print(f"main job: {minutes:.1f} minutes, export {export_s:.0f} s ({manifest['stage_seconds']})")
+    assert export_s < 0.35 * minutes * 60, (export_s, minutes)
