@@ -67,3 +67,24 @@ def start_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "x3d_tiny.pyth"
     torch.save(net.state_dict(), path)
     return path
+
+
+def pytest_runtest_logreport(report):
+    """With ``VIDACCEL_TEST_RESULTS=<file>``, a JSON line per test as it ends (its outcome, the
+    phase that decided it, seconds): ``scripts/device_check.sh`` keeps every result of a step cut
+    off by its time limit, which a JUnit file written at the end would lose."""
+    path = os.environ.get("VIDACCEL_TEST_RESULTS")
+    if not path or (report.when != "call" and report.passed):
+        return
+    import json
+
+    record = {
+        "test": report.nodeid,
+        "when": report.when,
+        "outcome": report.outcome,
+        "seconds": round(report.duration, 1),
+    }
+    if report.failed:
+        record["error"] = (report.longreprtext or "").strip().splitlines()[-1:][0][:500] if report.longreprtext else ""
+    with open(path, "a") as stream:
+        stream.write(json.dumps(record) + "\n")

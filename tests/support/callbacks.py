@@ -110,3 +110,32 @@ class RecordBatchShapes(L.Callback):
         height, width = batch["video"].shape[-2:]
         with open(self.path, "a") as stream:
             stream.write(f"{trainer.current_epoch} {height}x{width}\n")
+
+
+class RecordDevices(L.Callback):
+    """Appends one JSON line per training epoch to ``path``: where the first batch and the weights
+    were, the train loader's workers and pinned memory, and the precision plugin. A GPU test reads
+    it to know the steps ran on CUDA (a run that silently fell back to the CPU passes otherwise)."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self._epoch = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._epoch == trainer.current_epoch:
+            return
+        import json
+
+        self._epoch = trainer.current_epoch
+        loader = trainer.train_dataloader
+        record = {
+            "epoch": trainer.current_epoch,
+            "batch_device": str(batch["video"].device),
+            "weights_device": str(next(pl_module.parameters()).device),
+            "num_workers": loader.num_workers,
+            "pin_memory": loader.pin_memory,
+            "precision": str(trainer.precision),
+            "quantized": pl_module.quant_state is not None,
+        }
+        with open(self.path, "a") as stream:
+            stream.write(json.dumps(record) + "\n")
