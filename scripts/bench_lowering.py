@@ -1,6 +1,6 @@
 """Lowering time of an int8 X3D program: ExecuTorch's defaults against this project's shortcuts.
 
-    python scripts/bench_lowering.py --model x3d_xs --repeats 1
+    python scripts/bench_lowering.py --model x3d_xs --repeats 1 [--warmup 1]
 
 The int8 model is the deploy form calibrated on random clips (weights do not change the graph).
 Runs alternate defaults / shortcuts in one process, after one untimed lowering that pays the
@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="x3d_xs")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed lowerings first (imports, first calls)")
     args = parser.parse_args()
     # As in every training or export run: importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK.
     import lightning  # noqa: F401
@@ -39,7 +40,8 @@ def main() -> None:
     nodes = sum(1 for _ in int8.graph.nodes)
     nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     print(f"{args.model} int8: {nodes} graph nodes, input {tuple(example.shape)}; PYTORCH_NVML_BASED_CUDA_CHECK={nvml}")
-    lower_to_executorch(int8, example)  # imports and first-call costs, untimed
+    for _ in range(args.warmup):
+        lower_to_executorch(int8, example)  # imports and first-call costs, untimed
     seconds = {"ExecuTorch defaults": [], "shortcuts (default)": []}
     digests = {}
     for _ in range(args.repeats):
