@@ -68,7 +68,9 @@ def write_report(folder: Path, manifest: dict) -> None:
                 *rows,
                 "",
                 f"Latency at batch 1 with {reference['threads']} threads, the models timed in turns in one process; "
-                f"each figure is the lowest round median, the range spans the round medians ({timings}).",
+                f"each figure is the lowest round median, the range spans the round medians ({timings}). "
+                "Eager is the train form on channels-last clips, as training runs it; for other runtimes "
+                "(torch.compile, ONNX Runtime, OpenVINO), each in its own process, see scripts/bench_latency.py.",
                 "",
                 f"Each artifact against the in-framework model it was lowered from, on all {verified['clips']} test "
                 f"views ({verified['videos']} videos); a disagreeing clip whose reference top-1/top-2 logit gap is "
