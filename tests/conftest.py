@@ -85,6 +85,7 @@ def pytest_runtest_logreport(report):
         "seconds": round(report.duration, 1),
     }
     if report.failed:
-        record["error"] = (report.longreprtext or "").strip().splitlines()[-1:][0][:500] if report.longreprtext else ""
+        lines = (report.longreprtext or "").strip().splitlines()
+        record["error"] = lines[-1][:500] if lines else ""
     with open(path, "a") as stream:
         stream.write(json.dumps(record) + "\n")
