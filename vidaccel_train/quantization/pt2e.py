@@ -105,13 +105,15 @@ def set_observers(prepared: nn.Module, enabled: bool) -> None:
 
 @torch.no_grad()
 def calibrate(prepared: nn.Module, batches, count: int) -> None:
-    """Run ``count`` batches through a prepared model's observers, then freeze its ranges."""
+    """Run ``count`` batches through a prepared model's observers, then freeze its ranges. In fp32
+    whatever autocast the caller runs under (a trainer's bf16-mixed): the ranges are of fp32 values."""
     device = device_of(prepared)
     set_observers(prepared, True)
-    for index, batch in enumerate(batches):
-        if index == count:
-            break
-        prepared(batch["video"].to(device))
+    with torch.autocast(device.type, enabled=False):
+        for index, batch in enumerate(batches):
+            if index == count:
+                break
+            prepared(batch["video"].to(device).float())
     set_observers(prepared, False)
 
 

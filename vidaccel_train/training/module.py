@@ -170,10 +170,8 @@ class VideoClassifier(L.LightningModule):
         self._int8_cache.clear()  # the ranges the cached conversion used may have moved since
 
     def calibrate(self, batches: Iterable[dict], count: int) -> None:
-        """Post-training calibration: run ``count`` batches through the observers, then freeze.
-        In fp32 whatever the trainer's precision, as every quantized forward (:meth:`_run`)."""
-        with torch.autocast(self.device.type, enabled=False):
-            pt2e.calibrate(self.net, ({"video": batch["video"].float()} for batch in batches), count)
+        """Post-training calibration: run ``count`` batches through the observers, then freeze."""
+        pt2e.calibrate(self.net, batches, count)
         self.freeze_observers()
 
     def int8_net(self) -> nn.Module:
