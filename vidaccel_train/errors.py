@@ -34,6 +34,11 @@ class ArtifactError(RuntimeError):
     """An exported artifact that is missing, unlisted, or not the file its manifest describes."""
 
 
+class OutputError(RuntimeError):
+    """An output path that cannot be written (read-only, not a folder, or its disk full); said
+    before the work starts where it can be, and with nothing half-written where it cannot."""
+
+
 class PredictError(ValueError):
     """Inputs or options of ``predict`` that cannot be run: said before any decoding."""
 
@@ -48,6 +53,7 @@ USER_ERRORS = (
     DiskFullError,
     ArtifactError,
     PredictError,
+    OutputError,
 )
 
 

@@ -10,11 +10,14 @@ other processes.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from vidaccel_train.errors import OutputError
 
 STAGING_INFIX = ".tmp-"
 
@@ -80,3 +83,44 @@ def remove_leftovers(folder: str | Path, name: str = "*") -> list[Path]:
             _remove(stale)
             removed.append(stale)
     return removed
+
+
+def check_writable(path: str | Path, what: str = "output", *, folder: bool = True) -> Path:
+    """Check, before any work, that ``path`` can be written: a folder (``folder=True``) that
+    exists or can be made, or a file whose folder can take a new file. Folders it makes stay.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputError: naming ``what``, the path and the reason (read-only, not a folder, ...).
+    """
+    path = Path(path)
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise OutputError(f"{what} {path} is a folder, not a file")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / f".write-check{STAGING_INFIX}{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if not folder and path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "file is read-only", str(path))
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OutputError(f"cannot write {what} {path}: {reason}") from None
+    return path
+
+
+@contextmanager
+def output_errors(what: str) -> Iterator[None]:
+    """Turn an :class:`OSError` raised while writing ``what`` (a full disk, a folder gone
+    read-only) into one :class:`~vidaccel_train.errors.OutputError`; combine with
+    :func:`atomic_path` so nothing half-written stays."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, (FileNotFoundError, IsADirectoryError)) and err.errno not in (errno.ENOSPC, errno.EROFS):
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        raise OutputError(f"cannot write {what}{where}: {err.strerror or err}") from None
