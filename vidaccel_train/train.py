@@ -146,11 +146,9 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     except Exception as err:
         user_error = as_user_error(err)  # also what a component refused while Hydra built it
-        if user_error is None:
-            raise
+        if user_error is None or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep: vidaccel_train.sweep.SweepSummary records and logs it, and the sweep goes on
         print(f"error: {user_error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and goes on with the sweep
         sys.exit(2)
     except SIGTERMException:
         print(
