@@ -2,9 +2,13 @@
 ``hparams_search=<name>``.
 
 The summary reads what each job left in its directory (``.hydra/overrides.yaml``,
-``metrics.json``, ``export/manifest.json``) and writes ``sweep_summary.csv``,
+``metrics.json``, ``export/manifest.json``, ``error.txt``) and writes ``sweep_summary.csv``,
 ``sweep_summary.md`` and ``sweep_pareto.png`` (int8 top-1 against int8 latency, Pareto front
 marked) into the sweep directory.
+
+A job that fails does not end the sweep: its error line goes into ``<job dir>/error.txt`` (and
+its log, with the traceback when it is not a user error), the remaining jobs run, the summary
+marks it failed with that line, and the command then ends with one ``error:`` line and exit code 1.
 """
 
 from __future__ import annotations
@@ -12,15 +16,24 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from vidaccel_train.errors import as_user_error
+
 log = logging.getLogger(__name__)
+
+# A failed job's error line, in its own folder: what the summary shows for it.
+ERROR_FILE = "error.txt"
 
 COLUMNS = (
     "job",
@@ -32,7 +45,36 @@ COLUMNS = (
     "int8_latency_range_ms",
     "int8_mb",
     "fp32_latency_ms",
+    "error",
 )
+
+
+def error_line(err: BaseException, limit: int = 500) -> str:
+    """One line for a failed job: a user error's own message (also when Hydra wrapped it while
+    building a component), else the traceback's last line, ``Type: message`` (the first line of
+    a message of several; the component's own error where Hydra wrapped one)."""
+    user_error = as_user_error(err)
+    if user_error is not None:
+        text = str(user_error)
+    else:
+        while isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__
+        message = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+        text = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def record_failure(job_dir: str | Path, err: BaseException) -> str:
+    """Write ``err``'s :func:`error_line` to ``<job_dir>/error.txt``; returns the line."""
+    line = error_line(err)
+    path = Path(job_dir) / ERROR_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+    except OSError as write_error:  # the summary then calls the job unfinished; the log still has it
+        log.warning("could not record the failure in %s: %s", path, write_error)
+    return line
 
 
 def job_row(job_dir: Path) -> dict[str, Any]:
@@ -41,9 +83,13 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     row: dict[str, Any] = {column: "" for column in COLUMNS}
     row.update(job=job_dir.name, overrides=" ".join(overrides or []))
+    error_file = job_dir / ERROR_FILE  # before metrics.json: a job run again over an older one
+    if error_file.is_file():
+        row.update(status="failed", error=" ".join(error_file.read_text().split()))
+        return row
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
-        row["status"] = "failed or unfinished"
+        row["status"] = "unfinished"  # still running, or killed
         return row
     metrics = json.loads(metrics_file.read_text())["metrics"]
     row["status"] = "done"
@@ -118,10 +164,10 @@ def write_summary(sweep_dir: str | Path, job_dirs: list[Path] | None = None) -> 
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
-    (sweep_dir / "sweep_summary.md").write_text(
-        f"# Sweep {sweep_dir.name}: {len(rows)} jobs\n\n" + "\n".join(lines) + "\n"
-    )
+    lines += ["| " + " | ".join(cell(row[c]).replace("|", "\\|") for c in COLUMNS) + " |" for row in rows]
+    failed = sum(row["status"] == "failed" for row in rows)
+    title = f"# Sweep {sweep_dir.name}: {len(rows)} jobs" + (f", {failed} failed" if failed else "")
+    (sweep_dir / "sweep_summary.md").write_text(title + "\n\n" + "\n".join(lines) + "\n")
     _plot(sweep_dir / "sweep_pareto.png", rows)
     log.info("Sweep summary of %d jobs in %s", len(rows), sweep_dir / "sweep_summary.md")
     return rows
@@ -166,6 +212,17 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         axes.legend()
     else:
         axes.text(0.5, 0.5, "no job has an int8 export yet", ha="center", va="center", transform=axes.transAxes)
+    not_done = {status: [r["job"] for r in rows if r["status"] == status] for status in ("failed", "unfinished")}
+    if any(not_done.values()):  # marked, as in the summary: the plot never hides that jobs are missing
+        axes.text(
+            0.01,
+            0.01,
+            "; ".join(f"{status}: job {', '.join(jobs)}" for status, jobs in not_done.items() if jobs)
+            + " (errors in sweep_summary.md)",
+            fontsize=8,
+            color="tab:red",
+            transform=axes.transAxes,
+        )
     axes.set_xlabel("int8 latency, batch 1 (ms): lowest round median, bar: range of round medians")
     axes.set_ylabel("int8 test top-1 (%)")
     axes.set_title("accuracy against latency over the sweep")
@@ -176,10 +233,47 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: writes the sweep summary when a multirun ends."""
+    """Hydra callback: a failed job is recorded and the sweep goes on; the summary is written
+    when the multirun ends, which then exits with code 1 if any job failed.
+
+    Hydra's launcher (1.3) runs every job of a batch but keeps a job's exception, and its sweeper
+    re-raises the first one after the batch: the later batches and ``on_multirun_end`` (this
+    summary) never run, and the command ends in a traceback (hydra #2284). Here a failed job's
+    error is recorded in its folder and logged when the job ends, and its return is marked
+    completed so the sweeper goes on. Single runs (not ``-m``) are left as they are.
+    """
+
+    @staticmethod
+    def _multirun(config: DictConfig) -> bool:
+        return config.hydra.mode == RunMode.MULTIRUN
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._multirun(config):  # a job run again in the same folder: its earlier failure is gone
+            (Path(config.hydra.runtime.output_dir) / ERROR_FILE).unlink(missing_ok=True)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not self._multirun(config) or job_return.status != JobStatus.FAILED:
+            return
+        err = job_return._return_value  # the property re-raises it
+        line = record_failure(config.hydra.runtime.output_dir, err)
+        # In the job's log file and on the console (Hydra named the job's overrides as it began);
+        # a traceback only where it is not a user error.
+        traceback = (type(err), err, err.__traceback__) if as_user_error(err) is None else None
+        log.error("job %s failed: %s", config.hydra.job.num, line, exc_info=traceback)
+        job_return.status = JobStatus.COMPLETED  # so the sweeper goes on (see the class docstring)
+        job_return.return_value = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(config.hydra.sweep.dir)
+        rows = write_summary(config.hydra.sweep.dir)
+        failed = [row["job"] for row in rows if row["status"] != "done"]
+        if failed:
+            summary = Path(config.hydra.sweep.dir) / "sweep_summary.md"
+            print(
+                f"error: {len(failed)} of {len(rows)} jobs failed (job {', '.join(failed)}); "
+                f"the summary, with each one's error, is in {summary}",
+                file=sys.stderr,
+            )
+            sys.exit(1)  # a SystemExit: Hydra passes it on (it turns exceptions into warnings here)
 
 
 # ---------------------------------------------------------------------------- search
@@ -224,7 +318,11 @@ def search(
     def objective(trial) -> float:
         overrides = [f"{space.name}={_suggest(trial, space)}" for space in search_cfg.params]
         job_dir = sweep_dir / str(trial.number)
-        metrics = run_trial(overrides, job_dir)
+        try:
+            metrics = run_trial(overrides, job_dir)
+        except Exception as err:  # Optuna logs it and goes on; the summary shows its line
+            record_failure(job_dir, err)
+            raise
         if metric not in metrics:
             raise KeyError(f"hparams_search.metric={metric} was not logged; the run logged {sorted(metrics)}")
         return metrics[metric]
