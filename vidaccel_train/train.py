@@ -15,18 +15,56 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.config import CONFIG_DIR, reconcile, runs_on_cpu, validate
-from vidaccel_train.errors import as_user_error
+from vidaccel_train.errors import ConfigError, as_user_error
 from vidaccel_train.quiet import FRESH_START_WARNINGS
-from vidaccel_train.training.resilience import resolve_checkpoint
+from vidaccel_train.models.zoo import load_checkpoint
+from vidaccel_train.training.resilience import (
+    check_fresh_run_folder,
+    claim_run_folder,
+    compare_with_checkpoint,
+    resolve_checkpoint,
+)
 
 log = logging.getLogger(__name__)
+
+
+class FolderPerRun(Callback):
+    """Hydra callback, before Hydra writes anything into the run's folder: a new run (no
+    ``ckpt_path``) in the default folder, named after the second it started, gets ``<folder>_2``,
+    ... when another run claimed that folder first (array jobs start together); a folder given
+    with ``hydra.run.dir`` that holds a run is refused with one ``error:`` line (exit 2)."""
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> None:
+        if config.get("ckpt_path") is not None:
+            return
+        folder = Path(config.hydra[key].dir)
+        if any(o.lstrip("+~").split("=", 1)[0] == f"hydra.{key}.dir" for o in config.hydra.overrides.hydra):
+            if key == "run":
+                try:
+                    check_fresh_run_folder(folder)
+                except ConfigError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    sys.exit(2)
+            return
+        claimed = claim_run_folder(folder)
+        if claimed != folder:
+            with read_write(config.hydra):
+                config.hydra[key].dir = str(claimed)
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._claim(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._claim(config, "sweep")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -53,6 +91,23 @@ def check_override_syntax(args: list[str]) -> None:
             sys.exit(2)
 
 
+def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.LightningDataModule) -> None:
+    """Before a run resumes or tests ``ckpt_path``: its model, classes and clip contract must be
+    this run's (:func:`~vidaccel_train.training.resilience.compare_with_checkpoint` raises a
+    :class:`CheckpointError` naming each difference); other changed settings are said in one line."""
+    checkpoint = load_checkpoint(ckpt_path)
+    saved = checkpoint.get("run_config")
+    if not saved:  # not written by this project: Lightning checks what it can
+        return
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    changed = compare_with_checkpoint(
+        saved, run_config, checkpoint.get("class_names"), getattr(datamodule, "class_names", None)
+    )
+    if changed:
+        log.warning("%s: settings changed since it was written, applied from here on: %s", ckpt_path, "; ".join(changed))
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as configured; returns the final metrics (also in metrics.json)."""
     reconcile(cfg)
@@ -60,6 +115,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir / "checkpoints")
+    if cfg.get("ckpt_path") is None:
+        check_fresh_run_folder(output_dir)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -83,6 +140,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise
         raise user_error from None
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if ckpt_path not in (None, "best", "hpc"):
+        check_against_checkpoint(ckpt_path, module.run_config, datamodule)
 
     if cfg.get("train"):
         log.info("Fitting %s on %s", cfg.model.name, cfg.data.root)

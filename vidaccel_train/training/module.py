@@ -350,6 +350,28 @@ class VideoClassifier(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """A resumed fit runs on with the optimizer settings given now: Lightning restores the
+        checkpoint's (learning rate, weight decay, ...) with the optimizer's state, and the
+        schedule's base rate with the scheduler's. Unchanged settings are left untouched, so a
+        resume with the same config stays exact."""
+        if self.trainer.ckpt_path is None:
+            return
+        settings = dict(getattr(self.optimizer_factory, "keywords", {}))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler, optimizer = config.scheduler, config.scheduler.optimizer
+            for index, group in enumerate(optimizer.param_groups):
+                for key, value in settings.items():
+                    if key in group and key != "lr" and group[key] != type(group[key])(value):
+                        group[key] = type(group[key])(value) if isinstance(group[key], tuple) else value
+                new_lr = settings.get("lr")
+                if new_lr is None or group.get("initial_lr") == new_lr:
+                    continue
+                group["initial_lr"] = new_lr
+                scheduler.base_lrs[index] = new_lr
+                factor = scheduler.lr_lambdas[index](scheduler.last_epoch) if hasattr(scheduler, "lr_lambdas") else 1.0
+                group["lr"] = new_lr * factor
+
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

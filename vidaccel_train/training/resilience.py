@@ -19,7 +19,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidaccel_train.errors import DiskFullError
+from vidaccel_train.errors import ConfigError, DiskFullError
 from vidaccel_train.files import remove_leftovers, write_atomic
 from vidaccel_train.models.zoo import CheckpointError
 
@@ -166,6 +166,141 @@ def resolve_checkpoint(ckpt_path: str | None, checkpoint_dir: str | Path) -> str
     check_checkpoint_file(path)
     log.info("starting from checkpoint %s", path)
     return str(path)
+
+
+# What a run leaves in its folder; a new run (no ckpt_path) never starts where one of them is.
+RUN_TRACES = ("checkpoints/*.ckpt", "metrics.json", "export/manifest.json")
+
+
+def run_traces(folder: str | Path) -> list[str]:
+    """What a run left in ``folder`` (paths relative to it, sorted); empty for a fresh folder."""
+    folder = Path(folder)
+    return sorted({str(p.relative_to(folder)) for pattern in RUN_TRACES for p in folder.glob(pattern)})
+
+
+def check_fresh_run_folder(folder: str | Path) -> None:
+    """A new run's folder must not hold another run: Lightning would resume that run's last
+    checkpoint (``OnExceptionCheckpoint`` turns ``fit(ckpt_path=None)`` into ``"last"``) and its
+    metrics and export would be replaced.
+
+    Raises:
+        ConfigError: naming the folder, what is in it, and the two ways on.
+    """
+    found = run_traces(folder)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(
+            f"{folder} already holds a run ({shown}): resume it with ckpt_path=last, or give the new run "
+            "a folder of its own (hydra.run.dir=...)"
+        )
+
+
+def claim_run_folder(folder: str | Path) -> Path:
+    """Make ``folder`` for a new run, or, if it exists already (another run started in the same
+    second, as array jobs do), the first free ``<folder>_2``, ``<folder>_3``, ...; making it is
+    atomic, so two processes never claim the same one. Returns the folder made."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    candidate, number = folder, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = folder.with_name(f"{folder.name}_{number}")
+
+
+# The settings a checkpoint's weights, classes and inputs depend on: a resumed or tested run
+# must have them as the checkpoint does. Everything else (optimizer, schedule, epochs, batch
+# size, workers, data location) takes the value given now.
+FIXED_SETTINGS = (
+    "model.name",
+    "model.clip",
+    "model.net",
+    "data.num_classes",
+    "data.num_frames",
+    "data.sampling_rate",
+    "data.target_fps",
+    "data.crop_size",
+    "data.train_short_side",
+    "data.eval_short_side",
+    "data.display_aspect",
+    "quant",
+)
+# Where the starting weights come from: a resumed run takes its weights from the checkpoint.
+_STARTING_WEIGHTS = {"model.pretrained", "model.checkpoint", "model.net.pretrained", "model.net.checkpoint"}
+# Settings that say where things are or what this command does, not what the run is.
+_PER_COMMAND = ("paths", "hydra", "ckpt_path", "train", "test", "test_ckpt", "tags", "task_name", "callbacks", "logger")
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        flat: dict[str, Any] = {}
+        for key, value in config.items():
+            flat.update(_flat(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: config}
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else repr(value)
+
+
+_UNSET = object()
+
+
+def compare_with_checkpoint(
+    saved_config: dict, config: dict, saved_classes: list[str] | None = None, classes: list[str] | None = None
+) -> list[str]:
+    """Check a run's settings against those its checkpoint was written with.
+
+    Args:
+        saved_config: the checkpoint's ``run_config`` (the resolved config as a plain dict).
+        config: this run's resolved config.
+        saved_classes, classes: the checkpoint's class names and this run's dataset's (in order).
+
+    Returns:
+        The other settings that differ, each as ``"key: old -> new"`` (they apply from now on).
+
+    Raises:
+        CheckpointError: naming every fixed setting (:data:`FIXED_SETTINGS`) that differs, and the
+            classes when they differ.
+    """
+    old, new = _flat(saved_config), _flat(config)
+    fixed, changed = [], []
+    for key in sorted(set(old) | set(new)):
+        if key in _STARTING_WEIGHTS or key.split(".")[0] in _PER_COMMAND:
+            continue
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before == after or (isinstance(before, (list, tuple)) and list(before) == after):
+            continue
+        line = f"{key}: {_shown(before)} in the checkpoint, {_shown(after)} now"
+        if any(key == f or key.startswith(f + ".") for f in FIXED_SETTINGS):
+            fixed.append(line)
+        elif before is not _UNSET:  # a setting that did not exist when the checkpoint was written: no change
+            changed.append(f"{key}: {_shown(before)} -> {_shown(after)}")
+    if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
+        gone = [c for c in saved_classes if c not in classes]
+        added = [c for c in classes if c not in saved_classes]
+        detail = "; ".join(
+            part
+            for part in (
+                f"not in this dataset: {', '.join(gone[:5])}" + (" ..." if len(gone) > 5 else "") if gone else "",
+                f"new: {', '.join(added[:5])}" + (" ..." if len(added) > 5 else "") if added else "",
+                "same classes in another order" if not gone and not added else "",
+            )
+            if part
+        )
+        fixed.append(f"classes: {len(saved_classes)} in the checkpoint, {len(classes)} in this dataset ({detail})")
+    if fixed:
+        raise CheckpointError(
+            "the checkpoint was written by another run than this one: "
+            + "; ".join(fixed)
+            + ". Resume with the checkpoint's settings, or start a new run in its own folder "
+            "(model.checkpoint=<.ckpt> starts from its weights)"
+        )
+    return changed
 
 
 def check_checkpoint_file(path: str | Path) -> None:
