@@ -30,7 +30,8 @@ from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 from vidaccel_train.training.module import net_builder
 
-from support import TINY_FIT, compose_config
+from support import TINY_FIT, compose_config, run_cli
+from support.outputs import full_disk, readonly_folder
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +181,122 @@ def test_a_tampered_artifact_is_refused(export_dir, tmp_path, data_dir):
 
 @pytest.fixture(scope="module")
 def fp32_run(tmp_path_factory, data_dir):
+    """A tiny fp32 run, tested (its own metrics.json and confusion matrices), not exported."""
     run_dir = tmp_path_factory.mktemp("fp32")
-    run(compose_config(run_dir, data_dir, [*TINY_FIT, "trainer.max_epochs=1", "test=false"]))
+    run(compose_config(run_dir, data_dir, [*TINY_FIT, "trainer.max_epochs=1"]))
     return run_dir
+
+
+# A quick export: one timing round of two calls on one thread, two calibration batches.
+QUICK_EXPORT = [
+    "callbacks.export.latency_repeats=2",
+    "callbacks.export.latency_rounds=1",
+    "callbacks.export.threads=1",
+    "callbacks.export.calibration_batches=2",
+]
+
+
+def export_cli(args, cwd, timeout=600, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python -m vidaccel_train.export <args>` in its own process, started in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.export", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+
+
+def _files(folder, outside=None):
+    """Every path under ``folder`` but those under ``folder/outside``: a file's mtime and digest."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_mtime_ns, sha256_of(path)) if path.is_file() else "folder"
+        for path in sorted(folder.rglob("*"))
+        if outside is None or path.relative_to(folder).parts[0] != outside
+    }
+
+
+def _error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_the_export_cli_on_another_data_root_writes_only_its_out_dir(fp32_run, tmp_path):
+    """The default out_dir (<run>/export) and another dataset: the test's confusion matrices
+    and everything else the command writes go into the export folder; the run's own files
+    (its metrics.json and test confusion matrices among them) stay byte for byte as they were."""
+    run_dir, cwd = tmp_path / "run", tmp_path / "cwd"
+    shutil.copytree(fp32_run, run_dir)  # copy2: the run's files keep their times
+    cwd.mkdir()
+    assert (run_dir / "confusion_matrix_test.csv").is_file() and (run_dir / "metrics.json").is_file()
+    before = _files(run_dir)
+    result = export_cli(
+        [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"data.root={tmp_path / 'other'}",
+         "data.synthetic.seed=1", *QUICK_EXPORT],
+        cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _files(run_dir, outside="export") == before  # nothing new, changed or touched beside it
+    written = sorted(p.name for p in (run_dir / "export").iterdir())
+    assert {"model_int8.pte", "manifest.json", "report.md", "confusion_matrix_test.csv"} <= set(written), written
+    other_classes = (run_dir / "export" / "confusion_matrix_test.csv").read_text().splitlines()
+    assert len(other_classes) == 5  # a header and the four classes of the other dataset's test
+    assert list(cwd.iterdir()) == []
+    assert any((tmp_path / "other").iterdir())  # the other dataset was generated there, and used
+
+
+def test_the_export_cli_refuses_an_out_dir_it_cannot_write_before_any_work(fp32_run, tmp_path):
+    ckpt = fp32_run / "checkpoints" / "last.ckpt"
+    never = tmp_path / "data_never_made"  # the dataset it would generate first, were the check late
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    with readonly_folder(tmp_path / "readonly") as readonly:
+        for out_dir in (readonly, readonly / "export", a_file / "export"):
+            result = export_cli([f"ckpt_path={ckpt}", f"out_dir={out_dir}", f"data.root={never}"], tmp_path)
+            assert result.returncode == 2, result.stderr[-3000:]
+            assert len(_error_lines(result)) == 1, result.stderr[-3000:]
+            assert "export folder" in result.stderr and str(out_dir) in result.stderr
+            assert "Traceback" not in result.stderr
+            assert not never.exists()
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_an_export_that_fills_its_disk_ends_in_one_error_line_and_leaves_nothing(fp32_run, tmp_path):
+    with full_disk(tmp_path / "small") as limit:
+        out_dir = tmp_path / "small" / "export"
+        result = export_cli(
+            [f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}", f"out_dir={out_dir}", *QUICK_EXPORT],
+            tmp_path,
+            preexec_fn=limit,
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        errors = _error_lines(result)
+        assert len(errors) == 1 and str(out_dir) in errors[0], result.stderr[-3000:]
+        assert "No space left on device" in errors[0] or "too large" in errors[0]
+        assert "Traceback" not in result.stderr
+        assert list((tmp_path / "small").iterdir()) == []  # no export, no staging folder
+        if limit is None:  # the small disk is a mount: its own folder cannot be replaced by an export
+            mount = export_cli(
+                [f"ckpt_path={fp32_run / 'checkpoints' / 'last.ckpt'}", f"out_dir={tmp_path / 'small'}"], tmp_path
+            )
+            assert mount.returncode == 2 and len(_error_lines(mount)) == 1, mount.stderr[-3000:]
+            assert "mount point" in mount.stderr and str(tmp_path / "small" / "export") in mount.stderr
+
+
+def test_the_training_export_checks_its_out_dir_before_training(tmp_path, data_dir):
+    with readonly_folder(tmp_path / "readonly") as readonly:
+        result = run_cli(
+            tmp_path / "run",
+            data_dir,
+            [
+                *TINY_FIT,
+                "trainer.max_epochs=1",
+                "callbacks.export.enabled=true",
+                f"callbacks.export.out_dir={readonly}",
+            ],
+        )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = _error_lines(result)
+    assert len(errors) == 1 and "export folder" in errors[0] and str(readonly) in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "run").rglob("*.ckpt")) and not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_the_export_command_line_writes_only_its_out_dir(fp32_run, tmp_path):

@@ -4,14 +4,16 @@ A Hydra entry with its own config (``conf/export.yaml``), as the training entry:
 carries its run config, which rebuilds the model and data; ``key=value`` pairs change it
 (``out_dir=...``, ``callbacks.export.threads=2``, ``data.root=...``) and Hydra checks each key
 against the training config. The default output is ``<run dir>/export`` next to the
-checkpoint's ``checkpoints/`` folder. ``--help`` shows the options; a mistake is one ``error:``
-line and exit code 2.
+checkpoint's ``checkpoints/`` folder, and the command writes nothing outside it (the test's
+confusion matrices, of the data it was given, go into it too). ``--help`` shows the options; a
+mistake, or an out_dir that cannot be written, is one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vidaccel_train.config import CONFIG_DIR  # also registers the config resolvers
 from vidaccel_train.errors import CheckpointError, as_user_error
-from vidaccel_train.export.callback import ExportCallback
+from vidaccel_train.export.callback import ExportCallback, check_export_folder
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
 from vidaccel_train.train import check_override_syntax
@@ -33,9 +35,20 @@ log = logging.getLogger("vidaccel_train.export")
 
 
 def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
+    """Export ``ckpt_path`` with ``overrides`` (``key=value``) applied to its run config;
+    returns the manifest. Writes only ``out_dir`` (default ``<run dir>/export``): the programs,
+    the manifest and report, and the test's confusion matrices (``confusion_matrix_test.*``:
+    of the data it was given, which need not be the run's).
+
+    Raises:
+        CheckpointError: the file is missing, unsafe, or not one of ours.
+        OutputError: ``out_dir`` cannot be written (before any work), or its disk filled.
+    """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise CheckpointError(f"checkpoint {ckpt_path} does not exist")
+    out_dir = OmegaConf.from_dotlist(list(overrides)).get("out_dir") or ckpt_path.resolve().parent.parent / "export"
+    check_export_folder(out_dir)
     checkpoint = load_checkpoint(ckpt_path)  # the safe loader: nothing in the file runs
     run_config = checkpoint.get("run_config")
     if not run_config:
@@ -45,7 +58,6 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     if "display_aspect" not in run_config.get("data", {}):  # trained before the option: on stored pixels
         run_config = {**run_config, "data": {**run_config["data"], "display_aspect": "stored"}}
     cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
-    out_dir = cfg.get("out_dir") or ckpt_path.resolve().parent.parent / "export"
     export_settings = {k: v for k, v in (cfg.get("callbacks", {}) or {}).get("export", {}).items() if k != "_target_"}
     export_settings.update(enabled=True, out_dir=str(out_dir))
 
@@ -53,16 +65,20 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
     module = instantiate(cfg.module, net=net_builder(run_config)(), optimizer=instantiate(cfg.optim))
     module.run_config = run_config
     callback = ExportCallback(**export_settings)
-    # The test's confusion matrices go beside the export, in the run the checkpoint came from.
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[callback],
-        default_root_dir=Path(out_dir).parent,
-    )
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
+    # The test writes its confusion matrices into the trainer's folder: a temporary one, whose
+    # files the export takes into out_dir with the programs. Beside the export, in the run the
+    # checkpoint came from, they would replace the run's own (of the data it was tested on).
+    with tempfile.TemporaryDirectory(prefix="vidaccel-export-test-") as test_dir:
+        callback.include_from = Path(test_dir)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[callback],
+            default_root_dir=test_dir,
+        )
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
     return callback.manifest
 
 

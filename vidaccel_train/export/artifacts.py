@@ -14,15 +14,19 @@ line build them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from vidaccel_train.errors import OutputError
 from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch
 from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings, check_precisions
 from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of
@@ -97,25 +101,46 @@ class StageClock:
         log.info("Export: %s took %.1f s", name.replace("_", " "), self.seconds[name])
 
 
-def export_artifacts(inputs: ExportInput, out_dir: str | Path, settings: ExportSettings = ExportSettings()) -> dict:
+# What a write fails with when the disk is full or turned read-only (EFBIG: a file size limit).
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def export_artifacts(
+    inputs: ExportInput,
+    out_dir: str | Path,
+    settings: ExportSettings = ExportSettings(),
+    extra_files: Sequence[str | Path] = (),
+) -> dict:
     """Lower, verify, time and write the programs of ``inputs`` into ``out_dir``; returns the manifest.
 
     Runs on the CPU (the programs are CPU programs) with ``settings.threads`` threads, and gives
-    PyTorch its own thread count back afterwards.
+    PyTorch its own thread count back afterwards. ``extra_files`` are copied into ``out_dir``
+    with the programs (the export command line's test confusion matrices).
 
     Raises:
         LoweringError: a model does not lower whole to XNNPACK (nothing is written).
         RuntimeError: the test batches hold no readable video.
+        OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out_dir.parent, out_dir.name)  # from an export that was killed
     torch_threads = torch.get_num_threads()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out_dir.parent, out_dir.name)  # from an export that was killed
         # Whole folders change places: a reader sees the old export or the new one, never a mix.
         with torch.no_grad(), torch.device("cpu"), atomic_path(out_dir) as staging:
             staging.mkdir()
             manifest = _build(inputs, staging, settings)
+            for extra in map(Path, extra_files):
+                if (staging / extra.name).exists():
+                    raise ValueError(f"extra file {extra} would replace the export's own {extra.name}")
+                shutil.copyfile(extra, staging / extra.name)
+    except OSError as err:
+        if err.errno not in _DISK_ERRNOS:
+            raise
+        raise OutputError(
+            f"cannot write export folder {out_dir}: {err.strerror or err}; nothing of this export was kept"
+        ) from None
     finally:
         torch.set_num_threads(torch_threads)  # a multirun's later jobs train in this process
     log.info(

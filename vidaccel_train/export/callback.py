@@ -13,9 +13,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from vidaccel_train.errors import OutputError
 from vidaccel_train.export.artifacts import export_artifacts
 from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings, Preprocessing, check_precisions
+from vidaccel_train.files import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,27 @@ def export_input(module, datamodule, precisions=PRECISIONS) -> ExportInput:
     )
 
 
+def check_export_folder(out_dir: str | Path) -> Path:
+    """Before any work: ``out_dir`` can be written and replaced whole (the export is built
+    beside it and renamed onto it, which a mount point refuses). A missing ``out_dir`` is made
+    to try and removed again: the export makes it when it is complete.
+
+    Raises:
+        OutputError: naming the folder and the reason.
+    """
+    out_dir = Path(out_dir)
+    missing = not out_dir.exists()
+    check_writable(out_dir, "export folder")
+    if missing:
+        out_dir.rmdir()
+    elif os.path.ismount(out_dir):
+        raise OutputError(
+            f"cannot write export folder {out_dir}: it is a mount point, and the export replaces its folder whole "
+            f"(built beside it, then renamed onto it): give a folder inside it, e.g. {out_dir / 'export'}"
+        )
+    return out_dir
+
+
 class ExportCallback(L.Callback):
     """After the test that ends a run, write ``<out_dir>`` (default ``<run dir>/export``).
 
@@ -88,6 +112,8 @@ class ExportCallback(L.Callback):
 
     Raises:
         ConfigError: unknown ``precisions``, or counts below 1 (when built, before training).
+        OutputError: ``out_dir`` cannot be written (when built, before training), or the disk
+            filled while writing it (nothing of it is kept).
     """
 
     def __init__(
@@ -110,7 +136,14 @@ class ExportCallback(L.Callback):
             calibration_batches=calibration_batches,
             precisions=check_precisions(precisions),  # a typo fails before training, not after
         )
+        # So does a folder it cannot write, said by the rank that exports (the default folder is
+        # in the run's own, which the run writes anyway).
+        if enabled and out_dir and rank_zero_only.rank == 0:
+            check_export_folder(out_dir)
         self.manifest: dict | None = None
+        # Set by the export command line: a folder whose files (the test's confusion matrices)
+        # go into the export with the programs, so that the command writes only its out_dir.
+        self.include_from: Path | None = None
 
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
         if not self.enabled or not trainer.is_global_zero:
@@ -125,4 +158,5 @@ class ExportCallback(L.Callback):
         out_dir = Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "export"
         log.info("Exporting ExecuTorch artifacts to %s", out_dir)
         inputs = export_input(pl_module, trainer.datamodule, self.settings.precisions)
-        self.manifest = export_artifacts(inputs, out_dir, self.settings)
+        extra = sorted(p for p in Path(self.include_from).iterdir() if p.is_file()) if self.include_from else []
+        self.manifest = export_artifacts(inputs, out_dir, self.settings, extra_files=extra)
