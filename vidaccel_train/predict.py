@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,13 @@ from torchvision import tv_tensors
 
 from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
-from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, index_split, videos_under
+from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, class_name, index_split, videos_under
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import probe, read_clip
-from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
+from vidaccel_train.errors import USER_ERRORS, ArtifactError, OutputError, PredictError, VideoDecodeError
 from vidaccel_train.export.executorch import ExecuTorchModel
 from vidaccel_train.export.manifest import MANIFEST, sha256_of
+from vidaccel_train.files import atomic_path, check_writable, output_errors
 from vidaccel_train.quiet import native_stderr_muted
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
@@ -300,21 +302,24 @@ class Timeline:
             "windows": rows,
         }
         paths = [out_dir / f"{stem}.{suffix}" for suffix in ("json", "csv", "png")]
-        paths[0].write_text(json.dumps(summary, indent=2))
-        with open(paths[1], "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(
-                [
-                    "start_s",
-                    "end_s",
-                    *[f"{kind}{k + 1}" for k in range(min(topk, len(self.classes))) for kind in ("label", "score")],
-                ]
-            )
-            for row in rows:
+        # All three or none: each is staged beside its place and renamed there when all are written.
+        with output_errors(f"the timeline of {self.video}"), ExitStack() as stack:
+            staged = [stack.enter_context(atomic_path(path)) for path in paths]
+            staged[0].write_text(json.dumps(summary, indent=2))
+            with open(staged[1], "w", newline="") as stream:
+                writer = csv.writer(stream)
                 writer.writerow(
-                    [row["start_s"], row["end_s"], *[v for top in row["top"] for v in (top["label"], top["score"])]]
+                    [
+                        "start_s",
+                        "end_s",
+                        *[f"{kind}{k + 1}" for k in range(min(topk, len(self.classes))) for kind in ("label", "score")],
+                    ]
                 )
-        self._plot(paths[2], topk)
+                for row in rows:
+                    writer.writerow(
+                        [row["start_s"], row["end_s"], *[v for top in row["top"] for v in (top["label"], top["score"])]]
+                    )
+            self._plot(staged[2], topk)
         return paths
 
     def _plot(self, path: Path, topk: int) -> None:
@@ -341,7 +346,7 @@ class Timeline:
         axes.set_title(f"{Path(self.video).name}: {len(self.starts)} windows of {self.span_s:.2f} s; overall: {best}")
         axes.legend(loc="best", fontsize=8)
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, format="png")
         plt.close(figure)
 
 
@@ -365,8 +370,9 @@ def predict(
 
 
 def _class_index(text: str, classes: Sequence[str], where: str) -> int:
-    if text in classes:
-        return classes.index(text)
+    names = [class_name(c) for c in classes]  # compared in one Unicode normal form
+    if class_name(text) in names:
+        return names.index(class_name(text))
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
         return int(text)
     raise PredictError(
@@ -379,7 +385,7 @@ def _split_label(fields: list[str], classes: Sequence[str]) -> tuple[str, str | 
     (Kinetics' names have spaces) or is a class index; no label if none does."""
     for cut in range(1, len(fields)):
         label = " ".join(fields[cut:])
-        if label in classes or (label.isdigit() and int(label) < len(classes)):
+        if class_name(label) in map(class_name, classes) or (label.isdigit() and int(label) < len(classes)):
             return " ".join(fields[:cut]), label
     return " ".join(fields), None
 
@@ -410,7 +416,7 @@ def _read_list(path: Path, classes: Sequence[str]) -> list[tuple[str, int | None
         if (
             number == 1
             and not located(name).exists()
-            and (label is None or label not in classes and not label.isdigit())
+            and (label is None or class_name(label) not in map(class_name, classes) and not label.isdigit())
         ):
             continue  # a header row (path,label)
         videos.append((str(located(name)), None if label is None else _class_index(label, classes, f"{path}:{number}")))
@@ -573,8 +579,9 @@ def _record(result: Prediction, classes: Sequence[str], topk: int) -> dict:
 
 
 def _write_csv(path: str, results: Sequence[Prediction], classes: Sequence[str], topk: int) -> None:
+    """One row per video into ``path``, whole or not at all (a full disk: :class:`OutputError`)."""
     k = min(topk, len(classes))
-    with open(path, "w", newline="") as stream:
+    with output_errors(f"--csv {path}"), atomic_path(path) as staged, open(staged, "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(
             ["video", "label", "error", *[f"{kind}{i + 1}" for i in range(k) for kind in ("prediction", "score")]]
@@ -612,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             videos += split_inputs(args.data_root, args.split, args.layout, classes)
         if args.csv and not Path(args.csv).resolve().parent.is_dir():
             raise PredictError(f"--csv {args.csv}: its folder does not exist")
+        if args.csv:
+            check_writable(args.csv, "--csv", folder=False)
         if args.timeline:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
+            check_writable(args.out, "--out folder")
     except (*USER_ERRORS, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -633,7 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         _print_table(results, classes, args.topk)
     if args.csv:
-        _write_csv(args.csv, results, classes, args.topk)
+        try:
+            _write_csv(args.csv, results, classes, args.topk)
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     bad = [r for r in results if r.error]
     scores = score(results, classes)
     if args.json and scores:
@@ -661,21 +674,36 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
+def timeline_names(videos: Sequence[str]) -> list[str]:
+    """A distinct name per video for its timeline files: its stem, or ``<stem>_2``, ``_3``, ...
+    for a later video with the same stem, never a name another video's stem already has
+    (``a/clip.mp4``, ``b/clip.mp4`` and ``clip_2.mp4``: ``clip``, ``clip_3``, ``clip_2``)."""
+    stems = [Path(video).stem for video in videos]
+    reserved, names = set(stems), []
+    for stem in stems:
+        name, number = stem, 1
+        while name in names or (name != stem and name in reserved):
+            number += 1
+            name = f"{stem}_{number}"
+        names.append(name)
+    return names
+
+
 def _main_timeline(predictor: Predictor, videos: Sequence[tuple[str, int | None]], args) -> int:
     stride = args.stride or predictor.clip.span_s
     failed = 0
-    names: dict[str, int] = {}
-    for video, _ in videos:
-        stem = Path(video).stem
-        names[stem] = names.get(stem, 0) + 1
-        name = stem if names[stem] == 1 else f"{stem}_{names[stem]}"  # two folders' clip.mp4 keep both
+    for (video, _), name in zip(videos, timeline_names([video for video, _ in videos])):
         try:
             timeline = predictor.timeline(video, stride)
         except VideoDecodeError as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        paths = timeline.write(Path(args.out), args.topk, name)
+        try:
+            paths = timeline.write(Path(args.out), args.topk, name)
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         best = int(timeline.overall.argmax())
         if args.json:
             print(json.dumps(json.loads(paths[0].read_text())))

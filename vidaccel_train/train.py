@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.config import CONFIG_DIR, reconcile, runs_on_cpu, validate
-from vidaccel_train.errors import ConfigError, as_user_error
+from vidaccel_train.errors import ConfigError, OutputError, as_user_error
+from vidaccel_train.files import check_writable
 from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.training.resilience import (
@@ -40,25 +41,31 @@ class FolderPerRun(Callback):
     """Hydra callback, before Hydra writes anything into the run's folder: a new run (no
     ``ckpt_path``) in the default folder, named after the second it started, gets ``<folder>_2``,
     ... when another run claimed that folder first (array jobs start together); a folder given
-    with ``hydra.run.dir`` that holds a run is refused with one ``error:`` line (exit 2)."""
+    with ``hydra.run.dir`` that holds a run, or a folder that cannot be written, is refused with
+    one ``error:`` line (exit 2)."""
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
-        if config.get("ckpt_path") is not None:
-            return
         folder = Path(config.hydra[key].dir)
-        if any(o.lstrip("+~").split("=", 1)[0] == f"hydra.{key}.dir" for o in config.hydra.overrides.hydra):
-            if key == "run":
-                try:
-                    check_fresh_run_folder(folder)
-                except ConfigError as err:
-                    print(f"error: {err}", file=sys.stderr)
-                    sys.exit(2)
-            return
-        claimed = claim_run_folder(folder)
-        if claimed != folder:
-            with read_write(config.hydra):
-                config.hydra[key].dir = str(claimed)
+        given = any(o.lstrip("+~").split("=", 1)[0] == f"hydra.{key}.dir" for o in config.hydra.overrides.hydra)
+        new_run = config.get("ckpt_path") is None
+        try:
+            if new_run and not given:
+                claimed = claim_run_folder(folder)
+                if claimed != folder:
+                    with read_write(config.hydra):
+                        config.hydra[key].dir = str(claimed)
+                folder = claimed
+            check_writable(folder, f"the run folder (hydra.{key}.dir)")
+            if new_run and given and key == "run":
+                check_fresh_run_folder(folder)
+        except OSError as err:
+            err = OutputError(f"cannot make the run folder {folder}: {err.strerror or err}")
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except (OutputError, ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._claim(config, "run")
@@ -115,6 +122,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir / "checkpoints")
+    check_writable(output_dir, "the run folder")
     if cfg.get("ckpt_path") is None:
         check_fresh_run_folder(output_dir)
     if cfg.get("seed") is not None:

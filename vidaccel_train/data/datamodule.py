@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,17 @@ def _require_int(name: str, value: Any, minimum: int, expected: str) -> None:
         raise ConfigError(f"data.{name} must be {expected}, got {value!r}")
 
 
+# Workers that ``num_workers=auto`` starts at most: past this, decoding is seldom what waits.
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers() -> int:
+    """Loader workers for ``num_workers=auto``: the CPUs this process may run on (its affinity,
+    as PyTorch's loader counts them), at most :data:`MAX_AUTO_WORKERS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cpus))
+
+
 class VideoDataModule(L.LightningDataModule):
     """Clips from ``root`` in any layout of :mod:`~vidaccel_train.data.layouts` (``auto``
     detects it); with ``synthetic`` set, the dataset is generated under ``root`` first (once,
@@ -47,6 +59,9 @@ class VideoDataModule(L.LightningDataModule):
     steps per second while the network learns coarse motion; later epochs, validation, testing
     and export use the full ``crop_size``.
 
+    ``num_workers``: loader worker processes; ``auto`` (default) takes one per CPU this process
+    may use, at most :data:`MAX_AUTO_WORKERS`.
+
     ``display_aspect``: ``square`` (default) resamples anamorphic videos (non-square stored
     pixels, such as Kinetics copies resized to 340x256 that keep 16:9) to square pixels as a
     player shows them; ``stored`` feeds the stored pixels, as PySlowFast and MMAction2 trained
@@ -55,7 +70,7 @@ class VideoDataModule(L.LightningDataModule):
     Raises:
         ConfigError: a count that is not a positive integer (``batch_size``, ``num_frames``,
             ``sampling_rate``, ``crop_size``, ``eval_short_side``, ``num_classes``,
-            ``train_clips_per_video``, ``test_views``), a negative ``num_workers``,
+            ``train_clips_per_video``, ``test_views``), a ``num_workers`` neither ``auto`` nor 0 or more,
             ``low_res_epochs`` or ``decoder_threads``, ``target_fps`` not above 0,
             ``low_res_scale`` outside (0, 1], ``crop_size`` above ``eval_short_side``, an unknown
             ``display_aspect``, or ``synthetic`` settings the generator cannot make. The
@@ -74,7 +89,7 @@ class VideoDataModule(L.LightningDataModule):
         target_fps: float = 30.0,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
         pin_memory: bool = True,
         persistent_workers: bool = True,
         hflip: bool = True,
@@ -106,7 +121,9 @@ class VideoDataModule(L.LightningDataModule):
         )
         for name, value in counts.items():
             _require_int(name, value, 1, "a positive integer")
-        _require_int("num_workers", num_workers, 0, "0 or more")
+        if num_workers == "auto":
+            num_workers = auto_workers()
+        _require_int("num_workers", num_workers, 0, "0 or more, or auto")
         _require_int("low_res_epochs", low_res_epochs, 0, "0 or more")
         _require_int("decoder_threads", decoder_threads, 0, "0 (FFmpeg chooses) or more")
         if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or target_fps <= 0:

@@ -11,13 +11,18 @@ Three layouts, as Kinetics is found on disk:
   ``.csv``), paths relative to the root or absolute.
 
 Class indices come from ``labels.txt`` in the root when present, else from the train split's
-annotations or folders (sorted names), so every split and every checkpoint agree on them.
+annotations or folders (sorted names), so every split and every checkpoint agree on them. Class
+names are compared in Unicode normal form C: a folder named on a Mac (NFD) matches a labels file
+typed elsewhere. Linked folders (a dataset on another disk linked in) are followed, loops once.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +93,36 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not is_hidden(path)
 
 
-def videos_under(folder: Path) -> list[Path]:
-    """Every video file in ``folder`` and below it, sorted; hidden files and folders left out."""
+def class_name(name: str) -> str:
+    """A class name as this project compares and stores it: Unicode normal form C, so ``à``
+    typed on Linux or Windows and ``à`` from a Mac's folder names (``a`` + combining accent) match."""
+    return unicodedata.normalize("NFC", name)
+
+
+def files_under(folder: Path) -> Iterator[Path]:
+    """Every visible file in ``folder`` and below it, following linked folders (a link back to a
+    folder already being walked is skipped with a warning, not followed round); hidden files and
+    folders left out. Paths keep the links in them, in no particular order."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_video_file(p) and not is_hidden(p, folder))
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(top)
+        if (stat.st_dev, stat.st_ino) in seen:
+            log.warning("%s links back to %s: not followed again", top, os.path.realpath(top))
+            dirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = [d for d in dirs if not is_hidden(Path(d))]
+        for name in files:
+            path = Path(top, name)
+            if not is_hidden(path) and path.is_file():
+                yield path
+
+
+def videos_under(folder: Path) -> list[Path]:
+    """Every video file in ``folder`` and below it, sorted, linked folders followed
+    (:func:`files_under`); hidden files and folders left out."""
+    return sorted(p for p in files_under(folder) if is_video_file(p))
 
 
 def _read_text(path: Path) -> str:
@@ -113,14 +144,14 @@ def read_class_names(root: Path) -> list[str] | None:
     labels = Path(root) / LABELS_FILE
     if not labels.is_file():
         return None
-    return [line.strip() for line in _read_text(labels).splitlines() if line.strip()]
+    return [class_name(line.strip()) for line in _read_text(labels).splitlines() if line.strip()]
 
 
 def index_split(root: str | Path, split: str, layout: str = "auto", class_names: list[str] | None = None) -> SplitIndex:
     """Index one split of ``root`` in ``layout`` (``auto`` detects it)."""
     root = Path(root)
     layout = detect_layout(root, split) if layout == "auto" else layout
-    names = class_names or read_class_names(root)
+    names = [class_name(name) for name in class_names] if class_names else read_class_names(root)
     if layout == "class_folders":
         return _index_class_folders(root, split, names)
     if layout == "annotations":
@@ -175,7 +206,7 @@ def _find_split_dir(root: Path, split: str) -> Path | None:
 
 
 def _class_folders(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p))
+    return sorted((p for p in split_dir.iterdir() if p.is_dir() and not is_hidden(p)), key=lambda p: class_name(p.name))
 
 
 def _is_annotation_csv(path: Path) -> bool:
@@ -190,18 +221,18 @@ def _index_class_folders(root: Path, split: str, names: list[str] | None) -> Spl
         raise DatasetLayoutError(
             f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)"
         )
-    names = names or _train_class_names(root, "class_folders") or [p.name for p in _class_folders(split_dir)]
-    index = {name: i for i, name in enumerate(names)}
+    names = names or _train_class_names(root, "class_folders") or [class_name(p.name) for p in _class_folders(split_dir)]
+    index = {class_name(name): i for i, name in enumerate(names)}
     samples: list[tuple[str, int]] = []
     ignored: list[str] = []
     for folder in _class_folders(split_dir):
-        if folder.name not in index:
+        if class_name(folder.name) not in index:
             raise DatasetLayoutError(f"{folder}: class '{folder.name}' is not in the class list of {root}")
         for clip in sorted(folder.iterdir()):
             if is_hidden(clip):
                 continue
             if clip.is_file() and is_video_file(clip):
-                samples.append((str(clip), index[folder.name]))
+                samples.append((str(clip), index[class_name(folder.name)]))
             else:
                 ignored.append(str(clip))
     if not samples:
@@ -223,6 +254,9 @@ def _index_class_folders(root: Path, split: str, names: list[str] | None) -> Spl
 def _read_annotations(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as stream:
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(stream)]
+    for row in rows:
+        if "label" in row:
+            row["label"] = class_name(row["label"])
     if rows and not {"youtube_id", "time_start", "time_end"} <= rows[0].keys():
         raise DatasetLayoutError(f"{path}: needs the columns youtube_id,time_start,time_end (and label)")
     return rows
@@ -245,9 +279,9 @@ def _index_annotations(root: Path, split: str, names: list[str] | None) -> Split
             f"{path} has no labels (Kinetics' unlabelled test list); use a labelled split such as validate"
         )
     names = names or _train_class_names(root, "annotations") or sorted({row["label"] for row in rows})
-    index = {name: i for i, name in enumerate(names)}
+    index = {class_name(name): i for i, name in enumerate(names)}
     clips_dir = _find_split_dir(root, split) or root
-    on_disk = {p.stem: p for p in sorted(clips_dir.rglob("*")) if is_video_file(p) and not is_hidden(p, clips_dir)}
+    on_disk = {p.stem: p for p in videos_under(clips_dir)}
     samples, missing = [], {}
     for row in rows:
         if row["label"] not in index:
@@ -296,7 +330,7 @@ def _train_class_names(root: Path, layout: str) -> list[str] | None:
     """The class list as the train split defines it, so val/test indices match training."""
     if layout == "class_folders":
         folder = _find_split_dir(root, "train")
-        return [p.name for p in _class_folders(folder)] if folder else None
+        return [class_name(p.name) for p in _class_folders(folder)] if folder else None
     path = _find_split_file(root, "train", (".csv",))
     if path is None:
         return None
