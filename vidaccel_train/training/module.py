@@ -362,8 +362,12 @@ class VideoClassifier(L.LightningModule):
             scheduler, optimizer = config.scheduler, config.scheduler.optimizer
             for index, group in enumerate(optimizer.param_groups):
                 for key, value in settings.items():
-                    if key in group and key != "lr" and group[key] != type(group[key])(value):
-                        group[key] = type(group[key])(value) if isinstance(group[key], tuple) else value
+                    if key == "lr" or key not in group:
+                        continue
+                    if isinstance(group[key], tuple) and isinstance(value, (list, tuple)):
+                        value = tuple(value)  # betas: a list in the config, a tuple in the optimizer
+                    if group[key] != value:
+                        group[key] = value
                 new_lr = settings.get("lr")
                 if new_lr is None or group.get("initial_lr") == new_lr:
                     continue
