@@ -33,7 +33,11 @@ TINY_KINETICS_FIT = [o for o in TINY_FIT if not o.startswith("data.synthetic")]
 def _predict_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vidaccel_train.predict", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -61,8 +65,11 @@ def short_video(tmp_path_factory, smoke_run) -> Path:
 
 def test_kinetics_loader_workers_default_to_the_cpus_this_process_may_use(tmp_path, data_dir, tiny_dataset):
     cpus = len(os.sched_getaffinity(0))
-    cfg = compose_config(tmp_path, data_dir, [*TINY_KINETICS_FIT, "data=kinetics", f"data.root={tiny_dataset}",
-                                              "data.num_classes=4", "~data.num_workers"])
+    cfg = compose_config(
+        tmp_path,
+        data_dir,
+        [*TINY_KINETICS_FIT, "data=kinetics", f"data.root={tiny_dataset}", "data.num_classes=4", "~data.num_workers"],
+    )
     datamodule = instantiate(cfg.data)
     assert datamodule.num_workers == min(8, cpus)
     datamodule.prepare_data()
@@ -160,7 +167,9 @@ def test_predict_into_a_read_only_folder_is_one_error_line_before_any_work(artif
     with readonly_folder(tmp_path / "ro") as folder:
         result = _predict_cli(artifact, short_video, "--csv", folder / "predictions.csv")
         assert result.returncode == 2, result.stderr[-2000:]
-        assert _errors(result.stderr) == [f"error: cannot write --csv {folder / 'predictions.csv'}: Read-only file system"]
+        assert _errors(result.stderr) == [
+            f"error: cannot write --csv {folder / 'predictions.csv'}: Read-only file system"
+        ]
         assert "move_left" not in result.stdout  # said before predicting
         result = _predict_cli(artifact, short_video, "--timeline", "--out", folder / "timelines")
         assert result.returncode == 2 and len(_errors(result.stderr)) == 1, result.stderr[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import os
 import shutil
 import subprocess
 import sys
@@ -69,9 +68,20 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, data
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text("{}")
     result = subprocess.run(
-        [sys.executable, "-m", "vidaccel_train", *TINY_FIT, "train=false", "test=false",
-         f"paths.log_dir={tmp_path / 'logs'}", f"paths.data_dir={data_dir}"],
-        cwd=TESTS.parent, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vidaccel_train",
+            *TINY_FIT,
+            "train=false",
+            "test=false",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.data_dir={data_dir}",
+        ],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     new = sorted(set(runs.iterdir()) - set(taken))
@@ -89,12 +99,16 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, data
     ],
     ids=["model", "classes", "clip"],
 )
-def test_resuming_with_another_model_classes_or_clip_is_one_error_line(finished_run, data_dir, tmp_path, overrides, named):
+def test_resuming_with_another_model_classes_or_clip_is_one_error_line(
+    finished_run, data_dir, tmp_path, overrides, named
+):
     run_dir = _copy(finished_run, tmp_path)
     checkpoints = _snapshot(run_dir / "checkpoints")
     models = [o for o in overrides if o.startswith("model=")]
     base = [o for o in RUN if not (models and o.startswith("model="))]
-    result = run_cli(run_dir, data_dir, [*models, *base, *overrides[len(models):], "trainer.max_epochs=3", "ckpt_path=last"])
+    result = run_cli(
+        run_dir, data_dir, [*models, *base, *overrides[len(models) :], "trainer.max_epochs=3", "ckpt_path=last"]
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = _error_lines(result.stderr)
     assert len(errors) == 1 and named in errors[0], result.stderr[-3000:]

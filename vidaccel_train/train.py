@@ -25,8 +25,8 @@ from vidaccel_train.allocator import keep_freed_memory
 from vidaccel_train.config import CONFIG_DIR, reconcile, runs_on_cpu, validate
 from vidaccel_train.errors import ConfigError, OutputError, as_user_error
 from vidaccel_train.files import check_writable
-from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.models.zoo import load_checkpoint
+from vidaccel_train.quiet import FRESH_START_WARNINGS
 from vidaccel_train.training.resilience import (
     check_fresh_run_folder,
     claim_run_folder,
@@ -112,7 +112,9 @@ def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.Lig
         saved, run_config, checkpoint.get("class_names"), getattr(datamodule, "class_names", None)
     )
     if changed:
-        log.warning("%s: settings changed since it was written, applied from here on: %s", ckpt_path, "; ".join(changed))
+        log.warning(
+            "%s: settings changed since it was written, applied from here on: %s", ckpt_path, "; ".join(changed)
+        )
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

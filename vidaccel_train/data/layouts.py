@@ -221,7 +221,9 @@ def _index_class_folders(root: Path, split: str, names: list[str] | None) -> Spl
         raise DatasetLayoutError(
             f"no '{split}' split under {root}; {EXPECTED_LAYOUTS} (or run on the generated data with data=synthetic)"
         )
-    names = names or _train_class_names(root, "class_folders") or [class_name(p.name) for p in _class_folders(split_dir)]
+    names = (
+        names or _train_class_names(root, "class_folders") or [class_name(p.name) for p in _class_folders(split_dir)]
+    )
     index = {class_name(name): i for i, name in enumerate(names)}
     samples: list[tuple[str, int]] = []
     ignored: list[str] = []
