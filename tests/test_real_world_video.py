@@ -192,7 +192,7 @@ def test_the_dataset_check_reports_what_it_found_in_each_file(corpus, tmp_path):
     train = summary["splits"]["train"]
     assert (train["readable"], train["bad"]) == (6, 0)
     assert (train["rotated"], train["start_offset"], train["no_header_duration"], train["anamorphic"]) == (1, 1, 2, 1)
-    assert train["codecs"] == {"h264": 4, "vp9": 1, "libdav1d": 1}
+    assert train["codecs"] == {"h264": 4, "vp9": 1, "av1": 1}  # codecs, not decoders (libdav1d)
     with open(tmp_path / "index" / "report.csv", newline="") as stream:
         rows = {Path(row["path"]).name: row for row in csv.DictReader(stream) if row["split"] == "train"}
     assert rows["rotated_cw90.mp4"]["rotation"] == "90"
