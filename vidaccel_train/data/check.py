@@ -4,8 +4,10 @@ start, middle and end, in parallel, with a progress bar.
 Writes a clean index that is itself a dataset root (``data.root=<out> data.layout=list_file``):
 ``<split>.txt`` (absolute path and label index per readable clip), ``labels.txt``, and
 ``bad_files.txt`` (``<path>\t<reason>`` for every missing, unreadable or too-short clip),
-``report.csv`` (per file what the reader found: codec, size, frame rate, duration and where it
-came from, start offset, rotation, mirror, sample aspect ratio), plus ``summary.json`` with the
+``report.csv`` (per file what the reader found: codec (the codec's name, not the decoder's),
+size, frame rate (measured from the frames' timestamps where the container's is missing or
+wrong, as in browser recordings), duration and where it came from, start offset (of the first
+frame shown), rotation, mirror, sample aspect ratio), plus ``summary.json`` with the
 counts per split: readable, bad, missing, not video, and how many files are rotated, start at
 an offset, have no duration in their header or are anamorphic, and the codecs.
 """
