@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import unicodedata
 import warnings
 from pathlib import Path
@@ -25,20 +23,9 @@ from vidaccel_train.predict import collect_inputs
 
 from support import TINY_FIT, compose_config, run_cli
 from support.outputs import full_disk, readonly_folder
+from support.runs import predict_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_KINETICS_FIT = [o for o in TINY_FIT if not o.startswith("data.synthetic")]
-
-
-def _predict_cli(*args, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vidaccel_train.predict", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
 
 
 def _errors(stderr: str) -> list[str]:
@@ -157,7 +144,7 @@ def test_timelines_of_videos_with_the_same_name_never_overwrite_each_other(artif
         video.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(short_video, video)
     out = tmp_path / "timelines"
-    result = _predict_cli(artifact, *videos, "--timeline", "--out", out, "--stride", "0.5")
+    result = predict_cli(artifact, *videos, "--timeline", "--out", out, "--stride", "0.5")
     assert result.returncode == 0, result.stderr[-2000:]
     written = {p.name for p in out.iterdir()}
     assert written == {f"{n}.timeline.{s}" for n in ("clip", "clip_2", "clip_3") for s in ("json", "csv", "png")}
@@ -170,13 +157,13 @@ def test_timelines_of_videos_with_the_same_name_never_overwrite_each_other(artif
 
 def test_predict_into_a_read_only_folder_is_one_error_line_before_any_work(artifact, short_video, tmp_path):
     with readonly_folder(tmp_path / "ro") as folder:
-        result = _predict_cli(artifact, short_video, "--csv", folder / "predictions.csv")
+        result = predict_cli(artifact, short_video, "--csv", folder / "predictions.csv")
         assert result.returncode == 2, result.stderr[-2000:]
         assert _errors(result.stderr) == [
             f"error: cannot write --csv {folder / 'predictions.csv'}: Read-only file system"
         ]
         assert "move_left" not in result.stdout  # said before predicting
-        result = _predict_cli(artifact, short_video, "--timeline", "--out", folder / "timelines")
+        result = predict_cli(artifact, short_video, "--timeline", "--out", folder / "timelines")
         assert result.returncode == 2 and len(_errors(result.stderr)) == 1, result.stderr[-2000:]
         assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
         assert not any(folder.iterdir())
@@ -194,7 +181,7 @@ def test_a_disk_that_fills_while_predict_writes_is_one_error_line_and_no_half_fi
                 pass
             finally:
                 os.close(filler)
-        result = _predict_cli(artifact, short_video, short_video, "--csv", folder / "predictions.csv", preexec_fn=limit)
+        result = predict_cli(artifact, short_video, short_video, "--csv", folder / "predictions.csv", preexec_fn=limit)
         assert result.returncode == 2, result.stderr[-2000:]
         errors = _errors(result.stderr)
         assert len(errors) == 1 and errors[0].startswith(f"error: cannot write --csv {folder / 'predictions.csv'}")

@@ -4,8 +4,6 @@ splits, long videos as a timeline, bad input; on the smoke run's int8 program.""
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +19,8 @@ from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.verify import collect_logits
 from vidaccel_train.predict import Views, main, predict
 
-REPO = Path(__file__).resolve().parents[1]
+from support.runs import predict_cli
 
-
-def _predict_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vidaccel_train.predict", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +50,7 @@ def test_predict_on_the_test_split_gives_the_exports_verification(artifact, test
     logits, labels = collect_logits(test_split.test_dataloader(), {"int8": ExecuTorchModel(artifact)})
     expected = aggregate_views(logits["int8"])
 
-    result = _predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--json", "--topk", "4")
+    result = predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--json", "--topk", "4")
     assert result.returncode == 0, result.stderr[-2000:]
     *records, summary = [json.loads(line) for line in result.stdout.splitlines()]
     samples = test_split.datasets["test"].samples
@@ -74,7 +63,7 @@ def test_predict_on_the_test_split_gives_the_exports_verification(artifact, test
         got = {p["label"]: p["score"] for p in record["predictions"]}
         assert got == pytest.approx({name: float(p) for name, p in zip(classes, probabilities)}, abs=1e-6)
 
-    table = _predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--workers", "2")
+    table = predict_cli(artifact, "--data-root", test_split.dataset_dir, "--split", "test", "--workers", "2")
     assert table.returncode == 0, table.stderr[-2000:]
     assert f"{len(samples)} labelled videos: top-1 {top1:.4f}" in table.stdout
     assert "confusion (rows: true class" in table.stdout
@@ -95,7 +84,7 @@ def test_many_inputs_per_call_with_a_bad_file_named_once(artifact, test_split, t
     listed.write_text("".join(f"{path} {classes[label]}\n" for path, label in samples[2:5]))
     out_csv = tmp_path / "predictions.csv"
 
-    result = _predict_cli(artifact, tmp_path / "clips", listed, broken, "--json", "--csv", out_csv, "--topk", "2")
+    result = predict_cli(artifact, tmp_path / "clips", listed, broken, "--json", "--csv", out_csv, "--topk", "2")
     assert result.returncode == 1  # one unreadable video
     *records, summary = [json.loads(line) for line in result.stdout.splitlines()]
     assert summary["summary"]["videos"] == 3  # the labelled ones (the list file's)
@@ -116,7 +105,7 @@ def test_views_can_be_changed_and_change_the_probabilities(artifact, test_split)
     video = test_split.datasets["test"].samples[0][0]
     default, one = predict(artifact, video, topk=4), predict(artifact, video, topk=4, views=Views(1, 1))
     assert dict(default) != pytest.approx(dict(one), abs=1e-6)  # three crops against the centre crop alone
-    result = _predict_cli(artifact, video, "--views", "1x1", "--json", "--topk", "4")
+    result = predict_cli(artifact, video, "--views", "1x1", "--json", "--topk", "4")
     assert {p["label"]: p["score"] for p in json.loads(result.stdout)["predictions"]} == pytest.approx(
         dict(one), abs=1e-6
     )
@@ -137,7 +126,7 @@ def test_a_long_video_becomes_a_timeline_of_what_happens_when(artifact, run_conf
     video = tmp_path / "left_then_right.mp4"
     write_video(video, frames, fps=spec.fps)
     out = tmp_path / "timelines"
-    result = _predict_cli(artifact, video, "--timeline", "--stride", "0.2", "--out", out)
+    result = predict_cli(artifact, video, "--timeline", "--stride", "0.2", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "left_then_right.timeline.json").read_text())
     windows = summary["windows"]
@@ -182,7 +171,7 @@ def test_bad_input_is_one_error_line_and_exit_code_2(artifact, test_split, tmp_p
 
 
 def test_an_unknown_option_is_one_line_from_the_command_too(artifact):
-    result = _predict_cli(artifact, "clip.mp4", "--frobnicate")
+    result = predict_cli(artifact, "clip.mp4", "--frobnicate")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "error: unrecognized arguments: --frobnicate (see --help)\n"
 

@@ -94,3 +94,16 @@ def run_cli(
             **(env or {}),
         },
     )
+
+
+def predict_cli(*args, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m vidaccel_train.predict ARGS` in its own process, from the repository root;
+    ``kwargs`` go to :func:`subprocess.run` (``preexec_fn``, ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vidaccel_train.predict", *map(str, args)],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
