@@ -22,7 +22,6 @@ from vidaccel_train.predict import Views, main, predict
 from support.runs import predict_cli
 
 
-
 @pytest.fixture(scope="module")
 def artifact(smoke_run) -> Path:
     return smoke_run / "export" / "model_int8.pte"
