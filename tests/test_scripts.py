@@ -178,11 +178,9 @@ def test_setup_refuses_an_unknown_option_and_installs_once():
     assert stamp == hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
 
 
-def test_device_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
-    """``device_check.sh --dry-run``: every part's steps, the GPU tests up to their CUDA checks."""
-    out = tmp_path / "check"
+def _device_check_dry_run(out, *part):
     done = subprocess.run(
-        ["bash", str(SCRIPTS / "device_check.sh"), str(out), "--dry-run"],
+        ["bash", str(SCRIPTS / "device_check.sh"), str(out), "--dry-run", *part],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -191,12 +189,13 @@ def test_device_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     report = json.loads((out / "device_check.json").read_text())
     failed = [s for s in report["steps"] if s["rc"] != 0]
     assert done.returncode == 0 and not failed, (failed, done.stdout[-4000:])
+    return report
+
+
+def _assert_speed_steps(report):
     steps = {s["step"] for s in report["steps"]}
-    assert {"env", "gpu_fits", "gpu_qat", "cli_qat", "kinetics_like", "prepare_copy"} <= steps
+    assert {"env", "kinetics_like", "prepare_copy"} <= steps
     assert any(s.startswith("throughput_") for s in steps) and any(s.startswith("qat_step_") for s in steps)
-    # The GPU tests ran (none skipped), each recorded as it ended.
-    assert report["test_counts"] == {"passed": 10}, report["tests"]
-    assert report["cli_qat_export"]["int8"]["agreement"] > 0
     # bench_train_throughput.py: both modes, the three sources, and the ratio of the two it prints.
     assert report["throughput"], report["steps"]
     for figures in report["throughput"].values():
@@ -207,7 +206,13 @@ def test_device_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
             assert rates["ratio"] == pytest.approx(rates["pipeline"] / rates["in-memory"])
     # prepare_dataset.py's report on make_kinetics_like.py's set (2 classes, 2 train videos each).
     assert report["prepare_copy"], report["steps"]
-    # A real device check refuses a machine without CUDA instead of measuring its CPU.
+
+
+def test_device_check_dry_run_of_its_scripts_part_and_the_refusal_without_cuda(tmp_path):
+    """``device_check.sh --dry-run --part speed``: the part made of scripts (make_kinetics_like,
+    bench_train_throughput, prepare_dataset, bench_qat_step) on the CPU at tiny sizes; and a real
+    device check refuses a machine without CUDA instead of measuring its CPU."""
+    _assert_speed_steps(_device_check_dry_run(tmp_path / "check", "--part", "speed"))
     refused = subprocess.run(
         ["bash", str(SCRIPTS / "device_check.sh"), str(tmp_path / "gpu"), "--part", "fits"],
         capture_output=True,
@@ -216,3 +221,14 @@ def test_device_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
         cwd=ROOT,
     )
     assert refused.returncode == 3 and "no CUDA device" in refused.stdout
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
+    """``device_check.sh --dry-run``: every part's steps, the GPU tests up to their CUDA checks."""
+    report = _device_check_dry_run(tmp_path / "check")
+    assert {"gpu_fits", "gpu_qat", "cli_qat"} <= {s["step"] for s in report["steps"]}
+    _assert_speed_steps(report)
+    # The GPU tests ran (none skipped), each recorded as it ended.
+    assert report["test_counts"] == {"passed": 10}, report["tests"]
+    assert report["cli_qat_export"]["int8"]["agreement"] > 0
