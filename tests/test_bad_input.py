@@ -15,7 +15,7 @@ from av.video.frame import PictureType
 
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec
 from vidaccel_train.data.transforms import build_transform
-from vidaccel_train.data.video_io import VideoDecodeError
+from vidaccel_train.errors import VideoDecodeError
 from vidaccel_train.train import run
 
 from support import TINY_FIT, compose_config

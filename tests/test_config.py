@@ -66,6 +66,27 @@ def test_help_lists_groups_and_cfg_job_shows_the_config():
     assert "name: x3d_s" in job.stdout and "num_frames: 13" in job.stdout
 
 
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("vidaccel-train", "model:"),
+        ("vidaccel-export", "ckpt_path=<run>/checkpoints/last.ckpt"),
+        ("vidaccel-predict", "--timeline"),
+        ("vidaccel-demo", "usage:"),
+        ("vidaccel-check", "usage:"),
+        ("vidaccel-prepare", "usage:"),
+    ],
+)
+def test_every_command_is_installed_as_a_script_and_shows_its_help(command, shown):
+    """The commands a user runs with ``python -m`` are also on the PATH of the install
+    (``[project.scripts]``), each the same entry point."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / command), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shown in result.stdout
+
+
 def test_unknown_group_option_lists_the_valid_ones():
     result = _cli("model=nope")
     assert result.returncode != 0
@@ -93,7 +114,7 @@ def test_unknown_group_option_lists_the_valid_ones():
     ],
 )
 def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):
-    from vidaccel_train.config import ConfigError
+    from vidaccel_train.errors import ConfigError
     from vidaccel_train.train import run
 
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -119,7 +140,7 @@ def test_the_cli_prints_the_mistake_without_a_traceback(tmp_path):
 
 
 def test_a_clip_longer_than_the_real_videos_is_named_before_training(tmp_path, data_dir, tiny_dataset):
-    from vidaccel_train.config import ConfigError
+    from vidaccel_train.errors import ConfigError
     from vidaccel_train.train import run
 
     from support import TINY_FIT

@@ -3,7 +3,7 @@ import torch
 from hydra.utils import instantiate
 
 from vidaccel_train.data import VideoDataModule
-from vidaccel_train.data.layouts import DatasetLayoutError
+from vidaccel_train.errors import DatasetLayoutError
 
 from support import TINY_RUN, TINY_SPEC, compose_config
 

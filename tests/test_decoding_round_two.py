@@ -20,7 +20,8 @@ import torch
 
 from vidaccel_train.data.check import check_dataset, check_video
 from vidaccel_train.data.clips import ClipDataset, ClipSpec
-from vidaccel_train.data.video_io import VideoDecodeError, iter_frames, probe, read_clip, read_frames_at
+from vidaccel_train.data.video_io import iter_frames, probe, read_clip, read_frames_at
+from vidaccel_train.errors import VideoDecodeError
 from vidaccel_train.predict import Predictor
 
 from support.video_corpus import (

@@ -13,7 +13,8 @@ from pytorchvideo.layers.accelerator.mobile_cpu.pool import AdaptiveAvgPool3dOut
 from pytorchvideo.models.accelerator.mobile_cpu.residual_blocks import X3dBottleneckBlock
 from torch import nn
 
-from vidaccel_train.export import ExecuTorchModel, LoweringError, lower_to_executorch, write_atomic
+from vidaccel_train.errors import LoweringError
+from vidaccel_train.export import ExecuTorchModel, lower_to_executorch, write_atomic
 from vidaccel_train.models import create_model
 from vidaccel_train.models.deploy import (
     REVISION,

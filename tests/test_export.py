@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import read_clip
+from vidaccel_train.errors import ArtifactError
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.__main__ import export_checkpoint
 from vidaccel_train.export.artifacts import export_artifacts
@@ -25,7 +26,7 @@ from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.export.manifest import sha256_of
 from vidaccel_train.export.verify import fidelity, measure_latency
 from vidaccel_train.models import create_model
-from vidaccel_train.predict import ArtifactError, load_verified, predict
+from vidaccel_train.predict import load_verified, predict
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 from vidaccel_train.training.module import net_builder

@@ -24,15 +24,21 @@ def _floor(module: str) -> int:
 
 
 def _imports(path: Path) -> list[tuple[str, int, str | None]]:
-    """(imported module, line, enclosing function) for every import of the project in ``path``."""
+    """(imported module, line, outermost enclosing function) for every import of the project in
+    ``path``; each import counted once."""
     found = []
-    for function in [None, *(n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef))]:
-        body = ast.parse(path.read_text()) if function is None else function
-        for node in ast.walk(body):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            found += [(n, node.lineno, function and function.name) for n in names if n.startswith("vidaccel_train.")]
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and function is None:
+            function = node.name
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        found.extend((n, node.lineno, function) for n in names if n.startswith("vidaccel_train."))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text()), None)
     return found
 
 
@@ -57,3 +63,23 @@ def test_the_export_library_knows_no_training_config_or_hydra():
         source = path.read_text()
         for forbidden in ("vidaccel_train.training", "vidaccel_train.config", "import hydra", "from hydra"):
             assert forbidden not in source, f"{path.name} uses {forbidden}"
+
+
+def test_errors_are_imported_from_errors_only():
+    """Every error class a user can cause lives in ``vidaccel_train/errors.py`` and is imported from
+    there, in the package, its tests and scripts: no other module passes one on."""
+    from vidaccel_train.errors import USER_ERRORS
+
+    names = {error.__name__ for error in USER_ERRORS}
+    wrong = []
+    for path in sorted(
+        [*PACKAGE.rglob("*.py"), *PACKAGE.parent.glob("tests/**/*.py"), *PACKAGE.parent.glob("scripts/*.py")]
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "vidaccel_train.errors":
+                wrong += [
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name in names
+                ]
+    assert not wrong, "\n".join(wrong)

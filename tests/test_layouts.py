@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from vidaccel_train.data.layouts import DatasetLayoutError, detect_layout, index_split
+from vidaccel_train.data.layouts import detect_layout, index_split
+from vidaccel_train.errors import DatasetLayoutError
 from vidaccel_train.train import run
 
 from support import TINY_FIT, TINY_SPEC, compose_config

@@ -157,7 +157,7 @@ def test_sigkill_with_two_clips_per_video_resumes_exactly(tmp_path, data_dir):
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage"])
 def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damage):
-    from vidaccel_train.models.zoo import CheckpointError
+    from vidaccel_train.errors import CheckpointError
     from vidaccel_train.train import run
 
     from support import compose_config
@@ -182,8 +182,8 @@ def test_a_damaged_checkpoint_is_named_before_any_work(tmp_path, data_dir, damag
 def test_a_failed_checkpoint_write_is_named_and_leaves_no_temporary(tmp_path, data_dir):
     """A write that runs out of space (a staging file that is /dev/full) removes its temporary
     file and says where, how much is free and how much it needed; a resume removes stale ones."""
+    from vidaccel_train.errors import DiskFullError
     from vidaccel_train.train import run
-    from vidaccel_train.training.resilience import DiskFullError
 
     from support import compose_config
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from vidaccel_train.models import CheckpointError, create_model
+from vidaccel_train.errors import CheckpointError
+from vidaccel_train.models import create_model
 from vidaccel_train.train import run
 from vidaccel_train.training import QuantState, VideoClassifier
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidaccel_train.data.video_io import VideoDecodeError, probe, read_clip, read_frames_at, write_video
+from vidaccel_train.data.video_io import probe, read_clip, read_frames_at, write_video
+from vidaccel_train.errors import VideoDecodeError
 
 
 def _numbered_frames(count: int, height: int = 32, width: int = 48):

@@ -6,8 +6,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorchvideo.models.accelerator.mobile_cpu.efficient_x3d import EfficientX3d
 
+from vidaccel_train.errors import CheckpointError
 from vidaccel_train.models import zoo
-from vidaccel_train.models.zoo import ZOO, CheckpointError, create_model
+from vidaccel_train.models.zoo import ZOO, create_model
 
 from support import compose_config
 

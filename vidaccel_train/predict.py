@@ -41,10 +41,17 @@ from torchvision import tv_tensors
 
 from vidaccel_train.cli import ArgumentParser
 from vidaccel_train.data.clips import ClipDataset, ClipSpec, aggregate_views
-from vidaccel_train.data.layouts import LAYOUTS, DatasetLayoutError, class_name, index_split, videos_under
+from vidaccel_train.data.layouts import LAYOUTS, class_name, index_split, videos_under
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import probe, read_clip
-from vidaccel_train.errors import USER_ERRORS, ArtifactError, OutputError, PredictError, VideoDecodeError
+from vidaccel_train.errors import (
+    USER_ERRORS,
+    ArtifactError,
+    DatasetLayoutError,
+    OutputError,
+    PredictError,
+    VideoDecodeError,
+)
 from vidaccel_train.export.executorch import ExecuTorchModel
 from vidaccel_train.export.manifest import MANIFEST, sha256_of
 from vidaccel_train.files import atomic_path, check_writable, output_errors

@@ -25,7 +25,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vidaccel_train.data.layouts import LABELS_FILE, index_splits
-from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, probe, read_frames_at
+from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
+from vidaccel_train.errors import VideoDecodeError
 
 REPORT_FILE = "report.csv"
 # Where in a video the check decodes a frame, as fractions of its duration.

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 from torchvision import tv_tensors
 
-from vidaccel_train.data.video_io import VideoDecodeError, VideoInfo, check_display_aspect, read_clip
+from vidaccel_train.data.video_io import VideoInfo, check_display_aspect, read_clip
+from vidaccel_train.errors import VideoDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
-from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, index_split
+from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
-from vidaccel_train.data.video_io import VideoDecodeError, check_display_aspect, probe
-from vidaccel_train.errors import ConfigError
+from vidaccel_train.data.video_io import check_display_aspect, probe
+from vidaccel_train.errors import ConfigError, DatasetLayoutError, VideoDecodeError
 
 log = logging.getLogger(__name__)
 

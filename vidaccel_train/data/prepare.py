@@ -31,7 +31,8 @@ import torch
 from vidaccel_train.data.check import file_progress, process_pool, write_labels_and_bad_files
 from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_splits
-from vidaccel_train.data.video_io import UPRIGHT, VideoDecodeError, VideoInfo, iter_frames, read_clip
+from vidaccel_train.data.video_io import UPRIGHT, VideoInfo, iter_frames, read_clip
+from vidaccel_train.errors import VideoDecodeError
 from vidaccel_train.files import atomic_path
 
 REPORT_FILE = "prepare_report.json"

@@ -1,16 +1,9 @@
-from vidaccel_train.export.executorch import (
-    ExecuTorchModel,
-    LoweredProgram,
-    LoweringError,
-    lower_to_executorch,
-    write_atomic,
-)
+from vidaccel_train.export.executorch import ExecuTorchModel, LoweredProgram, lower_to_executorch, write_atomic
 
 __all__ = [
     "ExecuTorchModel",
     "ExportCallback",
     "LoweredProgram",
-    "LoweringError",
     "export_artifacts",
     "lower_to_executorch",
     "write_atomic",

@@ -19,9 +19,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidaccel_train.errors import ConfigError, DiskFullError
+from vidaccel_train.errors import CheckpointError, ConfigError, DiskFullError
 from vidaccel_train.files import remove_leftovers, write_atomic
-from vidaccel_train.models.zoo import CheckpointError
 
 log = logging.getLogger(__name__)
 
