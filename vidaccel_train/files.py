@@ -120,7 +120,7 @@ def output_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if isinstance(err, (FileNotFoundError, IsADirectoryError)) and err.errno not in (errno.ENOSPC, errno.EROFS):
+        if isinstance(err, (FileNotFoundError, IsADirectoryError)):  # a caller's mistake, not the disk's
             raise
         where = f" {err.filename}" if err.filename else ""
         raise OutputError(f"cannot write {what}{where}: {err.strerror or err}") from None

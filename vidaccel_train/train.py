@@ -59,11 +59,9 @@ class FolderPerRun(Callback):
             check_writable(folder, f"the run folder (hydra.{key}.dir)")
             if new_run and given and key == "run":
                 check_fresh_run_folder(folder)
-        except OSError as err:
-            err = OutputError(f"cannot make the run folder {folder}: {err.strerror or err}")
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except (OutputError, ConfigError) as err:
+        except (OSError, OutputError, ConfigError) as err:  # claim_run_folder's mkdir raises OSError
+            if isinstance(err, OSError):
+                err = OutputError(f"cannot make the run folder {folder}: {err.strerror or err}")
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
@@ -102,7 +100,7 @@ def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.Lig
     """Before a run resumes or tests ``ckpt_path``: its model, classes and clip contract must be
     this run's (:func:`~vidaccel_train.training.resilience.compare_with_checkpoint` raises a
     :class:`CheckpointError` naming each difference); other changed settings are said in one line."""
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path, mmap=True)  # the config and class names; Lightning reads the tensors
     saved = checkpoint.get("run_config")
     if not saved:  # not written by this project: Lightning checks what it can
         return

@@ -209,14 +209,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     )
 
 
-def load_checkpoint(path: str | Path):
+def load_checkpoint(path: str | Path, mmap: bool = False):
     """``torch.load`` with the safe loader: a file whose pickle would run code is refused.
+    ``mmap``: map the tensors instead of reading them (a zip-format file, such as a ``.ckpt``),
+    for a caller that wants the rest of the file.
 
     Raises:
         CheckpointError: unreadable or damaged, or it needs code to load.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise CheckpointError(

@@ -364,16 +364,14 @@ class VideoClassifier(L.LightningModule):
                 for key, value in settings.items():
                     if key == "lr" or key not in group:
                         continue
-                    if isinstance(group[key], tuple) and isinstance(value, (list, tuple)):
-                        value = tuple(value)  # betas: a list in the config, a tuple in the optimizer
-                    if group[key] != value:
-                        group[key] = value
+                    # betas: a list in the config, a tuple in the optimizer
+                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
                 new_lr = settings.get("lr")
                 if new_lr is None or group.get("initial_lr") == new_lr:
                     continue
                 group["initial_lr"] = new_lr
                 scheduler.base_lrs[index] = new_lr
-                factor = scheduler.lr_lambdas[index](scheduler.last_epoch) if hasattr(scheduler, "lr_lambdas") else 1.0
+                factor = scheduler.lr_lambdas[index](scheduler.last_epoch)  # configure_optimizers' LambdaLR
                 group["lr"] = new_lr * factor
 
     # ------------------------------------------------------------------ checkpoints
