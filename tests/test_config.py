@@ -186,18 +186,22 @@ def test_an_experiment_on_real_data_leaves_its_generator_settings_aside(tmp_path
     assert cfg.data.synthetic is None and "the settings data.synthetic.classes do not apply" in caplog.text
 
 
-def test_low_resolution_epochs_end_where_qat_starts(tmp_path, data_dir, caplog):
+def test_the_config_leaves_the_qat_schedule_to_the_callback(tmp_path, data_dir):
+    """config.py checks between groups only: the schedule (and where the low-resolution epochs
+    end) is the callback's, which gets the epochs and the starting weights from conf/quant/qat.yaml."""
     from vidaccel_train.config import reconcile, validate
 
     cfg = compose_config(tmp_path, data_dir, ["trainer.max_epochs=10"])  # QAT in the last epoch, 9
-    assert cfg.data.low_res_epochs == 19
-    with caplog.at_level("INFO"):
-        reconcile(cfg)
-    validate(cfg)
-    assert cfg.data.low_res_epochs == 9 and "the low-resolution epochs end at epoch 9, where QAT starts" in caplog.text
-    cfg = compose_config(tmp_path, data_dir, ["trainer.max_epochs=10", "quant=none"])
     reconcile(cfg)
-    assert cfg.data.low_res_epochs == 19  # no QAT: every epoch may be low-resolution
+    validate(cfg)
+    assert cfg.data.low_res_epochs == 19  # the callback ends them at epoch 9 when the fit sets up
+    assert (cfg.quant.max_epochs, cfg.quant.trained_weights) == (10, False)
+    for weights, trained in ((["model.pretrained=true"], True), ([f"model.checkpoint='{tmp_path}/a,b.ckpt'"], True)):
+        assert compose_config(tmp_path, data_dir, weights).quant.trained_weights is trained
+    source = (REPO / "vidaccel_train" / "config.py").read_text()
+    assert "vidaccel_train.training" not in source
+    ptq = compose_config(tmp_path, data_dir, ["quant=ptq"])
+    assert set(ptq.quant) == {"_target_", "calibration_batches"}  # no schedule for the calibration
 
 
 def test_every_model_fits_the_default_generated_videos(tmp_path, data_dir):
@@ -218,8 +222,8 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("[!_]*.yaml"))
 
 
-# validate() checks across groups: quant x trainer (epochs, devices) and model x data (clip span,
-# crop); optim stands alone. Each experiment is composed with every pair of those.
+# validate() checks across groups: trainer (epochs, devices) and model x data (clip span, crop);
+# the QAT callback checks its schedule against the epochs when built; optim stands alone. Each experiment is composed with every pair of those.
 COMBINATIONS = [
     [*([f"experiment={e}"] if e else []), *pair]
     for e in [None, *_options("experiment")]
@@ -233,13 +237,14 @@ FIX = re.compile(r"\b(set|pass|run with|raise|lower|start from|or) ")
 
 
 def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys_and_the_fix(tmp_path, data_dir):
-    """Config composition and validate() only (no data, no model): each combination's callbacks,
-    loggers and trainer arguments instantiate to Lightning objects, or it is refused with one line
-    that names the settings and what to do."""
+    """Config composition, validate() and the quantization callback (which checks its schedule
+    when built; no data, no model): each combination's callbacks, loggers and trainer arguments
+    instantiate to Lightning objects, or it is refused with one line that names the settings and
+    what to do."""
     from lightning.pytorch.loggers import Logger
 
     from vidaccel_train.config import reconcile, validate
-    from vidaccel_train.errors import ConfigError
+    from vidaccel_train.errors import ConfigError, as_user_error
 
     rejected = {}
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -250,16 +255,17 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
             reconcile(cfg)
             try:
                 validate(cfg)
-            except ConfigError as err:
-                message = str(err)
+                quant = [instantiate(cfg.quant)] if cfg.get("quant") else []  # it checks its schedule
+            except Exception as err:
+                if not isinstance(as_user_error(err), ConfigError):
+                    raise
+                message = str(as_user_error(err))
                 assert "\n" not in message and re.search(r"\b[a-z_]+\.[a-z_.]+\b", message) and FIX.search(message), (
                     message
                 )
                 rejected[" ".join(overrides)] = message
                 continue
-            callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c]
-            if cfg.get("quant"):
-                callbacks.append(instantiate(cfg.quant))
+            callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c and "_target_" in c] + quant
             assert all(isinstance(c, L.Callback) for c in callbacks), overrides
             loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c and "_target_" in c]
             assert all(isinstance(c, Logger) for c in loggers), overrides
@@ -294,10 +300,12 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
     ],
 )
 def test_qat_settings_that_cannot_run_are_one_error_line_before_any_work(tmp_path, overrides, message):
+    """The QAT callback refuses its schedule when Hydra builds it, after the run is seeded
+    (Lightning's "Seed set to 42" line) and before any data is generated or step trained."""
     result = _cli(
         "experiment=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"
     )
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in result.stderr.splitlines() if line.strip() and line != "Seed set to 42"]
     assert errors == [next(line for line in errors if line.startswith("error: "))] and message in errors[0]
     assert "Fitting" not in result.stdout + result.stderr and not (tmp_path / "data").exists()

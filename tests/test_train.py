@@ -116,6 +116,32 @@ def test_low_res_epochs_train_smaller_clips_then_full_size_with_workers(tmp_path
     assert {"val/top1", "test/top1", "test_fp32/top1"} <= set(metrics)
 
 
+def test_low_res_epochs_end_where_qat_starts_with_workers(tmp_path, data_dir, caplog):
+    """The QAT callback ends the low-resolution epochs where QAT starts (the quantized graph takes
+    full-size clips), before the training loader and its persistent workers are built: 3 asked
+    for, QAT from epoch 1, so epoch 0 at half size and the QAT epoch at full size."""
+    shapes = tmp_path / "shapes.txt"
+    overrides = [
+        *TINY_FIT,
+        "data.num_workers=2",
+        "data.low_res_epochs=3",
+        "data.low_res_scale=0.5",
+        "trainer.max_epochs=2",
+        "quant=qat",
+        "quant.start_epoch=1",
+        "test=false",
+        "+callbacks.shapes._target_=support.callbacks.RecordBatchShapes",
+        f"+callbacks.shapes.path={shapes}",
+    ]
+    with caplog.at_level("INFO"):
+        metrics = run(compose_config(tmp_path, data_dir, overrides))
+    assert "data.low_res_epochs=3: the low-resolution epochs end at epoch 1, where QAT starts" in caplog.text
+    seen = [line.split() for line in shapes.read_text().splitlines()]
+    assert {size for epoch, size in seen if epoch == "0"} == {"16x16"}
+    assert {size for epoch, size in seen if epoch == "1"} == {"32x32"}
+    assert {"val/top1", "val_fp32/top1"} <= set(metrics)  # the last epoch ran quantized
+
+
 def test_the_qat_switch_saves_the_float_model_to_fine_tune_from(smoke_run):
     float_checkpoint = smoke_run / "checkpoints" / "fp32.ckpt"
     assert torch.load(float_checkpoint, map_location="cpu", weights_only=False)["quantization"] is None

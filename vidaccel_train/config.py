@@ -30,6 +30,8 @@ def synthetic_duration_s(num_frames: int, sampling_rate: int, target_fps: float)
 
 if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
+if not OmegaConf.has_resolver("any"):  # ${any:${model.pretrained},${model.checkpoint}}: trained weights?
+    OmegaConf.register_new_resolver("any", lambda *values: any(bool(value) for value in values))
 if not OmegaConf.has_resolver("synthetic_duration_s"):
     OmegaConf.register_new_resolver("synthetic_duration_s", synthetic_duration_s)
 
@@ -41,8 +43,8 @@ def reconcile(cfg) -> None:
     under ``quant=none`` (no callback to configure), QAT's settings under ``quant=ptq`` (not its
     arguments), ``data.synthetic.*`` on a data option that generates nothing (``data=kinetics``);
     Hydra merges such keys into the replacing option, where they would configure something
-    half-defined. Low-resolution epochs end where QAT starts (the quantized graph takes full-size
-    clips): ``trainer.max_epochs=10`` on the default 19 low-resolution epochs runs 9 of them.
+    half-defined. (What one component's own settings mean together, such as the QAT schedule
+    against ``trainer.max_epochs``, that component checks and settles when it is built.)
     """
     from vidaccel_train.data.synthetic import SyntheticSpec
 
@@ -70,21 +72,6 @@ def reconcile(cfg) -> None:
             ", ".join(f"data.synthetic.{key}" for key in synthetic),
         )
         cfg.data.synthetic = None
-    quant = cfg.get("quant")
-    low_res_epochs = OmegaConf.select(cfg, "data.low_res_epochs", default=0)
-    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    start = OmegaConf.select(cfg, "quant.start_epoch", default=None) if quant else None
-    if isinstance(start, int) and isinstance(max_epochs, int) and isinstance(low_res_epochs, int):
-        from vidaccel_train.training.callbacks import QuantizationAwareTraining
-
-        start = QuantizationAwareTraining.resolve_start(start, max_epochs)
-        if 0 <= start < low_res_epochs:
-            log.info(
-                "data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts",
-                low_res_epochs,
-                start,
-            )
-            cfg.data.low_res_epochs = start
 
 
 def validate(cfg) -> None:
@@ -111,47 +98,7 @@ def validate(cfg) -> None:
             f"trainer.accelerator={accelerator} but this machine has no CUDA device that PyTorch can use: "
             "run with trainer=cpu (or trainer=ddp trainer.accelerator=cpu)"
         )
-    _check_qat_schedule(cfg, max_epochs)
     _check_generated_videos(cfg)
-
-
-def _check_qat_schedule(cfg, max_epochs: int) -> None:
-    """quant x trainer x model: when QAT starts, against the epochs and the starting weights."""
-    quant = cfg.get("quant")
-    if not quant or not str(quant.get("_target_", "")).endswith("QuantizationAwareTraining"):
-        return
-    given = OmegaConf.select(cfg, "quant.start_epoch", throw_on_missing=False)
-    if not isinstance(given, int):
-        return  # the callback rejects it when built
-    if given >= max_epochs:
-        raise ConfigError(
-            f"quant.start_epoch={given} but trainer.max_epochs={max_epochs}: QAT would never run; "
-            f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
-        )
-    from vidaccel_train.training.callbacks import QuantizationAwareTraining
-
-    start = QuantizationAwareTraining.resolve_start(given, max_epochs)
-    trained = OmegaConf.select(cfg, "model.checkpoint", default=None) or OmegaConf.select(
-        cfg, "model.pretrained", default=False
-    )
-    if start == 0 and not trained and max_epochs > 1:
-        # One-epoch runs (trainer=debug, debug=*) exercise the code and learn little either way: allowed.
-        said = (
-            "quant.start_epoch=0" if given == 0 else f"quant.start_epoch={given} with trainer.max_epochs={max_epochs}"
-        )
-        raise ConfigError(
-            f"{said} starts QAT at the first epoch on untrained weights: QAT trains the deploy form, whose "
-            "BatchNorm is folded into the convolutions, and an untrained network has no statistics to fold (it "
-            "stays at chance: measured on experiment=smoke, 12 epochs). Start from trained weights "
-            "(model.checkpoint=PATH or model.pretrained=true), or train in fp32 first: quant.start_epoch=N with "
-            "N >= 1 (-1: the last epoch)"
-        )
-    freeze = OmegaConf.select(cfg, "quant.freeze_observer_epoch", throw_on_missing=False)
-    if isinstance(freeze, int) and freeze < start:
-        raise ConfigError(
-            f"quant.freeze_observer_epoch={freeze} comes before QAT starts (epoch {start}): set it to "
-            f"{start} or later, or quant.freeze_observer_epoch=null"
-        )
 
 
 def _check_generated_videos(cfg) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vidaccel_train.errors import ConfigError
 from vidaccel_train.training.quant_state import QuantState
@@ -16,6 +15,12 @@ from vidaccel_train.training.quant_state import QuantState
 log = logging.getLogger(__name__)
 
 FLOAT_CHECKPOINT = "fp32.ckpt"
+# Where the measurements behind the refusal of QAT from the first epoch on untrained weights are.
+QAT_UNTRAINED_DOC = "docs/quantization-and-export.md#quantization-quant"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class QuantizationAwareTraining(L.Callback):
@@ -26,7 +31,15 @@ class QuantizationAwareTraining(L.Callback):
     there on), and the optimizer restarts on the new parameters with the learning rate scaled
     by ``lr_scale``. From ``freeze_observer_epoch`` on, quantization ranges stop moving.
     ``start_epoch=0`` quantizes before training starts (QAT fine-tuning of a trained model);
-    a negative one counts from the end (``-1``: the last epoch is QAT, whatever ``max_epochs``).
+    a negative one counts from the end of the ``max_epochs`` the run trains (``-1``: the last
+    epoch is QAT, whatever ``max_epochs``). The schedule is checked here, when Hydra builds the
+    callback (``conf/quant/qat.yaml`` hands it ``trainer.max_epochs`` and whether the model
+    starts from trained weights), so a schedule that cannot work ends the command before any data
+    is read or step trained.
+
+    Low-resolution epochs (``data.low_res_epochs``) end where QAT starts: the quantized graph
+    takes full-size clips. :meth:`setup` shortens them, with one log line, before the training
+    loader is built.
 
     ``requantize_moved_values=True`` fake-quantizes sliced, joined and zeroed values again, as
     torchao's QAT does, instead of passing them through (the int8 program does not requantize
@@ -36,13 +49,26 @@ class QuantizationAwareTraining(L.Callback):
     other checkpoints (when it writes any): the starting point for fine-tuning on other classes
     (``model.checkpoint=<run dir>/checkpoints/fp32.ckpt``), which a quantized checkpoint cannot be.
 
-    Raises:
-        ConfigError: ``freeze_observer_epoch`` before a non-negative ``start_epoch``, ``lr_scale``
-            not above 0.
-
     Under DDP the switch rebuilds the DDP wrapper around the new network, so the new
     parameters' gradients are averaged across ranks; DDP broadcasts rank 0's buffers before
     each forward, so every rank quantizes with the same observed ranges.
+
+    Args:
+        start_epoch: the first QAT epoch; negative counts from the end (``-1``: the last).
+        freeze_observer_epoch: the first epoch with frozen quantization ranges; None: never.
+        lr_scale: the learning-rate multiplier during QAT.
+        requantize_moved_values: fake-quantize moved values again, as torchao.
+        max_epochs: the epochs the run trains (``trainer.max_epochs``).
+        trained_weights: whether training starts from trained weights (``model.checkpoint`` or
+            ``model.pretrained``); QAT from the first epoch needs them.
+
+    Raises:
+        ConfigError: ``start_epoch``, ``freeze_observer_epoch`` or ``max_epochs`` not an integer
+            (``max_epochs`` not positive); ``start_epoch`` at or past ``max_epochs`` (QAT would
+            never run); QAT from the first epoch of a run of several on untrained weights;
+            ``freeze_observer_epoch`` before the epoch QAT starts; ``lr_scale`` not a number
+            above 0; ``trained_weights`` or ``requantize_moved_values`` not true or false; and, at
+            :meth:`setup`, a ``max_epochs`` other than the trainer's.
     """
 
     def __init__(
@@ -51,33 +77,66 @@ class QuantizationAwareTraining(L.Callback):
         freeze_observer_epoch: int | None = None,
         lr_scale: float = 0.1,
         requantize_moved_values: bool = False,
+        *,
+        max_epochs: int,
+        trained_weights: bool = False,
     ):
-        if freeze_observer_epoch is not None and start_epoch >= 0 and freeze_observer_epoch < start_epoch:
+        if not _is_int(start_epoch):
+            raise ConfigError(f"quant.start_epoch must be an integer epoch (-1: the last), got {start_epoch!r}")
+        if freeze_observer_epoch is not None and not _is_int(freeze_observer_epoch):
             raise ConfigError(
-                f"quant.freeze_observer_epoch={freeze_observer_epoch} comes before QAT starts (epoch {start_epoch}): "
-                f"set it to {start_epoch} or later, or quant.freeze_observer_epoch=null"
+                f"quant.freeze_observer_epoch must be an integer epoch or null, got {freeze_observer_epoch!r}"
             )
-        if not lr_scale > 0:
+        if not _is_int(max_epochs) or max_epochs < 1:
+            raise ConfigError(
+                f"quant.max_epochs must be a positive integer, got {max_epochs!r}: "
+                "set trainer.max_epochs, which conf/quant/qat.yaml passes on"
+            )
+        for key, value in (("trained_weights", trained_weights), ("requantize_moved_values", requantize_moved_values)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"quant.{key} must be true or false, got {value!r}")
+        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0:
             raise ConfigError(f"quant.lr_scale must be a positive number, got {lr_scale!r}")
-        self.start_epoch = start_epoch
+        if start_epoch >= max_epochs:
+            raise ConfigError(
+                f"quant.start_epoch={start_epoch} but trainer.max_epochs={max_epochs}: QAT would never run; "
+                f"set quant.start_epoch below {max_epochs} (-1: the last epoch), or quant=none for fp32 only"
+            )
+        start = start_epoch if start_epoch >= 0 else max(0, max_epochs + start_epoch)
+        if start == 0 and not trained_weights and max_epochs > 1:
+            # One-epoch runs (trainer=debug, debug=*) exercise the code and learn little either way: allowed.
+            said = (
+                "quant.start_epoch=0"
+                if start_epoch == 0
+                else f"quant.start_epoch={start_epoch} with trainer.max_epochs={max_epochs}"
+            )
+            raise ConfigError(
+                f"{said} starts QAT at the first epoch on untrained weights: QAT trains the deploy form, whose "
+                "BatchNorm is folded into the convolutions, and an untrained network has no statistics to fold (it "
+                f"stays at chance: see {QAT_UNTRAINED_DOC}). Start from trained weights "
+                "(model.checkpoint=PATH or model.pretrained=true), or train in fp32 first: quant.start_epoch=N with "
+                "N >= 1 (-1: the last epoch)"
+            )
+        if freeze_observer_epoch is not None and freeze_observer_epoch < start:
+            raise ConfigError(
+                f"quant.freeze_observer_epoch={freeze_observer_epoch} comes before QAT starts (epoch {start}): "
+                f"set it to {start} or later, or quant.freeze_observer_epoch=null"
+            )
+        self.start_epoch = start  # resolved: the epoch QAT starts
         self.freeze_observer_epoch = freeze_observer_epoch
         self.lr_scale = lr_scale
         self.requantize_moved_values = requantize_moved_values
-
-    @staticmethod
-    def resolve_start(start_epoch: int, max_epochs: int) -> int:
-        """A negative ``start_epoch`` counts from the end: -1 is the last epoch."""
-        return start_epoch if start_epoch >= 0 else max(0, max_epochs + start_epoch)
+        self.max_epochs = max_epochs
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        self.start_epoch = self.resolve_start(self.start_epoch, trainer.max_epochs or 0)
-        if self.start_epoch >= (trainer.max_epochs or 0):
-            raise MisconfigurationException(
-                f"quant.start_epoch={self.start_epoch} but trainer.max_epochs={trainer.max_epochs}: "
-                "QAT would never start; lower quant.start_epoch or raise trainer.max_epochs"
+        if trainer.max_epochs != self.max_epochs:
+            raise ConfigError(
+                f"quant.max_epochs={self.max_epochs} but the trainer runs {trainer.max_epochs} epochs: "
+                "pass the callback the trainer's max_epochs (conf/quant/qat.yaml interpolates trainer.max_epochs)"
             )
+        _end_low_res_epochs(trainer.datamodule, self.start_epoch)
         if self.start_epoch == 0 and pl_module.quant_state is None:
             norms = [m for m in pl_module.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if norms and all(int(m.num_batches_tracked) == 0 for m in norms):
@@ -120,6 +179,24 @@ class QuantizationAwareTraining(L.Callback):
         ):
             log.info("Epoch %d: freezing quantization observers", epoch)
             pl_module.freeze_observers()
+
+
+def _end_low_res_epochs(datamodule, start: int) -> None:
+    """Low-resolution epochs end at epoch ``start``, where QAT starts (the quantized graph takes
+    full-size clips). Lightning sets the datamodule up before the callbacks (and
+    ``train.check_against_checkpoint`` may have set it up before the fit), so a training set
+    already built takes the shorter count too; the training loader, and its workers' copies of
+    the set, are built after this."""
+    low_res_epochs = getattr(datamodule, "low_res_epochs", 0)
+    if not isinstance(low_res_epochs, int) or not 0 <= start < low_res_epochs:
+        return
+    log.info(
+        "data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts", low_res_epochs, start
+    )
+    datamodule.low_res_epochs = start
+    train_set = getattr(datamodule, "datasets", {}).get("train")
+    if train_set is not None and getattr(train_set, "early_epochs", 0) > start:
+        train_set.early_epochs = start
 
 
 class PostTrainingQuantization(L.Callback):
