@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from vidaccel_train.data import clips, video_io
-from vidaccel_train.data.clips import ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
+from vidaccel_train.data.clips import ClipContract, ClipDataset, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 from vidaccel_train.data.transforms import build_transform
@@ -64,7 +64,7 @@ class StockTransform:
 
 def our_train_loader(
     samples,
-    clip: ClipSpec,
+    clip: ClipContract,
     transform,
     batch_size: int,
     workers: int,
@@ -176,7 +176,7 @@ def main() -> None:
     root = args.root or generate_dataset(Path("data/bench"), BENCH_SPEC)
     index = index_split(root, "train")
     contract = CLIPS[args.model]
-    clip = ClipSpec(contract.num_frames, contract.sampling_rate, contract.fps)
+    clip = contract
     transform = build_transform(True, contract.crop_size, contract.train_short_side)
     loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, persistent_workers=args.workers > 0)
 

@@ -195,8 +195,9 @@ def build_programs(name: str, folder: Path) -> dict[str, Path]:
     """Our two ``.pte`` programs of ``name`` in ``folder``."""
     import torch
 
-    from vidaccel_train.export import lower_to_executorch, write_atomic
+    from vidaccel_train.export import lower_to_executorch
     from vidaccel_train.export.artifacts import calibrate_int8
+    from vidaccel_train.files import write_atomic
 
     shape = clip_shape(name)
     example = torch.randn(1, *shape)
@@ -391,7 +392,7 @@ def runner(row: Row, name: str, shape: tuple[int, ...], artifact: str | None, th
     if row.runtime == "pte":
         from executorch.runtime import Runtime
 
-        from vidaccel_train.export.verify import set_runtime_threads
+        from vidaccel_train.export.runtime import set_runtime_threads
 
         set_runtime_threads(threads)  # before loading: XNNPACK takes its pool when a program loads
         method = Runtime.get().load_program(artifact).load_method("forward")

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from bench_data import BENCH_SPEC, CLIPS, our_train_loader, warmup_batches
 
-from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.layouts import index_split
 from vidaccel_train.data.synthetic import generate_dataset
 from vidaccel_train.data.transforms import build_transform
@@ -105,7 +104,7 @@ def main() -> None:
     num_frames, crop = contract.num_frames, contract.crop_size
     loader = our_train_loader(
         samples,
-        ClipSpec(contract.num_frames, contract.sampling_rate, contract.fps),
+        contract,
         build_transform(True, crop, contract.train_short_side),
         args.batch,
         args.workers,

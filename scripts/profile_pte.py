@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from vidaccel_train.export import lower_to_executorch, write_atomic
+from vidaccel_train.export import lower_to_executorch
 from vidaccel_train.export.artifacts import calibrate_int8
-from vidaccel_train.export.verify import set_runtime_threads
+from vidaccel_train.export.runtime import set_runtime_threads
+from vidaccel_train.files import write_atomic
 from vidaccel_train.models import create_model
 from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.models.zoo import zoo_entry

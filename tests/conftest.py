@@ -55,7 +55,7 @@ def smoke_run(tmp_path_factory, data_dir) -> Path:
 @pytest.fixture(scope="session")
 def start_weights(tmp_path_factory) -> Path:
     """An x3d_tiny state_dict to start QAT from its first epoch (``model.checkpoint=``): the
-    config refuses QAT from epoch 0 on untrained weights. Its BatchNorm statistics come from a
+    QAT callback refuses to start at epoch 0 on untrained weights. Its BatchNorm statistics come from a
     few random clips; the tests that use it check QAT's mechanics, not what it learns."""
     from vidaccel_train.models import create_model
 

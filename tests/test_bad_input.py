@@ -13,12 +13,13 @@ import pytest
 import torch
 from av.video.frame import PictureType
 
-from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec
+from vidaccel_train.data.clips import BadFileLog, ClipDataset
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.errors import VideoDecodeError
 from vidaccel_train.train import run
 
 from support import TINY_FIT, compose_config
+from support.video_corpus import sampling
 
 
 def _write_audio_only(path):
@@ -54,7 +55,7 @@ def broken_dataset(tiny_dataset, tmp_path):
 
 def _dataset(samples, log_path, train=False):
     transform = build_transform(False, 32, 36)
-    return ClipDataset(samples, ClipSpec(4, 3, 30), train=train, transform=transform, bad_files=BadFileLog(log_path))
+    return ClipDataset(samples, sampling(4, 3, 30), train=train, transform=transform, bad_files=BadFileLog(log_path))
 
 
 def test_a_fit_on_broken_files_goes_on_and_names_each_once(broken_dataset, tmp_path, data_dir):

@@ -61,9 +61,10 @@ def test_help_lists_groups_and_cfg_job_shows_the_config():
     assert help_text.returncode == 0
     for group in ("model", "data", "trainer", "experiment"):
         assert f"{group}:" in help_text.stdout
-    job = _cli("--cfg", "job", "model=x3d_s")
+    job = _cli("--cfg", "job", "--resolve", "model=x3d_s")  # the clip contract's values, from the zoo
     assert job.returncode == 0
     assert "name: x3d_s" in job.stdout and "num_frames: 13" in job.stdout
+    assert "train_short_side:\n    - 182\n    - 228" in job.stdout
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from vidaccel_train.data.check import check_dataset, check_video
-from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.clips import ClipDataset
 from vidaccel_train.data.video_io import iter_frames, probe, read_clip, read_frames_at
 from vidaccel_train.errors import VideoDecodeError
 from vidaccel_train.predict import Predictor
@@ -31,6 +31,7 @@ from support.video_corpus import (
     Case,
     read_index,
     read_indices,
+    sampling,
     truncate,
     write_audio_with_cover,
     write_case,
@@ -257,7 +258,7 @@ def _timeline_predictor() -> Predictor:
     here is which windows it reads)."""
     predictor = Predictor.__new__(Predictor)
     predictor.classes = ["a", "b"]
-    predictor.clip = ClipSpec(4, 3, 30)
+    predictor.clip = sampling(4, 3, 30)
     predictor.display_aspect = "square"
     predictor.transform = lambda video: video
     predictor.logits = lambda views: torch.zeros(views.shape[0], 2)
@@ -282,7 +283,7 @@ def test_a_download_cut_short_is_refused_by_every_path_at_every_thread_count(cut
     with pytest.raises(VideoDecodeError, match=reason):
         _timeline_predictor().timeline(path, 0.5)
     assert check_video(str(path))[0].startswith("truncated: the index lists frames to 5.00 s")
-    spec = ClipSpec(4, 3, 30)
+    spec = sampling(4, 3, 30)
     for train in (True, False):
         dataset = ClipDataset([(str(path), 0)], spec, train=train, transform=lambda v: v, clips_per_video=2)
         with pytest.raises(VideoDecodeError):

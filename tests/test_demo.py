@@ -65,7 +65,8 @@ class TinyClassifier(nn.Module):
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory) -> Path:
     """An export folder: a lowered program and the manifest fields predict and the demo read."""
-    from vidaccel_train.export.executorch import lower_to_executorch, write_atomic
+    from vidaccel_train.export.executorch import lower_to_executorch
+    from vidaccel_train.files import write_atomic
 
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)

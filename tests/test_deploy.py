@@ -13,8 +13,9 @@ from pytorchvideo.layers.accelerator.mobile_cpu.pool import AdaptiveAvgPool3dOut
 from pytorchvideo.models.accelerator.mobile_cpu.residual_blocks import X3dBottleneckBlock
 from torch import nn
 
-from vidaccel_train.errors import LoweringError
-from vidaccel_train.export import ExecuTorchModel, lower_to_executorch, write_atomic
+from vidaccel_train.errors import ArtifactError, LoweringError
+from vidaccel_train.export import ExecuTorchModel, lower_to_executorch
+from vidaccel_train.files import write_atomic
 from vidaccel_train.models import create_model
 from vidaccel_train.models.deploy import (
     REVISION,
@@ -297,7 +298,7 @@ def test_full_size_x3d_xs_lowers_whole_and_matches_in_executorch(tmp_path):
 def test_a_damaged_program_is_refused_with_its_path(tmp_path):
     broken = tmp_path / "broken.pte"
     broken.write_bytes(b"not a program")
-    with pytest.raises(LoweringError, match="broken.pte"):
+    with pytest.raises(ArtifactError, match="broken.pte"):
         ExecuTorchModel(broken)
 
 

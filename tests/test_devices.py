@@ -99,5 +99,5 @@ def test_export_runs_on_the_cpu_whatever_the_default_device(tmp_path, data_dir):
     with torch.device("meta"):
         inputs = export_input(module, datamodule)
         manifest = export_artifacts(inputs, tmp_path / "export", ExportSettings(threads=1, latency_repeats=1))
-    assert {a["precision"] for a in manifest["artifacts"]} == {"fp32", "int8"}
+    assert {a.precision for a in manifest.artifacts} == {"fp32", "int8"}
     assert json.loads((tmp_path / "export" / "manifest.json").read_text())["input_shape"] == [1, *CLIP]

@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipSpec
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import read_clip
 from vidaccel_train.errors import ArtifactError
@@ -23,10 +22,11 @@ from vidaccel_train.export.__main__ import export_checkpoint
 from vidaccel_train.export.artifacts import export_artifacts
 from vidaccel_train.export.callback import export_input
 from vidaccel_train.export.inputs import ExportSettings
-from vidaccel_train.export.manifest import sha256_of
+from vidaccel_train.export.manifest import Manifest, sha256_of
+from vidaccel_train.export.runtime import load_verified
 from vidaccel_train.export.verify import fidelity, measure_latency
 from vidaccel_train.models import create_model
-from vidaccel_train.predict import load_verified, predict
+from vidaccel_train.predict import predict
 from vidaccel_train.train import run
 from vidaccel_train.training import VideoClassifier
 from vidaccel_train.training.module import net_builder
@@ -153,12 +153,12 @@ def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data
         smoke_run / "checkpoints" / "last.ckpt", net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD
     )
     module.eval()
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    spec = ClipSpec(manifest["num_frames"], manifest["sampling_rate"], manifest["target_fps"])
+    manifest = Manifest.read(export_dir)
+    spec = manifest.clip
     frames, _ = read_clip(video, lambda info: spec.timestamps(spec.centre_start(info)))
-    batch = build_transform(False, 56, manifest["short_side"])(tv_tensors.Video(frames)).unsqueeze(0)
+    batch = build_transform(False, 56, spec.eval_short_side)(tv_tensors.Video(frames)).unsqueeze(0)
     with torch.no_grad():
-        expected = manifest["classes"][int(module.int8_net()(batch).argmax())]
+        expected = manifest.classes[int(module.int8_net()(batch).argmax())]
     assert predictions[0]["label"] == expected
 
 
@@ -341,17 +341,18 @@ def test_export_cli_from_an_fp32_checkpoint_calibrates_int8(fp32_run, tmp_path):
         [f"out_dir={out}", "callbacks.export.latency_repeats=3", f"callbacks.export.threads={latency_threads}"],
     )
     # Timed on the threads asked for; PyTorch gets its own count back (a multirun's next job trains on it).
-    assert {a["threads"] for a in manifest["artifacts"]} == {latency_threads}
+    assert {a.threads for a in manifest.artifacts} == {latency_threads}
     assert torch.get_num_threads() == torch_threads
-    assert manifest["int8_source"].startswith("post-training calibration")
+    assert manifest.int8_source.startswith("post-training calibration")
     # The default callbacks.export.precisions: the int8 program alone, nothing lowered for fp32.
-    assert {a["precision"] for a in manifest["artifacts"]} == {"int8"}
+    assert {a.precision for a in manifest.artifacts} == {"int8"}
     assert sorted(p.name for p in out.glob("*.pte")) == ["model_int8.pte"]
-    assert "lowering_fp32" not in manifest["stage_seconds"]
-    assert manifest["stage_seconds"]["int8_conversion"] > 0  # calibration is timed with the conversion
-    assert manifest["reference_eager_fp32"]["top1"] >= 0  # the fp32 model is still measured, in PyTorch
+    assert "lowering_fp32" not in manifest.stage_seconds
+    assert manifest.stage_seconds["int8_conversion"] > 0  # calibration is timed with the conversion
+    assert manifest.reference_eager_fp32.top1 >= 0  # the fp32 model is still measured, in PyTorch
+    assert Manifest.read(out) == manifest  # what was written is what was returned
     label, score = predict(out / "model_int8.pte", _test_video(fp32_run, "move_left"), topk=1)[0]
-    assert label in manifest["classes"] and 0 <= score <= 1
+    assert label in manifest.classes and 0 <= score <= 1
 
 
 @pytest.mark.slow

@@ -9,16 +9,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from vidaccel_train.data.clips import ClipSpec, aggregate_views
+from vidaccel_train.data.clips import aggregate_views
 from vidaccel_train.data.transforms import SpatialCrops, build_transform, crop_offsets
 from vidaccel_train.data.video_io import VideoInfo, probe, read_frames_at
 from vidaccel_train.training import VideoClassifier
 
 from support import TINY_RUN, compose_config
+from support.video_corpus import sampling
 
 
 def test_clips_spread_evenly_and_crops_span_the_long_side():
-    spec = ClipSpec(num_frames=4, sampling_rate=5, target_fps=10)  # 2 s per clip
+    spec = sampling(num_frames=4, sampling_rate=5, target_fps=10)  # 2 s per clip
     info = VideoInfo(duration_s=10.0, fps=10, width=64, height=48)
     assert spec.uniform_starts(info, 4) == [1.0, 3.0, 5.0, 7.0]  # slack 8 s in 4 equal parts
     assert spec.uniform_starts(info, 1) == [spec.centre_start(info)] == [4.0]
@@ -125,7 +126,7 @@ def test_test_items_hold_every_view_of_a_video_decoded_once(tmp_path, data_dir):
     dataset = datamodule.datasets["test"]
     path = dataset.samples[0][0]
     info = probe(path)
-    centre_crop = build_transform(False, 32, 36, datamodule.mean, datamodule.std)
+    centre_crop = build_transform(False, 32, 36, datamodule.clip.mean, datamodule.clip.std)
     for clip, start in enumerate(dataset.clip.uniform_starts(info, 2)):
         alone = centre_crop(tv_tensors.Video(read_frames_at(path, dataset.clip.timestamps(start))))
         assert torch.equal(item["video"][clip * 3 + 1], alone)  # the middle crop of that clip

@@ -17,7 +17,8 @@ from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 from vidaccel_train.data.video_io import write_video
 from vidaccel_train.export import ExecuTorchModel
 from vidaccel_train.export.verify import collect_logits
-from vidaccel_train.predict import Views, main, predict
+from vidaccel_train.predict import Views, predict
+from vidaccel_train.predict.__main__ import main
 
 from support.runs import predict_cli
 
@@ -176,7 +177,7 @@ def test_an_unknown_option_is_one_line_from_the_command_too(artifact):
 
 
 def test_list_files_take_class_names_with_spaces_csv_and_a_header(tmp_path):
-    from vidaccel_train.predict import _read_list
+    from vidaccel_train.predict.inputs import read_list as _read_list
 
     classes = ["abseiling", "air drumming", "answering questions"]
     (tmp_path / "my clip.mp4").write_bytes(b"")

@@ -166,11 +166,6 @@ def test_the_qat_callback_resolves_its_start_and_lets_one_epoch_runs_start_untra
     assert QuantizationAwareTraining(start_epoch=0, max_epochs=1).start_epoch == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quant.max_epochs and quant.trained_weights mirror trainer.max_epochs and the starting weights, "
-    "but training/resilience.py's FIXED_SETTINGS holds all of quant: they need leaving out there (#38)",
-)
 def test_the_schedule_inputs_of_qat_do_not_fix_a_checkpoint_to_its_epochs(tmp_path, data_dir):
     """A resumed run takes the epochs given now, and a checkpoint written before the callback got
     its epochs from the config still matches its run."""

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from vidaccel_train.data.check import check_dataset
-from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.clips import ClipDataset
 from vidaccel_train.data.prepare import EncodeSettings, transcode
 from vidaccel_train.data.video_io import VideoInfo, probe, read_clip
 from vidaccel_train.predict import Views, views_dataset
 
-from support.video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices
+from support.video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices, sampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def _true_info(case: Case) -> VideoInfo:
 
 
 # X3D-XS's clip (4 frames, 12 apart at 30 fps), X3D-S's (13 x 6) and a short one that fits 1-frame files.
-SPECS = [ClipSpec(4, 12, 30), ClipSpec(13, 6, 30), ClipSpec(2, 1, 30)]
+SPECS = [sampling(4, 12, 30), sampling(13, 6, 30), sampling(2, 1, 30)]
 
 
 @pytest.mark.parametrize("name", list(CONDITIONS))
@@ -138,7 +138,7 @@ EVAL_CASES = [
 def test_the_test_loader_samples_every_view_at_the_right_frames(corpus, name):
     """What ``test`` and the export's verification read: 10 clips spread over the whole video."""
     case = corpus[name]
-    spec = ClipSpec(4, 3, 30)
+    spec = sampling(4, 3, 30)
     dataset = ClipDataset(
         [(str(case.path), 0)], spec, train=False, transform=_Frames(), clips_per_video=10, display_aspect="square"
     )
@@ -154,7 +154,7 @@ def test_training_clips_start_anywhere_in_the_video_and_hold_the_right_frames(co
     """Random training clips: each holds the reference's frames for its start, and starts cover
     the whole video (a missing duration once made every clip start at 0)."""
     case = corpus[name]
-    spec = ClipSpec(4, 3, 30)
+    spec = sampling(4, 3, 30)
     dataset = ClipDataset([(str(case.path), 0)], spec, train=True, transform=_Frames())
     firsts = []
     for seed in range(12):
@@ -172,9 +172,8 @@ def test_training_clips_start_anywhere_in_the_video_and_hold_the_right_frames(co
 def test_predict_reads_its_views_upright_at_the_right_times(corpus, name):
     """What predict decodes for a manifest: its clips spread over the video, upright, timed from the first frame."""
     case = corpus[name]
-    manifest = {"num_frames": 4, "sampling_rate": 3, "target_fps": 30, "display_aspect": "square"}
-    spec = ClipSpec(4, 3, 30)
-    item = views_dataset(manifest, [(str(case.path), 0)], Views(5, 1), _Frames()).read(0)
+    spec = sampling(4, 3, 30)
+    item = views_dataset(spec, "square", [(str(case.path), 0)], Views(5, 1), _Frames()).read(0)
     starts = spec.uniform_starts(_true_info(case), 5)
     got = read_indices(item["video"].reshape(-1, 3, HEIGHT, WIDTH))
     assert got == [case.expected(t) for start in starts for t in spec.timestamps(start)]

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorchvideo.models.accelerator.mobile_cpu.efficient_x3d import EfficientX3d
 
-from vidaccel_train.errors import CheckpointError
+from vidaccel_train.errors import CheckpointError, ConfigError
 from vidaccel_train.models import zoo
 from vidaccel_train.models.zoo import ZOO, create_model
 
@@ -88,7 +89,7 @@ def test_without_network_pretrained_says_where_to_put_the_file(tmp_path, monkeyp
 
 
 def test_unknown_model_lists_the_zoo():
-    with pytest.raises(KeyError, match="x3d_xs"):
+    with pytest.raises(ConfigError, match="model.name=resnet50 is not in the zoo; available: x3d_l, x3d_m.*x3d_xs"):
         create_model("resnet50")
 
 
@@ -98,22 +99,19 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
     assert trainable == set(zoo.HEAD_KEYS)
 
 
-def test_model_configs_agree_with_the_zoo(tmp_path, data_dir):
-    """Each zoo entry's clip contract is what its config (and the data config built on it) runs."""
-    from omegaconf import OmegaConf
-
-    from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD
+def test_model_configs_read_the_clip_contract_from_the_zoo(tmp_path, data_dir):
+    """Each zoo entry's clip contract is what its config and the data config built on it run,
+    read from the zoo (no copy in the YAML), and ``model.clip.<key>=`` changes it for a run."""
+    from vidaccel_train.data.clips import ClipContract
 
     for name, entry in ZOO.items():
         cfg = compose_config(tmp_path, data_dir, [f"model={name}"])
-        assert OmegaConf.to_container(cfg.model.clip, resolve=True) == entry.clip.as_config(), name
-        data = OmegaConf.to_container(cfg.data, resolve=True)
-        assert (data["num_frames"], data["sampling_rate"], data["target_fps"]) == (
-            entry.clip.num_frames,
-            entry.clip.sampling_rate,
-            entry.clip.fps,
-        ), name
-        assert (entry.clip.mean, entry.clip.std) == (KINETICS_MEAN, KINETICS_STD), name  # the datamodule's defaults
+        assert ClipContract.from_dict(OmegaConf.to_container(cfg.model.clip, resolve=True)) == entry.clip, name
+        assert ClipContract.from_dict(OmegaConf.to_container(cfg.data, resolve=True)) == entry.clip, name
+    changed = compose_config(tmp_path, data_dir, ["model=x3d_s", "model.clip.num_frames=8", "model.clip.target_fps=25"])
+    assert (changed.data.num_frames, changed.data.target_fps, changed.data.sampling_rate) == (8, 25, 6)
+    for path in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"):
+        assert "num_frames:" not in path.read_text() or path.name == "_common.yaml", f"{path.name} copies the contract"
 
 
 def test_custom_architecture_from_config(tmp_path, data_dir):

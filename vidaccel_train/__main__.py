@@ -1,7 +1,4 @@
-import sys
-
-from vidaccel_train.train import check_override_syntax, main
+from vidaccel_train.train import main
 
 if __name__ == "__main__":
-    check_override_syntax(sys.argv[1:])
     main()

@@ -1,10 +1,9 @@
 """Keep freed tensor memory in the process for the next step (glibc's malloc).
 
 glibc gives every block of 32 MB or more its own mapping and unmaps it on free, so each step's
-large activations are faulted in page by page again: on the 2-core developer VM an X3D-XS QAT
-step (batch 8, 160x160) took 1.48 s that way and 1.10 s with the memory kept (fp32 0.55 s ->
-0.52 s). Kept memory is reused by the next step; the process's resident size stays at its peak
-instead of falling between steps.
+large activations are faulted in page by page again (what that costs a QAT step:
+docs/benchmarks.md, "The figures behind the code's choices"). Kept memory is reused by the next
+step; the process's resident size stays at its peak instead of falling between steps.
 """
 
 from __future__ import annotations

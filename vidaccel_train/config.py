@@ -22,9 +22,9 @@ SYNTHETIC_MIN_DURATION_S = 2.0
 def synthetic_duration_s(num_frames: int, sampling_rate: int, target_fps: float) -> float:
     """How long generated videos last: 2 s, or a model's clip span plus 0.4 s when that is longer
     (X3D-S's 13 x 6 frames span 2.6 s at 30 fps: 3.0 s videos)."""
-    from vidaccel_train.data.clips import ClipSpec
+    from vidaccel_train.data.clips import ClipContract
 
-    span = ClipSpec(num_frames, sampling_rate, target_fps).span_s
+    span = ClipContract.span_of(num_frames, sampling_rate, target_fps)
     return max(SYNTHETIC_MIN_DURATION_S, round(span + 0.4, 1))
 
 
@@ -32,6 +32,26 @@ if not OmegaConf.has_resolver("len"):
     OmegaConf.register_new_resolver("len", lambda items: len(items))
 if not OmegaConf.has_resolver("any"):  # ${any:${model.pretrained},${model.checkpoint}}: trained weights?
     OmegaConf.register_new_resolver("any", lambda *values: any(bool(value) for value in values))
+
+
+def clip_contract(model_name: str, key: str):
+    """``${clip_contract:<model name>,<key>}``: one value of the zoo entry's clip contract, as
+    plain config values (lists for tuples), for the ``model.clip`` block every model option shares.
+
+    Raises:
+        ConfigError: the model is not in the zoo, or the contract has no such key.
+    """
+    from vidaccel_train.models.zoo import zoo_entry
+
+    values = zoo_entry(model_name).clip.as_dict()
+    if key not in values:
+        raise ConfigError(f"the clip contract has no {key!r}; its keys: {', '.join(values)}")
+    # A list as a ListConfig: OmegaConf.resolve (``--cfg job --resolve``) cannot store a plain one.
+    return OmegaConf.create(values[key]) if isinstance(values[key], list) else values[key]
+
+
+if not OmegaConf.has_resolver("clip_contract"):
+    OmegaConf.register_new_resolver("clip_contract", clip_contract)
 if not OmegaConf.has_resolver("synthetic_duration_s"):
     OmegaConf.register_new_resolver("synthetic_duration_s", synthetic_duration_s)
 
@@ -109,9 +129,9 @@ def _check_generated_videos(cfg) -> None:
         isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)
     ):
         return  # the datamodule rejects bad counts when built
-    from vidaccel_train.data.clips import ClipSpec
+    from vidaccel_train.data.clips import ClipContract
 
-    span = ClipSpec(frames, rate, fps).span_s
+    span = ClipContract.span_of(frames, rate, fps)
     if span > synthetic.duration_s:
         raise ConfigError(
             f"a clip of {frames} frames every {rate} at {fps} fps spans {span:.2f} s but the generated videos last "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import math
 import os
@@ -38,8 +37,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidaccel_train.errors import USER_ERRORS, ArtifactError, PredictError, VideoDecodeError
-from vidaccel_train.export.manifest import MANIFEST
+from vidaccel_train.cli import report_user_error, run_command
+from vidaccel_train.errors import PredictError, VideoDecodeError
+from vidaccel_train.export.manifest import LAYOUT, ArtifactRecord, Manifest
 
 log = logging.getLogger("vidaccel_train.demo")
 
@@ -68,35 +68,6 @@ CSS = """
 #card th, #card td { border-top: 1px solid var(--border-color-primary); padding-top: 0.3em; padding-bottom: 0.3em; }
 #card code { word-break: break-all; }
 """
-
-
-def resolve_artifact(path: str | Path) -> Path:
-    """The ``.pte`` to serve: ``path`` itself, or for an export folder the int8 program its
-    manifest lists (else the first one listed).
-
-    Raises:
-        ArtifactError: a folder without a manifest, or one that lists no program.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return path  # load_verified says what is wrong with a missing or unlisted file
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(
-            f"{path}: no {MANIFEST} in this folder; give an export folder (<run>/export) or a .pte in one"
-        )
-    try:
-        records = json.loads(manifest_path.read_text())["artifacts"]
-        files = [(record["precision"], record["file"]) for record in records]
-    except (ValueError, KeyError, TypeError) as err:
-        raise ArtifactError(
-            f"{manifest_path} is not a manifest the export wrote ({type(err).__name__}: {err}); "
-            "export the checkpoint again"
-        ) from err
-    if not files:
-        raise ArtifactError(f"{manifest_path} lists no program; export the checkpoint again")
-    chosen = next((file for precision, file in files if precision == "int8"), files[0][1])
-    return path / chosen
 
 
 def collect_examples(inputs: Sequence[str]) -> list[Path]:
@@ -218,7 +189,7 @@ class DemoSession:
                 note += f" (no timeline: {_named(str(err), path)})"
             else:
                 timeline_png = str(folder / f"{path.stem}.timeline.png")
-                timeline._plot(Path(timeline_png), TOPK)
+                timeline.plot(Path(timeline_png), TOPK)
                 latency.append(
                     f"timeline: {len(timeline.starts)} windows of {span:.2f} s every {stride:.2f} s "
                     f"in {_seconds(time.perf_counter() - started)}"
@@ -247,64 +218,51 @@ def make_preview(source: Path, target: Path, fps: float) -> Path:
     """An upright H.264 mp4 of ``source`` for the browser's player, made through the reader
     (display matrix applied to the pixels, times from the first frame), short side at most
     :data:`PREVIEW_SHORT_SIDE`, no sound. Raises :class:`VideoDecodeError`."""
-    from vidaccel_train.data.prepare import EncodeSettings, transcode
+    from vidaccel_train.data.video_io import EncodeSettings, transcode
 
     keyframes = max(1, round(fps)) if fps and math.isfinite(fps) else 30
     transcode(source, target, EncodeSettings(short_side=PREVIEW_SHORT_SIDE, keyframe_interval=keyframes, crf=23))
     return target
 
 
-def model_card(manifest: dict, artifact: Path) -> str:
-    """The manifest's facts about ``artifact`` as an HTML table."""
-    record = next((a for a in manifest.get("artifacts", []) if a.get("file") == artifact.name), {})
-    classes = manifest.get("classes", [])
-    size = record.get("bytes", 0)
-    size = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+def model_card(manifest: Manifest, artifact: Path) -> str:
+    """The manifest's facts about ``artifact`` as an HTML table (what an older export did not
+    record is left out)."""
+    record = manifest.artifact(artifact.name) or ArtifactRecord(file=artifact.name)
+    clip = manifest.clip
+    size = f"{record.bytes / 1e6:.1f} MB" if record.bytes >= 1e6 else f"{record.bytes / 1e3:.0f} kB"
     rows = [
-        ("model", f"{manifest.get('model', '?')}, {record.get('precision', '?')} ({record.get('format', '?')}, {size})")
+        ("model", f"{manifest.model}, {record.precision or '?'} ({record.format}, {size})"),
+        (f"classes ({len(manifest.classes)})", ", ".join(manifest.classes)),
+        (
+            "input clip",
+            f"{'×'.join(map(str, manifest.input_shape))} ({LAYOUT}): {clip.num_frames} frames, one every "
+            f"{clip.sampling_rate} at {clip.target_fps:g} fps; short side {clip.eval_short_side}, "
+            f"{clip.crop_size}×{clip.crop_size} crops",
+        ),
+        ("views per video", _views(manifest.test_views.clips, manifest.test_views.crops)),
     ]
-    rows.append((f"classes ({len(classes)})", ", ".join(classes)))
-    shape = manifest.get("input_shape")
-    if shape:
-        rows.append(
-            (
-                "input clip",
-                f"{'×'.join(map(str, shape))} ({manifest.get('layout', 'B,C,T,H,W')}): "
-                f"{manifest.get('num_frames')} frames, one every {manifest.get('sampling_rate')} at "
-                f"{manifest.get('target_fps')} fps; short side {manifest.get('short_side')}, "
-                f"{manifest.get('crop_size')}×{manifest.get('crop_size')} crops",
-            )
-        )
-    views = manifest.get("test_views")
-    if views:
-        rows.append(("views per video", _views(views["clips"], views["crops"])))
-    if "top1" in record:
-        verified = manifest.get("verified_on", {})
+    if record.top1 is not None:
         rows.append(
             (
                 "accuracy",
-                f"top-1 {record['top1']:.3f}, top-5 {record.get('top5', math.nan):.3f} on "
-                f"{verified.get('videos', '?')} test videos, through the ExecuTorch runtime",
+                f"top-1 {record.top1:.3f}, top-5 {record.top5 if record.top5 is not None else math.nan:.3f} on "
+                f"{manifest.verified_on.get('videos', '?')} test videos, through the ExecuTorch runtime",
             )
         )
-    if "agreement" in record:
-        rows.append(
-            (
-                "agreement with the trained model",
-                f"{record['agreement']:.1%} of videos, {record.get('clip_agreement', math.nan):.1%} of clips",
-            )
-        )
-    if "latency_ms" in record:
+    if record.agreement is not None:
+        clips = record.clip_agreement if record.clip_agreement is not None else math.nan
+        rows.append(("agreement with the trained model", f"{record.agreement:.1%} of videos, {clips:.1%} of clips"))
+    if record.latency_ms is not None:
         rows.append(
             (
                 "latency",
-                f"{record['latency_ms']:.1f} ms a clip, batch 1, {record.get('threads', '?')} threads "
-                "(measured at export)",
+                f"{record.latency_ms:.1f} ms a clip, batch 1, {record.threads or '?'} threads (measured at export)",
             )
         )
     body = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>" for key, value in rows)
     body += (
-        f"<tr><th>sha256</th><td><code>{html.escape(record.get('sha256', '?'))}</code> (checked at start)</td></tr>"
+        f"<tr><th>sha256</th><td><code>{html.escape(record.sha256 or '?')}</code> (checked at start)</td></tr>"
         f"<tr><th>file</th><td><code>{html.escape(str(artifact))}</code></td></tr>"
     )
     return f"<h3>Model</h3><table>{body}</table>"
@@ -329,7 +287,7 @@ def build_page(session: DemoSession, examples: Sequence[Path] = ()):
         for result in session.classify(video):
             yield tuple(getattr(result, name) for name in outputs_per_result)
 
-    title = f"{manifest.get('model', 'model')} · {session.artifact.name}"
+    title = f"{manifest.model} · {session.artifact.name}"
     with gr.Blocks(title=f"vidaccel_train demo: {title}", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             f"## Video classification: {html.escape(title)}\nRuns on this machine; nothing is sent anywhere.",
@@ -416,16 +374,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be between 1 and 65535, got {args.port}")
     if args.stride is not None and not args.stride > 0:
         parser.error(f"--stride must be a positive number of seconds, got {args.stride}")
-    try:
-        from vidaccel_train.predict import Predictor, Views
+    return run_command(lambda: _start(args))
 
-        views = Views.parse(args.views) if args.views else None
+
+def _start(args) -> int:
+    from vidaccel_train.export.runtime import resolve_artifact
+    from vidaccel_train.predict import Predictor, parse_views
+
+    views = parse_views(args.views) if args.views else None
+    try:
         artifact = resolve_artifact(args.artifact)
         predictor = Predictor(artifact, views)
         examples = collect_examples(args.examples)
-    except (*USER_ERRORS, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OSError as err:  # a file named that cannot be read
+        raise PredictError(str(err)) from None
     with tempfile.TemporaryDirectory(prefix="vidaccel-demo-") as work_dir:
         return _serve(DemoSession(predictor, artifact, work_dir, args.stride), examples, args)
 
@@ -434,11 +396,9 @@ def _serve(session: DemoSession, examples: Sequence[Path], args) -> int:
     try:
         page = build_page(session, examples)
     except ModuleNotFoundError as err:
-        print(
-            f"error: the demo page needs {err.name}: pip install -e '.[demo]' (or bash scripts/setup.sh demo)",
-            file=sys.stderr,
+        return report_user_error(
+            f"the demo page needs {err.name}: pip install -e '.[demo]' (or bash scripts/setup.sh demo)"
         )
-        return 2
     import gradio as gr
 
     theme = gr.themes.Default(font=list(SYSTEM_FONTS), font_mono=list(MONO_FONTS))
@@ -460,12 +420,10 @@ def _serve(session: DemoSession, examples: Sequence[Path], args) -> int:
             css=CSS,
         )
     except OSError:  # gradio's message names its own environment variables and parameters
-        print(
-            f"error: cannot serve on {args.host}:{args.port}: the port is taken or the address is not one of this "
-            "machine's; choose another --port or --host",
-            file=sys.stderr,
+        return report_user_error(
+            f"cannot serve on {args.host}:{args.port}: the port is taken or the address is not one of this "
+            "machine's; choose another --port or --host"
         )
-        return 2
     print(f"vidaccel_train demo of {session.artifact}: http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     signal.signal(
         signal.SIGTERM, _interrupt

@@ -26,17 +26,15 @@ class LoweringError(RuntimeError):
     """The program could not be lowered or does not run wholly inside XNNPACK."""
 
 
-class DiskFullError(RuntimeError):
-    """A checkpoint that does not fit on its disk; the message names the directory and sizes."""
-
-
 class ArtifactError(RuntimeError):
     """An exported artifact that is missing, unlisted, or not the file its manifest describes."""
 
 
 class OutputError(RuntimeError):
-    """An output path that cannot be written (read-only, not a folder, or its disk full); said
-    before the work starts where it can be, and with nothing half-written where it cannot."""
+    """An output path that cannot be written (read-only, not a folder, or its disk full: a
+    checkpoint, an export, predict's files); said before the work starts where it can be, and
+    with nothing half-written where it cannot. The message names the path (and for a full disk
+    the sizes) and what to do."""
 
 
 class PredictError(ValueError):
@@ -50,11 +48,42 @@ USER_ERRORS = (
     VideoDecodeError,
     CheckpointError,
     LoweringError,
-    DiskFullError,
     ArtifactError,
     PredictError,
     OutputError,
 )
+
+
+def check_count(key: str, value, minimum: int = 1, expected: str | None = None) -> int:
+    """``value``, an integer (a bool is not one) of at least ``minimum``.
+
+    Raises:
+        ConfigError: ``<key> must be <expected>, got <value>`` (``expected``: "a positive integer"
+            for a minimum of 1, else "<minimum> or more").
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = expected or ("a positive integer" if minimum == 1 else f"{minimum} or more")
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    return value
+
+
+def check_number(key: str, value, low: float = 0.0, high: float | None = None) -> float:
+    """``value``, a number (a bool is not one) above ``low`` and, with ``high``, at most ``high``.
+
+    Raises:
+        ConfigError: ``<key> must be a positive number`` (or ``in (low, high]``), ``got <value>``.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > low
+        or (high is not None and value > high)
+    ):
+        expected = (
+            f"in ({low:g}, {high:g}]" if high is not None else "a positive number" if low == 0 else f"above {low:g}"
+        )
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    return value
 
 
 def as_user_error(err: BaseException) -> BaseException | None:

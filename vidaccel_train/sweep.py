@@ -28,7 +28,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vidaccel_train.errors import as_user_error
+from vidaccel_train.errors import ArtifactError, as_user_error
+from vidaccel_train.export.manifest import MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +98,27 @@ def job_row(job_dir: Path) -> dict[str, Any]:
     row["fp32_top1"] = metrics.get("test_fp32/top1" if quantized else "test/top1", "")
     if quantized:
         row["int8_top1"] = metrics.get("test/top1", "")
-    manifest_file = job_dir / "export" / "manifest.json"
-    if manifest_file.is_file():
-        artifacts = {a["precision"]: a for a in json.loads(manifest_file.read_text())["artifacts"]}
-        int8, fp32 = artifacts.get("int8", {}), artifacts.get("fp32", {})
-        row["int8_top1"] = int8.get("top1", row["int8_top1"])
-        row["int8_latency_ms"] = int8.get("latency_ms", "")
-        if "latency_range_ms" in int8:  # the lowest and highest round median (exports before it have none)
-            # As recorded, not rounded again: the plot's error bar is the distance to the figure.
-            row["int8_latency_range_ms"] = "{}-{}".format(*int8["latency_range_ms"])
-        row["int8_mb"] = round(int8["bytes"] / 1e6, 3) if "bytes" in int8 else ""
-        row["fp32_latency_ms"] = fp32.get("latency_ms", "")
+    if (job_dir / "export" / MANIFEST).is_file():
+        try:
+            artifacts = {a.precision: a for a in Manifest.read(job_dir / "export").artifacts}
+        except ArtifactError as err:  # the row keeps the run's metrics; the summary goes on
+            log.warning("%s", err)
+            return row
+        int8, fp32 = artifacts.get("int8"), artifacts.get("fp32")
+        if int8 is not None:
+            row["int8_top1"] = int8.top1 if int8.top1 is not None else row["int8_top1"]
+            row["int8_latency_ms"] = _blank(int8.latency_ms)
+            if int8.latency_range_ms:  # the lowest and highest round median (exports before it have none)
+                # As recorded, not rounded again: the plot's error bar is the distance to the figure.
+                row["int8_latency_range_ms"] = "{}-{}".format(*int8.latency_range_ms)
+            row["int8_mb"] = round(int8.bytes / 1e6, 3) if int8.bytes else ""
+        row["fp32_latency_ms"] = _blank(fp32.latency_ms if fp32 is not None else None)
     return row
+
+
+def _blank(value) -> Any:
+    """A figure for the table, blank when the export did not record it."""
+    return "" if value is None else value
 
 
 def latency_range(row: dict[str, Any]) -> tuple[float, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import re
 import signal
 import sys
 import warnings
@@ -22,8 +21,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from vidaccel_train.allocator import keep_freed_memory
+from vidaccel_train.cli import hydra_command, report_user_error, user_errors_end_the_command
 from vidaccel_train.config import CONFIG_DIR, reconcile, runs_on_cpu, validate
-from vidaccel_train.errors import ConfigError, OutputError, as_user_error
+from vidaccel_train.errors import CheckpointError, ConfigError, OutputError, as_user_error
 from vidaccel_train.files import check_writable
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import FRESH_START_WARNINGS
@@ -62,8 +62,7 @@ class FolderPerRun(Callback):
         except (OSError, OutputError, ConfigError) as err:  # claim_run_folder's mkdir raises OSError
             if isinstance(err, OSError):
                 err = OutputError(f"cannot make the run folder {folder}: {err.strerror or err}")
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(report_user_error(err))
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._claim(config, "run")
@@ -77,23 +76,6 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
-
-
-_UNQUOTED_EQUALS = re.compile(r"^(?P<key>[+~]{0,2}[A-Za-z_][\w.@/-]*)=(?P<value>[^'\"].*=.*)$")
-
-
-def check_override_syntax(args: list[str]) -> None:
-    """Say what Hydra's parser would not: a value holding ``=`` (Lightning names checkpoints
-    ``epoch=3-step=100.ckpt``) must be quoted. Prints one ``error:`` line and exits 2."""
-    for arg in args:
-        match = _UNQUOTED_EQUALS.match(arg)
-        if match and not arg.startswith("-"):
-            key, value = match["key"], match["value"]
-            print(
-                f"error: {arg}: Hydra reads '=' in a value as syntax; quote the value: '{key}=\"{value}\"'",
-                file=sys.stderr,
-            )
-            sys.exit(2)
 
 
 def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.LightningDataModule) -> None:
@@ -129,12 +111,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     try:  # each component checks its arguments as it is built; Hydra wraps what it raises
+        # The quantization schedule first: a schedule that cannot run is refused before any
+        # data is generated or weights are loaded.
+        quant = [instantiate(cfg.quant)] if cfg.get("quant") else []
         datamodule: L.LightningDataModule = instantiate(cfg.data)
         net = instantiate(cfg.model.net)
         module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
-        callbacks = instantiate_group(cfg.get("callbacks"))
-        if cfg.get("quant"):
-            callbacks.append(instantiate(cfg.quant))
+        callbacks = instantiate_group(cfg.get("callbacks")) + quant
         trainer_cfg = cfg.trainer
         if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
             log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
@@ -199,31 +182,34 @@ def run_search(cfg: DictConfig) -> None:
     search(cfg.hparams_search, sweep_dir, run_trial)
 
 
+def _in_a_sweep() -> bool:
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    try:
-        run_search(cfg) if cfg.get("hparams_search") else run(cfg)
-    except pickle.UnpicklingError as err:  # Lightning's safe load of a ckpt_path= file
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        print(
-            f"error: refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
-            f"({reason[:200]}); checkpoints are read with PyTorch's safe loader",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    except Exception as err:
-        user_error = as_user_error(err)  # also what a component refused while Hydra built it
-        if user_error is None or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # in a sweep: vidaccel_train.sweep.SweepSummary records and logs it, and the sweep goes on
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
-    except SIGTERMException:
-        print(
-            f"stopped by SIGTERM; checkpoints in {Path(cfg.paths.output_dir) / 'checkpoints'}. "
-            f"Resume with: ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signal.SIGTERM)
+def _main(cfg: DictConfig) -> None:
+    # In a sweep a user error is raised on: vidaccel_train.sweep.SweepSummary records and logs
+    # it, and the sweep goes on.
+    with user_errors_end_the_command(unless=_in_a_sweep):
+        try:
+            run_search(cfg) if cfg.get("hparams_search") else run(cfg)
+        except pickle.UnpicklingError as err:  # Lightning's safe load of a ckpt_path= file
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise CheckpointError(
+                f"refusing checkpoint {cfg.get('ckpt_path')}: loading it would run code stored in the file "
+                f"({reason[:200]}); checkpoints are read with PyTorch's safe loader"
+            ) from None
+        except SIGTERMException:
+            print(
+                f"stopped by SIGTERM; checkpoints in {Path(cfg.paths.output_dir) / 'checkpoints'}. "
+                f"Resume with: ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",
+                file=sys.stderr,
+            )
+            sys.exit(128 + signal.SIGTERM)
+
+
+# The command (python -m vidaccel_train, vidaccel-train): the overrides' syntax checked, then Hydra.
+main = hydra_command(_main)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,18 @@ import av
 import numpy as np
 import torch
 
+from vidaccel_train.data.clips import ClipContract
+
 HEIGHT, WIDTH = 48, 64
 BITS = 8
 _BAND = 12  # rows of the index band
 _CORNER = 12  # side of the bottom-right marker
+
+
+def sampling(num_frames: int, sampling_rate: int, target_fps: float = 30.0) -> ClipContract:
+    """A clip contract for tests that only sample frames (they give their own transform): these
+    counts, and a tiny model's spatial sides."""
+    return ClipContract(num_frames, sampling_rate, 16, (16, 16), 16, target_fps)
 
 
 def painted_frame(index: int) -> np.ndarray:

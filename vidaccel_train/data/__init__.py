@@ -1,7 +1,7 @@
-from vidaccel_train.data.clips import ClipDataset, ClipSpec
+from vidaccel_train.data.clips import ClipContract, ClipDataset, Views
 from vidaccel_train.data.synthetic import SyntheticSpec, generate_dataset
 
-__all__ = ["ClipDataset", "ClipSpec", "SyntheticSpec", "VideoDataModule", "generate_dataset"]
+__all__ = ["ClipContract", "ClipDataset", "Views", "SyntheticSpec", "VideoDataModule", "generate_dataset"]
 
 
 def __getattr__(name: str):

@@ -14,19 +14,14 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from vidaccel_train.data.clips import BadFileLog, ClipDataset, ClipSpec, EpochShuffleSampler, collate_clips
+from vidaccel_train.data.clips import BadFileLog, ClipContract, ClipDataset, EpochShuffleSampler, collate_clips
 from vidaccel_train.data.layouts import EXPECTED_LAYOUTS, index_split
 from vidaccel_train.data.synthetic import SyntheticSpec, dataset_dir, generate_dataset
 from vidaccel_train.data.transforms import KINETICS_MEAN, KINETICS_STD, build_transform
 from vidaccel_train.data.video_io import check_display_aspect, probe
-from vidaccel_train.errors import ConfigError, DatasetLayoutError, VideoDecodeError
+from vidaccel_train.errors import ConfigError, DatasetLayoutError, VideoDecodeError, check_count, check_number
 
 log = logging.getLogger(__name__)
-
-
-def _require_int(name: str, value: Any, minimum: int, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data.{name} must be {expected}, got {value!r}")
 
 
 # Workers that ``num_workers=auto`` starts at most: past this, decoding is seldom what waits.
@@ -120,16 +115,14 @@ class VideoDataModule(L.LightningDataModule):
             **{f"test_views.{k}": v for k, v in views.items()},
         )
         for name, value in counts.items():
-            _require_int(name, value, 1, "a positive integer")
+            check_count(f"data.{name}", value)
         if num_workers == "auto":
             num_workers = auto_workers()
-        _require_int("num_workers", num_workers, 0, "0 or more, or auto")
-        _require_int("low_res_epochs", low_res_epochs, 0, "0 or more")
-        _require_int("decoder_threads", decoder_threads, 0, "0 (FFmpeg chooses) or more")
-        if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or target_fps <= 0:
-            raise ConfigError(f"data.target_fps must be a positive number, got {target_fps!r}")
-        if isinstance(low_res_scale, bool) or not isinstance(low_res_scale, (int, float)) or not 0 < low_res_scale <= 1:
-            raise ConfigError(f"data.low_res_scale must be in (0, 1], got {low_res_scale!r}")
+        check_count("data.num_workers", num_workers, 0, "0 or more, or auto")
+        check_count("data.low_res_epochs", low_res_epochs, 0)
+        check_count("data.decoder_threads", decoder_threads, 0, "0 (FFmpeg chooses) or more")
+        check_number("data.target_fps", target_fps)
+        check_number("data.low_res_scale", low_res_scale, 0, 1)
         if crop_size > eval_short_side:
             raise ConfigError(
                 f"data.crop_size={crop_size} is larger than data.eval_short_side={eval_short_side}: "
@@ -137,17 +130,15 @@ class VideoDataModule(L.LightningDataModule):
             )
         self.root = Path(root)
         self.num_classes = num_classes
-        self.clip = ClipSpec(num_frames, sampling_rate, target_fps)
-        self.crop_size = crop_size
-        self.train_short_side = tuple(train_short_side)
-        self.eval_short_side = eval_short_side
+        self.clip = ClipContract(
+            num_frames, sampling_rate, crop_size, tuple(train_short_side), eval_short_side, target_fps, mean, std
+        )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.persistent_workers = persistent_workers and num_workers > 0
         self.hflip = hflip
-        self.mean, self.std = tuple(mean), tuple(std)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         try:
             self.synthetic = SyntheticSpec(**_plain(synthetic)) if synthetic else None
@@ -169,7 +160,7 @@ class VideoDataModule(L.LightningDataModule):
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
         """``(C, T, H, W)`` of one model input."""
-        return (3, self.clip.num_frames, self.crop_size, self.crop_size)
+        return self.clip.input_shape[1:]
 
     @property
     def dataset_dir(self) -> Path:
@@ -205,10 +196,10 @@ class VideoDataModule(L.LightningDataModule):
             train, test = role == "train", role == "test"
             transform = build_transform(
                 train,
-                self.crop_size,
-                self.train_short_side if train else self.eval_short_side,
-                self.mean,
-                self.std,
+                self.clip.crop_size,
+                self.clip.train_short_side if train else self.clip.eval_short_side,
+                self.clip.mean,
+                self.clip.std,
                 self.hflip,
                 crops=self.test_crops if test else None,
             )
@@ -247,9 +238,9 @@ class VideoDataModule(L.LightningDataModule):
         def scaled(pixels: int) -> int:
             return max(8, round(pixels * self.low_res_scale))
 
-        crop = scaled(self.crop_size)
-        short_sides = [max(crop, scaled(side)) for side in self.train_short_side]
-        return build_transform(True, crop, short_sides, self.mean, self.std, self.hflip)
+        crop = scaled(self.clip.crop_size)
+        short_sides = [max(crop, scaled(side)) for side in self.clip.train_short_side]
+        return build_transform(True, crop, short_sides, self.clip.mean, self.clip.std, self.hflip)
 
     def _check_clip_fits(self, samples, probes: int = 8) -> None:
         """A clip longer than the videos themselves is a config mistake: say so before training
@@ -291,6 +282,21 @@ class VideoDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Batches of ``batch_size`` videos, ``train_clips_per_video`` clips each."""
         return self._loader("train", self.batch_size)
+
+    def end_low_res_epochs_at(self, epoch: int) -> None:
+        """Train at full size from ``epoch`` on, if the low-resolution epochs would last longer
+        (QAT's quantized graph takes full-size clips). A training set already built takes the
+        new count too; call it before the training loader is made (its workers copy the set)."""
+        if not 0 <= epoch < self.low_res_epochs:
+            return
+        log.info(
+            "data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts",
+            self.low_res_epochs,
+            epoch,
+        )
+        self.low_res_epochs = epoch
+        if "train" in self.datasets:
+            self.datasets["train"].early_epochs = min(self.datasets["train"].early_epochs, epoch)
 
     def calibration_dataloader(self) -> DataLoader:
         """Training batches at the full clip size (past any low-resolution epochs), for

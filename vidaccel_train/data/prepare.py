@@ -20,93 +20,17 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 
 from vidaccel_train.data.check import file_progress, process_pool, write_labels_and_bad_files
-from vidaccel_train.data.clips import ClipSpec
+from vidaccel_train.data.clips import ClipContract
 from vidaccel_train.data.layouts import index_splits
-from vidaccel_train.data.video_io import UPRIGHT, VideoInfo, iter_frames, read_clip
+from vidaccel_train.data.video_io import EncodeSettings, read_clip, transcode
 from vidaccel_train.errors import VideoDecodeError
-from vidaccel_train.files import atomic_path
 
 REPORT_FILE = "prepare_report.json"
-
-
-@dataclass(frozen=True)
-class EncodeSettings:
-    short_side: int = 256
-    keyframe_interval: int = 16
-    crf: int = 23
-    preset: str = "veryfast"
-
-    def even_size(self, width: int, height: int) -> tuple[int, int]:
-        """The output size: short side ``short_side`` (never upscaled), aspect kept, even sides."""
-        scale = min(1.0, self.short_side / min(width, height))
-        return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
-
-
-def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) -> None:
-    """Re-encode ``source``'s first video stream to ``target`` (H.264, yuv420p, no audio) as the
-    reader sees it: upright (a display matrix is applied to the pixels), timed from its first
-    frame, each frame at its original time; non-square pixels keep their sample aspect ratio.
-    Raises :class:`VideoDecodeError` naming the file."""
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(target) as partial:  # a failure leaves no file behind
-            with av.open(str(partial), mode="w", format="mp4") as writer:
-                out = None
-                written = 0
-                for seconds, frame, info in iter_frames(source):
-                    if out is None:
-                        out, size = _open_output(writer, info, frame.time_base, settings)
-                        time_base = out.codec_context.time_base
-                    if info.orientation == UPRIGHT:
-                        scaled = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
-                    else:
-                        upright = info.orientation.apply(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-                        scaled = av.VideoFrame.from_ndarray(
-                            np.ascontiguousarray(upright.numpy()), format="rgb24"
-                        ).reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
-                    scaled.pts, scaled.time_base = round(seconds / time_base), time_base
-                    for packet in out.encode(scaled):
-                        writer.mux(packet)
-                    written += 1
-                if out is not None:
-                    for packet in out.encode():
-                        writer.mux(packet)
-            if not written:
-                raise VideoDecodeError(f"{source}: no decodable frames")
-    except VideoDecodeError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as err:
-        raise VideoDecodeError(f"{source}: cannot be re-encoded ({err})") from err
-
-
-def _open_output(writer, info: VideoInfo, time_base: Fraction, settings: EncodeSettings):
-    """The copy's H.264 stream for frames of ``info`` and their upright, scaled size ``(w, h)``."""
-    transposed = info.orientation.transpose
-    size = settings.even_size(info.width, info.height)  # upright, stored pixels
-    rate = Fraction(info.fps).limit_denominator(100_000) if info.fps > 0 else 30
-    out = writer.add_stream("libx264", rate=rate)
-    out.width, out.height, out.pix_fmt = *size, "yuv420p"
-    out.codec_context.time_base = time_base
-    if info.anamorphic:  # turned upright, a stored pixel's width is its height
-        aspect = Fraction(info.sample_aspect).limit_denominator(1000)
-        out.codec_context.sample_aspect_ratio = 1 / aspect if transposed else aspect
-    out.options = {
-        "crf": str(settings.crf),
-        "preset": settings.preset,
-        "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
-        ":scenecut=0:bframes=0",
-    }
-    return out, size
 
 
 def _transcode_job(args: tuple[str, str, EncodeSettings]) -> str | None:
@@ -133,7 +57,7 @@ def _target_names(samples: Sequence[tuple[str, int]], split: str, class_names: l
 
 
 def _random_clip_reads(
-    paths: Sequence[str], clip: ClipSpec, starts: Sequence[float]
+    paths: Sequence[str], clip: ClipContract, starts: Sequence[float]
 ) -> tuple[float, list[torch.Tensor]]:
     """Seconds per random training clip (one decoder thread, as loader workers decode) and the clips."""
     clips = []
@@ -157,7 +81,7 @@ def _psnr_as_trained(original: torch.Tensor, copy: torch.Tensor, short_side: int
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def measure(pairs: Sequence[tuple[str, str]], clip: ClipSpec, train_short_side: int, seed: int = 0) -> dict:
+def measure(pairs: Sequence[tuple[str, str]], clip: ClipContract, train_short_side: int, seed: int = 0) -> dict:
     """Random training clips from originals and copies (the same starts), timed, and compared."""
     rng = random.Random(seed)
     starts = [rng.random() for _ in pairs]
@@ -186,7 +110,7 @@ def prepare_dataset(
     settings: EncodeSettings = EncodeSettings(),
     workers: int = 4,
     measure_videos: int = 32,
-    clip: ClipSpec | None = None,
+    clip: ClipContract | None = None,
     train_short_side: int | None = None,
 ) -> dict:
     """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report.
@@ -294,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             args.workers,
             args.measure_videos,
-            ClipSpec(entry.clip.num_frames, entry.clip.sampling_rate, entry.clip.fps),
+            entry.clip,
             args.psnr_short_side or entry.clip.eval_short_side,
         )
         print(json.dumps(report, indent=2))

@@ -37,6 +37,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -44,6 +45,7 @@ import numpy as np
 import torch
 
 from vidaccel_train.errors import ConfigError, VideoDecodeError
+from vidaccel_train.files import atomic_path
 
 DISPLAY_ASPECTS = ("square", "stored")
 
@@ -754,3 +756,74 @@ def write_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    short_side: int = 256
+    keyframe_interval: int = 16
+    crf: int = 23
+    preset: str = "veryfast"
+
+    def even_size(self, width: int, height: int) -> tuple[int, int]:
+        """The output size: short side ``short_side`` (never upscaled), aspect kept, even sides."""
+        scale = min(1.0, self.short_side / min(width, height))
+        return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) -> None:
+    """Re-encode ``source``'s first video stream to ``target`` (H.264, yuv420p, no audio) as the
+    reader sees it: upright (a display matrix is applied to the pixels), timed from its first
+    frame, each frame at its original time; non-square pixels keep their sample aspect ratio.
+    Raises :class:`VideoDecodeError` naming the file."""
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(target) as partial:  # a failure leaves no file behind
+            with av.open(str(partial), mode="w", format="mp4") as writer:
+                out = None
+                written = 0
+                for seconds, frame, info in iter_frames(source):
+                    if out is None:
+                        out, size = _open_output(writer, info, frame.time_base, settings)
+                        time_base = out.codec_context.time_base
+                    if info.orientation == UPRIGHT:
+                        scaled = frame.reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+                    else:
+                        upright = info.orientation.apply(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                        scaled = av.VideoFrame.from_ndarray(
+                            np.ascontiguousarray(upright.numpy()), format="rgb24"
+                        ).reformat(width=size[0], height=size[1], format="yuv420p", interpolation="AREA")
+                    scaled.pts, scaled.time_base = round(seconds / time_base), time_base
+                    for packet in out.encode(scaled):
+                        writer.mux(packet)
+                    written += 1
+                if out is not None:
+                    for packet in out.encode():
+                        writer.mux(packet)
+            if not written:
+                raise VideoDecodeError(f"{source}: no decodable frames")
+    except VideoDecodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise VideoDecodeError(f"{source}: cannot be re-encoded ({err})") from err
+
+
+def _open_output(writer, info: VideoInfo, time_base: Fraction, settings: EncodeSettings):
+    """The copy's H.264 stream for frames of ``info`` and their upright, scaled size ``(w, h)``."""
+    transposed = info.orientation.transpose
+    size = settings.even_size(info.width, info.height)  # upright, stored pixels
+    rate = Fraction(info.fps).limit_denominator(100_000) if info.fps > 0 else 30
+    out = writer.add_stream("libx264", rate=rate)
+    out.width, out.height, out.pix_fmt = *size, "yuv420p"
+    out.codec_context.time_base = time_base
+    if info.anamorphic:  # turned upright, a stored pixel's width is its height
+        aspect = Fraction(info.sample_aspect).limit_denominator(1000)
+        out.codec_context.sample_aspect_ratio = 1 / aspect if transposed else aspect
+    out.options = {
+        "crf": str(settings.crf),
+        "preset": settings.preset,
+        "x264-params": f"keyint={settings.keyframe_interval}:min-keyint={settings.keyframe_interval}"
+        ":scenecut=0:bframes=0",
+    }
+    return out, size

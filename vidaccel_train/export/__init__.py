@@ -1,12 +1,17 @@
-from vidaccel_train.export.executorch import ExecuTorchModel, LoweredProgram, lower_to_executorch, write_atomic
+from vidaccel_train.export.executorch import LoweredProgram, lower_to_executorch
+from vidaccel_train.export.manifest import ArtifactRecord, Manifest
+from vidaccel_train.export.runtime import ExecuTorchModel, load_verified, resolve_artifact
 
 __all__ = [
+    "ArtifactRecord",
     "ExecuTorchModel",
     "ExportCallback",
     "LoweredProgram",
+    "Manifest",
     "export_artifacts",
+    "load_verified",
     "lower_to_executorch",
-    "write_atomic",
+    "resolve_artifact",
 ]
 
 

@@ -23,18 +23,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vidaccel_train.cli import hydra_command, report_user_error, user_errors_end_the_command
 from vidaccel_train.config import CONFIG_DIR  # also registers the config resolvers
-from vidaccel_train.errors import CheckpointError, as_user_error
+from vidaccel_train.errors import CheckpointError, ConfigError
 from vidaccel_train.export.callback import ExportCallback, check_export_folder
+from vidaccel_train.export.manifest import Manifest
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import silence_third_party_noise
-from vidaccel_train.train import check_override_syntax
 from vidaccel_train.training.module import net_builder
 
 log = logging.getLogger("vidaccel_train.export")
 
 
-def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> dict:
+def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> Manifest:
     """Export ``ckpt_path`` with ``overrides`` (``key=value``) applied to its run config;
     returns the manifest. Writes only ``out_dir`` (default ``<run dir>/export``): the programs,
     the manifest and report, and the test's confusion matrices (``confusion_matrix_test.*``:
@@ -89,12 +90,14 @@ _OWN_KEYS = ("ckpt_path", "out_dir")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def _main(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path"):
-        print(
-            "error: ckpt_path is not set: python -m vidaccel_train.export ckpt_path=<run>/checkpoints/last.ckpt "
-            "(see --help)",
-            file=sys.stderr,
+        sys.exit(
+            report_user_error(
+                ConfigError(
+                    "ckpt_path is not set: python -m vidaccel_train.export ckpt_path=<run>/checkpoints/last.ckpt "
+                    "(see --help)"
+                )
+            )
         )
-        sys.exit(2)
     # What the command line changed, applied to the checkpoint's run config (Hydra checked each key).
     overrides = [o.lstrip("+") for o in HydraConfig.get().overrides.task if o.split("=", 1)[0] not in _OWN_KEYS]
     if cfg.out_dir:
@@ -102,25 +105,18 @@ def _main(cfg: DictConfig) -> None:
     silence_third_party_noise()
     # The checkpoint's callbacks (ModelCheckpoint, QAT, ...) are training's: the export needs none of them.
     warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint")
-    try:
+    with user_errors_end_the_command():
         manifest = export_checkpoint(cfg.ckpt_path, overrides)
-    except Exception as err:
-        user_error = as_user_error(err)  # also what a component refused while Hydra built it
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2)
-    for artifact in manifest["artifacts"]:
+    for artifact in manifest.artifacts:
         print(
-            f"{artifact['file']}: top1 {artifact['top1']:.3f}, agrees with its in-framework model on "
-            f"{artifact['clip_agreement']:.1%} of clips (max logit error {artifact['logit_max_abs_error']:.3g}), "
-            f"{artifact['latency_ms']:.2f} ms at {artifact['threads']} threads, sha256 {artifact['sha256'][:16]}…"
+            f"{artifact.file}: top1 {artifact.top1:.3f}, agrees with its in-framework model on "
+            f"{artifact.clip_agreement:.1%} of clips (max logit error {artifact.logit_max_abs_error:.3g}), "
+            f"{artifact.latency_ms:.2f} ms at {artifact.threads} threads, sha256 {artifact.sha256[:16]}…"
         )
 
 
-def main() -> None:
-    check_override_syntax(sys.argv[1:])
-    _main()
+# The command (python -m vidaccel_train.export, vidaccel-export): the overrides' syntax checked, then Hydra.
+main = hydra_command(_main)
 
 
 if __name__ == "__main__":

@@ -15,60 +15,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vidaccel_train.errors import OutputError
-from vidaccel_train.export.executorch import ExecuTorchModel, lower_to_executorch
-from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings, check_precisions
-from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, sha256_of
+from vidaccel_train.export.executorch import lower_to_executorch
+from vidaccel_train.export.inputs import ExportInput, ExportSettings
+from vidaccel_train.export.manifest import ArtifactRecord, EagerReference, Manifest, sha256_of
 from vidaccel_train.export.report import write_report
-from vidaccel_train.export.verify import (
-    Latency,
-    accuracy,
-    collect_logits,
-    fidelity,
-    measure_latency,
-    set_runtime_threads,
-)
+from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads
+from vidaccel_train.export.verify import Latency, accuracy, collect_logits, fidelity, measure_latency
 from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.quantization import pt2e
 
-__all__ = ["PRECISIONS", "ArtifactRecord", "calibrate_int8", "check_precisions", "export_artifacts"]
+__all__ = ["calibrate_int8", "export_artifacts"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ArtifactRecord:
-    file: str
-    format: str
-    precision: str
-    sha256: str
-    bytes: int
-    top1: float
-    top5: float
-    # Against the in-framework model this artifact was lowered from, on every test view.
-    agreement: float  # share of videos whose top-1 (views averaged) is the same
-    clip_agreement: float  # share of single views whose top-1 is the same
-    logit_max_abs_error: float
-    logit_cosine_min: float
-    # Clips ranked differently, and the widest top-1/top-2 logit gap the reference had on any
-    # of them: a gap within the logit error means the clip was a near-tie, not a broken program.
-    disagreeing_clips: int
-    widest_disagreeing_gap: float
-    latency_ms: float  # batch 1: the lowest of the round medians (see verify.measure_latency)
-    latency_range_ms: list[float]  # the lowest and highest round median
-    latency_timing: str  # how it was timed: rounds x calls
-    threads: int
 
 
 def calibrate_int8(net: nn.Module, input_shape, batches, count: int) -> tuple[nn.Module, nn.Module]:
@@ -78,12 +46,13 @@ def calibrate_int8(net: nn.Module, input_shape, batches, count: int) -> tuple[nn
     return prepared, pt2e.convert_int8(prepared)
 
 
-def latency_fields(latency: Latency) -> dict:
-    """A latency as the manifest records it."""
+def _timing(latency: Latency, threads: int) -> dict:
+    """A latency as the manifest records it (:class:`~.manifest.Timing`'s fields)."""
     return {
         "latency_ms": round(latency.ms, 4),
         "latency_range_ms": [round(latency.low_ms, 4), round(latency.high_ms, 4)],
         "latency_timing": f"lowest median of {latency.rounds} rounds x {latency.runs} calls",
+        "threads": threads,
     }
 
 
@@ -110,7 +79,7 @@ def export_artifacts(
     out_dir: str | Path,
     settings: ExportSettings = ExportSettings(),
     extra_files: Sequence[str | Path] = (),
-) -> dict:
+) -> Manifest:
     """Lower, verify, time and write the programs of ``inputs`` into ``out_dir``; returns the manifest.
 
     Runs on the CPU (the programs are CPU programs) with ``settings.threads`` threads, and gives
@@ -130,7 +99,7 @@ def export_artifacts(
         # Whole folders change places: a reader sees the old export or the new one, never a mix.
         with torch.no_grad(), torch.device("cpu"), atomic_path(out_dir) as staging:
             staging.mkdir()
-            manifest = _build(inputs, staging, settings)
+            manifest = _lower_verify_and_time(inputs, staging, settings)
             for extra in map(Path, extra_files):
                 if (staging / extra.name).exists():
                     raise ValueError(f"extra file {extra} would replace the export's own {extra.name}")
@@ -146,17 +115,31 @@ def export_artifacts(
     log.info(
         "Exported %s",
         ", ".join(
-            f"{a['file']} (top1 {a['top1']:.3f}, agrees on {a['clip_agreement']:.1%} of clips, {a['latency_ms']:.1f} ms)"
-            for a in manifest["artifacts"]
+            f"{a.file} (top1 {a.top1:.3f}, agrees on {a.clip_agreement:.1%} of clips, {a.latency_ms:.1f} ms)"
+            for a in manifest.artifacts
         ),
     )
     return manifest
 
 
-def _build(inputs: ExportInput, staging: Path, settings: ExportSettings) -> dict:
+def _int8_reference(inputs: ExportInput, settings: ExportSettings) -> tuple[nn.Module, str]:
+    """The int8 model to lower and check the int8 program against, and how it came about: the
+    run's (QAT or PTQ), or for an fp32 run a copy calibrated here, as ``quant=ptq`` would."""
+    if inputs.int8_model is not None:
+        return inputs.int8_model, inputs.int8_source
+    if inputs.calibration_model is None or inputs.calibration_batches is None:
+        raise ValueError("an int8 export without an int8 model needs a model and batches to calibrate")
+    _, converted = calibrate_int8(
+        inputs.calibration_model, inputs.clip.input_shape[1:], inputs.calibration_batches, settings.calibration_batches
+    )
+    return converted, f"post-training calibration on {settings.calibration_batches} training batches"
+
+
+def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportSettings) -> Manifest:
+    """Write each program into ``staging``, run it on every test view beside its in-framework
+    reference, time them all, and write the manifest and report there."""
     precisions = settings.precisions
-    shape = inputs.preprocessing.input_shape
-    example = torch.randn(shape)
+    example = torch.randn(inputs.clip.input_shape)
     clock = StageClock()
 
     # The in-framework model each program is checked against: what the run's test measured.
@@ -164,15 +147,7 @@ def _build(inputs: ExportInput, staging: Path, settings: ExportSettings) -> dict
     source = None
     if "int8" in precisions:
         with clock.stage("int8_conversion"):
-            if inputs.int8_model is not None:
-                references["int8"], source = inputs.int8_model, inputs.int8_source
-            else:  # an fp32 run: calibrate a copy after training, as quant=ptq would
-                if inputs.calibration_model is None or inputs.calibration_batches is None:
-                    raise ValueError("an int8 export without an int8 model needs a model and batches to calibrate")
-                _, references["int8"] = calibrate_int8(
-                    inputs.calibration_model, shape[1:], inputs.calibration_batches, settings.calibration_batches
-                )
-                source = f"post-training calibration on {settings.calibration_batches} training batches"
+            references["int8"], source = _int8_reference(inputs, settings)
     lowered = {"fp32": inputs.float_model, "int8": references.get("int8")}
 
     paths = {}
@@ -199,52 +174,35 @@ def _build(inputs: ExportInput, staging: Path, settings: ExportSettings) -> dict
         # Programs first: the eager model's OpenMP threads would spin beside XNNPACK's.
         runs = {precision: lambda run=run: run(example) for precision, run in programs.items()}
         runs["eager"] = lambda: inputs.eager_model(eager_example)
-        latency = measure_latency(
-            runs,
-            settings.latency_repeats,
-            settings.latency_rounds,
-        )
+        latency = measure_latency(runs, settings.latency_repeats, settings.latency_rounds)
 
-    artifacts = []
-    for precision, path in paths.items():
-        record = ArtifactRecord(
+    artifacts = [
+        ArtifactRecord(
             file=path.name,
-            format=ARTIFACT_FORMAT,
             precision=precision,
             sha256=sha256_of(path),
             bytes=path.stat().st_size,
             **accuracy(logits[precision], labels),
             **fidelity(logits[precision], logits[f"reference_{precision}"]),
-            **latency_fields(latency[precision]),
-            threads=settings.threads,
+            **_timing(latency[precision], settings.threads),
         )
-        artifacts.append(asdict(record))
+        for precision, path in paths.items()
+    ]
     videos, views = logits["reference_fp32"].shape[:2]
-    pre = inputs.preprocessing
-    manifest = {
-        "model": inputs.model_name,
-        "classes": list(inputs.classes),
-        "input_shape": list(shape),
-        "layout": "B,C,T,H,W",
-        "mean": list(pre.mean),
-        "std": list(pre.std),
-        "num_frames": pre.num_frames,
-        "sampling_rate": pre.sampling_rate,
-        "target_fps": pre.target_fps,
-        "crop_size": pre.crop_size,
-        "short_side": pre.short_side,
-        "display_aspect": pre.display_aspect,
-        "test_views": dict(pre.test_views),
-        "int8_source": source,
-        "verified_on": {"videos": videos, "clips": videos * views},
-        "reference_eager_fp32": {
-            **accuracy(logits["reference_fp32"], labels),
-            **latency_fields(latency["eager"]),
-            "threads": settings.threads,
-        },
-        "stage_seconds": clock.seconds,
-        "artifacts": artifacts,
-    }
+    manifest = Manifest(
+        model=inputs.model_name,
+        classes=list(inputs.classes),
+        clip=inputs.clip,
+        artifacts=artifacts,
+        display_aspect=inputs.display_aspect,
+        test_views=inputs.test_views,
+        int8_source=source,
+        verified_on={"videos": videos, "clips": videos * views},
+        reference_eager_fp32=EagerReference(
+            **accuracy(logits["reference_fp32"], labels), **_timing(latency["eager"], settings.threads)
+        ),
+        stage_seconds=clock.seconds,
+    )
     write_report(staging, manifest)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest.write(staging)
     return manifest

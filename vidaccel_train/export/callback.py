@@ -15,9 +15,11 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+from vidaccel_train.data.clips import Views
 from vidaccel_train.errors import OutputError
 from vidaccel_train.export.artifacts import export_artifacts
-from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings, Preprocessing, check_precisions
+from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings
+from vidaccel_train.export.manifest import Manifest
 from vidaccel_train.files import check_writable
 
 log = logging.getLogger(__name__)
@@ -58,17 +60,9 @@ def export_input(module, datamodule, precisions=PRECISIONS) -> ExportInput:
     return ExportInput(
         model_name=module.run_config["model"]["name"],
         classes=list(module.class_names or datamodule.class_names),
-        preprocessing=Preprocessing(
-            num_frames=num_frames,
-            sampling_rate=datamodule.clip.sampling_rate,
-            target_fps=datamodule.clip.target_fps,
-            crop_size=datamodule.crop_size,
-            short_side=datamodule.eval_short_side,
-            mean=tuple(datamodule.mean),
-            std=tuple(datamodule.std),
-            display_aspect=datamodule.display_aspect,
-            test_views={"clips": datamodule.test_clips, "crops": datamodule.test_crops},
-        ),
+        clip=datamodule.clip,
+        display_aspect=datamodule.display_aspect,
+        test_views=Views(datamodule.test_clips, datamodule.test_crops),
         float_model=float_model,
         eager_model=eager_model,
         test_batches=datamodule.test_dataloader(),
@@ -134,13 +128,13 @@ class ExportCallback(L.Callback):
             latency_repeats=latency_repeats,
             latency_rounds=latency_rounds,
             calibration_batches=calibration_batches,
-            precisions=check_precisions(precisions),  # a typo fails before training, not after
+            precisions=precisions,  # checked here: a typo fails before training, not after
         )
         # So does a folder it cannot write, said by the rank that exports (the default folder is
         # in the run's own, which the run writes anyway).
         if enabled and out_dir and rank_zero_only.rank == 0:
             check_export_folder(out_dir)
-        self.manifest: dict | None = None
+        self.manifest: Manifest | None = None
         # Set by the export command line: a folder whose files (the test's confusion matrices)
         # go into the export with the programs, so that the command writes only its out_dir.
         self.include_from: Path | None = None

@@ -1,4 +1,4 @@
-"""Lowering deploy-form models to XNNPACK-delegated ExecuTorch programs, and running them."""
+"""Lowering deploy-form models to XNNPACK-delegated ExecuTorch programs (running them: :mod:`.runtime`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import contextlib
 import gc
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from vidaccel_train.errors import LoweringError
-from vidaccel_train.files import write_atomic  # noqa: F401  (vidaccel_train.export.write_atomic)
 
 # Graph plumbing that stays outside a delegate in any lowered program.
 _PLUMBING = {"executorch_call_delegate", "getitem"}
@@ -40,23 +38,24 @@ def _op_name(target) -> str:
 
 @contextlib.contextmanager
 def _lowering_shortcuts():
-    """Costs of lowering that do not change the program (measured on X3D-XS int8, 2 cores):
+    """Costs of lowering that do not change the program, left out (what each costs:
+    docs/benchmarks.md, "The figures behind the code's choices"):
 
     - Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, under which every fake-tensor operation
-      of every pass asks NVML for the GPU count (a failed ``dlopen`` per call without a GPU):
-      about 10 s. The CUDA runtime's own answer is cached.
+      of every pass asks NVML for the GPU count (a failed ``dlopen`` per call without a GPU).
+      The CUDA runtime's own answer is cached.
     - Each pass records a node's provenance as a deep copy of the provenance it came from, so the
-      copies grow with every pass: about 8 s. Records are never changed once made; sharing them
-      keeps the same information.
+      copies grow with every pass. Records are never changed once made; sharing them keeps the
+      same information.
     - The passes make millions of short-lived objects; Python's collector would otherwise walk
-      every object the process already holds (model, data, trainer) again and again: 2-3 s.
-      Those objects are frozen for the duration, unless the caller froze objects of its own
+      every object the process already holds (model, data, trainer) again and again. Those
+      objects are frozen for the duration, unless the caller froze objects of its own
       (``gc.unfreeze`` would release theirs too).
     - XNNPACK's own pass manager runs 17 passes, each a walk and re-check of the whole program;
       ten only rewrite what a deploy form has none of (upsampling, attention, BatchNorm,
       concatenations of more than five tensors, max with indices, 1-D convolutions, PReLU,
       matrix products, custom metadata, dim-order copies) and are left out when the program has
-      none of them: 27 s of 133 s for X3D-XS int8 on 2 cores for the first seven.
+      none of them.
     """
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
     from torch.fx.traceback import NodeSource
@@ -147,7 +146,7 @@ def _convolutions_in_core_aten(exported) -> None:
 
     ``torch.export`` keeps ``conv2d``, which is in ExecuTorch's decomposition table; its one
     operator there makes ``to_edge_transform_and_lower`` retrace the whole program a second time
-    to decompose it (11 s of 75 s for X3D-XS int8 on 2 cores). Written as its decomposition,
+    to decompose it. Written as its decomposition,
     nothing is left to decompose and that retrace is skipped; the program's bytes are the same.
     """
     aten = torch.ops.aten
@@ -172,8 +171,8 @@ def _partitioner():
     """XNNPACK's partitioner, minus two of three decomposition passes where they change nothing.
 
     The stock partitioner always hands ExecuTorch a filter for the operators it keeps whole
-    (linear and the like), which costs two extra ``run_decompositions`` of the whole program
-    (about 6 s). When every such operator in the program passes the filter, keeping them all
+    (linear and the like), which costs two extra ``run_decompositions`` of the whole program.
+    When every such operator in the program passes the filter, keeping them all
     without it gives the same program.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -210,7 +209,7 @@ def lower_to_executorch(
             stack.enter_context(_lowering_shortcuts())
         exported = torch.export.export(model, (example,))
         # Provenance records ("from_node") of the export, quantization and conversion passes: every
-        # lowering pass deep-copies each node's record again, 9% of the lowering time of X3D-XS int8.
+        # lowering pass deep-copies each node's record again.
         for node in exported.graph.nodes:
             node.meta.pop("from_node", None)
         if shortcuts:
@@ -233,20 +232,3 @@ def lower_to_executorch(
                 + ". Convert the model with vidaccel_train.models.deploy.to_deploy_form first."
             )
         return LoweredProgram(edge.to_executorch().buffer, dict(undelegated), delegate_calls)
-
-
-class ExecuTorchModel:
-    """A ``.pte`` loaded through ``executorch.runtime``, called like a module on one tensor."""
-
-    def __init__(self, path: str | Path):
-        from executorch.runtime import Runtime
-
-        self.path = Path(path)
-        try:
-            program = Runtime.get().load_program(self.path)
-            self.method = program.load_method("forward")
-        except Exception as err:  # the runtime raises RuntimeError/ValueError with an error code
-            raise LoweringError(f"{self.path}: ExecuTorch could not load the program ({err})") from err
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.execute([x.contiguous()])[0]

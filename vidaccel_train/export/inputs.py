@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vidaccel_train.errors import ConfigError
+from vidaccel_train.data.clips import ClipContract, Views
+from vidaccel_train.errors import ConfigError, check_count
 
 PRECISIONS = ("fp32", "int8")
 
@@ -56,32 +57,7 @@ class ExportSettings:
     def __post_init__(self):
         object.__setattr__(self, "precisions", check_precisions(self.precisions))
         for name in ("threads", "latency_repeats", "latency_rounds", "calibration_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"callbacks.export.{name} must be a positive integer, got {value!r}")
-
-
-@dataclass
-class Preprocessing:
-    """The clip contract the programs were trained and verified with, as the manifest records it
-    (``predict`` and the demo read it back): ``num_frames`` frames one every ``sampling_rate`` of
-    a ``target_fps`` source, short side ``short_side``, ``crop_size`` squares, RGB in [0, 1]
-    normalised by ``mean``/``std``, pixels as ``display_aspect`` says, ``test_views`` per video."""
-
-    num_frames: int
-    sampling_rate: int
-    target_fps: float
-    crop_size: int
-    short_side: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    display_aspect: str
-    test_views: dict[str, int]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int, int]:
-        """``(1, C, T, H, W)``: one clip, the programs' input."""
-        return (1, 3, self.num_frames, self.crop_size, self.crop_size)
+            check_count(f"callbacks.export.{name}", getattr(self, name))
 
 
 @dataclass
@@ -91,7 +67,10 @@ class ExportInput:
     Attributes:
         model_name: the zoo name, for the manifest and the report.
         classes: class names in logit order.
-        preprocessing: the clip contract (see :class:`Preprocessing`).
+        clip: the clip contract the model was trained and tested with (the programs' input is
+            ``clip.input_shape``).
+        display_aspect: how the run read pixels (``square`` or ``stored``).
+        test_views: the views per video the run tested, and the export verifies, on.
         float_model: the fp32 deploy form, lowered into the fp32 program.
         eager_model: the train form run eagerly: the latency baseline ("vanilla PyTorch").
         test_batches: whole videos, ``{"video": (B, views, C, T, H, W), "label": (B,), "valid": (B,)}``;
@@ -111,7 +90,9 @@ class ExportInput:
 
     model_name: str
     classes: list[str]
-    preprocessing: Preprocessing
+    clip: ClipContract
+    display_aspect: str
+    test_views: Views
     float_model: nn.Module
     eager_model: nn.Module
     test_batches: Iterable[dict]

@@ -4,31 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vidaccel_train.export.manifest import LAYOUT, Manifest, Timing
 
-def _range(record: dict) -> str:
+
+def _range(record: Timing) -> str:
     """``low-high`` ms over the timing rounds (exports made before it recorded none)."""
-    low_high = record.get("latency_range_ms")
-    return "{:.2f}-{:.2f}".format(*low_high) if low_high else "n/a"
+    return "{:.2f}-{:.2f}".format(*record.latency_range_ms) if record.latency_range_ms else "n/a"
 
 
-def write_report(folder: Path, manifest: dict) -> None:
+def write_report(folder: Path, manifest: Manifest) -> None:
+    """``report.md`` and ``accuracy_latency.png`` in ``folder``, from the export's manifest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reference = manifest["reference_eager_fp32"]
-    points = [("PyTorch eager fp32", reference["latency_ms"], reference["top1"])] + [
-        (f"ExecuTorch {a['precision']}", a["latency_ms"], a["top1"]) for a in manifest["artifacts"]
+    reference = manifest.reference_eager_fp32
+    points = [("PyTorch eager fp32", reference.latency_ms, reference.top1)] + [
+        (f"ExecuTorch {a.precision}", a.latency_ms, a.top1) for a in manifest.artifacts
     ]
-    spreads = [_range(reference)] + [_range(a) for a in manifest["artifacts"]]
+    spreads = [_range(reference)] + [_range(a) for a in manifest.artifacts]
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, latency, top1 in points:
         axes.scatter(latency, top1 * 100, s=60, label=label)
     axes.set_xscale("log")
-    axes.set_xlabel(f"latency, batch 1, {reference['threads']} threads (ms, log scale)")
+    axes.set_xlabel(f"latency, batch 1, {reference.threads} threads (ms, log scale)")
     axes.set_ylabel("test top-1 (%)")
-    axes.set_title(f"{manifest['model']}: accuracy against latency")
+    axes.set_title(f"{manifest.model}: accuracy against latency")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -36,38 +38,37 @@ def write_report(folder: Path, manifest: dict) -> None:
     plt.close(figure)
 
     rows = [
-        f"| {label} | {top1 * 100:.1f} | {latency:.2f} | {spread} | {reference['latency_ms'] / latency:.1f}x |"
+        f"| {label} | {top1 * 100:.1f} | {latency:.2f} | {spread} | {reference.latency_ms / latency:.1f}x |"
         for (label, latency, top1), spread in zip(points, spreads)
     ]
     timings = "; ".join(
-        f"{label}: {record['latency_timing']}"
-        for label, record in [("eager", reference)] + [(a["precision"], a) for a in manifest["artifacts"]]
-        if "latency_timing" in record
+        f"{label}: {record.latency_timing}"
+        for label, record in [("eager", reference)] + [(a.precision, a) for a in manifest.artifacts]
+        if record.latency_timing
     )
     details = [
-        f"| {a['file']} | {a['precision']} | {a['bytes'] / 1e6:.2f} MB | {a['agreement'] * 100:.1f}% | "
-        f"{a['clip_agreement'] * 100:.1f}% | {a['logit_max_abs_error']:.3g} | {a['logit_cosine_min']:.5f} | "
-        f"{a['disagreeing_clips']} (widest gap {a['widest_disagreeing_gap']:.3g}) | `{a['sha256'][:16]}…` |"
-        for a in manifest["artifacts"]
+        f"| {a.file} | {a.precision} | {a.bytes / 1e6:.2f} MB | {a.agreement * 100:.1f}% | "
+        f"{a.clip_agreement * 100:.1f}% | {a.logit_max_abs_error:.3g} | {a.logit_cosine_min:.5f} | "
+        f"{a.disagreeing_clips} (widest gap {a.widest_disagreeing_gap:.3g}) | `{a.sha256[:16]}…` |"
+        for a in manifest.artifacts
     ]
-    verified = manifest["verified_on"]
-    stages = ", ".join(
-        f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest["stage_seconds"].items()
-    )
+    verified = manifest.verified_on
+    clip = manifest.clip
+    stages = ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest.stage_seconds.items())
     (folder / "report.md").write_text(
         "\n".join(
             [
-                f"# Export report: {manifest['model']}",
+                f"# Export report: {manifest.model}",
                 "",
-                f"Input {manifest['input_shape']} ({manifest['layout']}), {manifest['num_frames']} frames "
-                f"every {manifest['sampling_rate']} at {manifest['target_fps']:g} fps"
-                + (f"; int8 from {manifest['int8_source']}." if manifest["int8_source"] else "."),
+                f"Input {list(manifest.input_shape)} ({LAYOUT}), {clip.num_frames} frames "
+                f"every {clip.sampling_rate} at {clip.target_fps:g} fps"
+                + (f"; int8 from {manifest.int8_source}." if manifest.int8_source else "."),
                 "",
                 "| model | test top-1 (%) | latency (ms) | range over rounds (ms) | speed-up vs eager |",
                 "| --- | --- | --- | --- | --- |",
                 *rows,
                 "",
-                f"Latency at batch 1 with {reference['threads']} threads, the models timed in turns in one process; "
+                f"Latency at batch 1 with {reference.threads} threads, the models timed in turns in one process; "
                 f"each figure is the lowest round median, the range spans the round medians ({timings}). "
                 "Eager is the train form on channels-last clips, as training runs it; for other runtimes "
                 "(torch.compile, ONNX Runtime, OpenVINO), each in its own process, see scripts/bench_latency.py.",

@@ -12,20 +12,6 @@ import torch
 from torch import nn
 
 from vidaccel_train.data.clips import aggregate_views
-from vidaccel_train.quiet import native_stderr_muted
-
-
-def set_runtime_threads(threads: int) -> None:
-    """Threads for XNNPACK inside the ExecuTorch runtime and for eager PyTorch alike.
-
-    Load programs after this call: running a program loaded before the pool changed can hang.
-    """
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
-
-    with native_stderr_muted():
-        if _threadpool_get_thread_count() != threads:
-            _unsafe_reset_threadpool(threads)
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

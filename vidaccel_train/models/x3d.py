@@ -132,10 +132,9 @@ def init_weights(net: EfficientX3dNet) -> None:
     """The X3D recipe's initialisation: He-normal convolutions, a small classifier, and each
     residual branch's last BatchNorm at zero so every block starts as its shortcut.
 
-    Measured from scratch on the generated set (2 CPU cores, same data and steps): X3D-XS's
-    training loss after 40 steps 1.74 with it against 1.95 with PyTorch's defaults; the shallow
-    x3d_tiny learns faster with PyTorch's defaults (0.84 against 1.03 with it after 160 steps)
-    and keeps them (``init="pytorch"``). Loaded weights replace either.
+    X3D-XS learns faster from scratch with it; the shallow x3d_tiny learns faster with
+    PyTorch's defaults and keeps them (``init="pytorch"``; the figures: docs/benchmarks.md).
+    Loaded weights replace either.
     """
     for module in net.modules():
         if isinstance(module, nn.Conv3d):

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidaccel_train.errors import CheckpointError
+from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.errors import CheckpointError, ConfigError
 from vidaccel_train.models.x3d import EfficientX3dNet, StageSpec, x3d_stages
 
 _ZOO_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
@@ -23,44 +24,9 @@ HEAD_KEYS = ("projection.model.weight", "projection.model.bias")
 
 
 @dataclass(frozen=True)
-class ClipContract:
-    """What a model takes, as it was trained (the zoo's recipes; X3D paper, Table 1 and sec. 4).
-
-    ``num_frames`` frames, one every ``sampling_rate`` frames of a ``fps`` source (so a clip spans
-    ``num_frames * sampling_rate / fps`` seconds); for training the short side is scaled to a
-    random size in ``train_short_side`` and a random ``crop_size`` square is cut, for evaluation
-    the short side is ``eval_short_side`` and the crops are ``crop_size`` squares; RGB in [0, 1]
-    normalised by ``mean`` and ``std`` per channel. The model group's ``clip:`` block mirrors it
-    (``model.clip.*`` overrides it for a run); the export's manifest records what a run used.
-    """
-
-    num_frames: int
-    sampling_rate: int
-    crop_size: int
-    train_short_side: tuple[int, int]
-    eval_short_side: int
-    fps: float = 30.0
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
-
-    @property
-    def span_s(self) -> float:
-        return self.num_frames * self.sampling_rate / self.fps
-
-    def as_config(self) -> dict[str, Any]:
-        """The ``model.clip`` block of the model's config."""
-        return {
-            "num_frames": self.num_frames,
-            "sampling_rate": self.sampling_rate,
-            "crop_size": self.crop_size,
-            "train_short_side": list(self.train_short_side),
-            "eval_short_side": self.eval_short_side,
-        }
-
-
-@dataclass(frozen=True)
 class ZooEntry:
-    """An architecture, the clip it takes and its published weights, if any."""
+    """An architecture, the clip it takes (the config's ``model.clip`` reads it) and its published
+    weights, if any."""
 
     stages: tuple[StageSpec, ...]
     clip: ClipContract
@@ -111,8 +77,13 @@ def list_models() -> list[str]:
 
 
 def zoo_entry(name: str) -> ZooEntry:
+    """The zoo entry ``name``.
+
+    Raises:
+        ConfigError: no such entry (the message lists them).
+    """
     if name not in ZOO:
-        raise KeyError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+        raise ConfigError(f"model.name={name} is not in the zoo; available: {', '.join(list_models())}")
     return ZOO[name]
 
 

@@ -1,17 +1,16 @@
 """Faster activation fake quantization for QAT: the same numbers as torchao's, less work.
 
 The XNNPACK quantizer's QAT config fake-quantizes every activation with torchao's
-``FusedMovingAvgObsFakeQuantize``. Its CPU rounding kernel is slow: in an X3D-XS QAT step
-(batch 8, 160x160, 2 threads) its 742 calls took 0.75 s, more than all the convolutions'
-backward. Two changes:
+``FusedMovingAvgObsFakeQuantize``, whose CPU rounding kernel is slow (it outweighs the
+convolutions' backward in a QAT step: docs/benchmarks.md, "The figures behind the code's
+choices"). Two changes:
 
 - :class:`VectorisedFakeQuantize`: the moving-average observer and the choice of scale and zero
   point stay the stock fused op's (fed the tensor's min and max, which is all it reads); the
   rounding is four vectorised passes and the gradient one fused pass: the stock values and
   gradient, bit for bit. CUDA keeps the stock kernel.
 - :func:`pass_through_moved_values`: a shared quantizer no longer fake-quantizes again values
-  that were only sliced, joined or zeroed since it rounded them (224 of the 742 calls; with
-  deploy-form revision 2, which pads each clip once, the step has 584 calls and 152 of them).
+  that were only sliced, joined or zeroed since it rounded them (a quarter to a third of the calls).
 """
 
 from __future__ import annotations

@@ -67,8 +67,8 @@ def prepare(
     sliced, joined or zeroed pass through rather than being fake-quantized again, unless
     ``requantize_moved_values`` asks for torchao's behaviour (:mod:`.fake_quant`).
     ``channels_last`` stores the convolution weights channels-last, which makes every
-    activation of the (2-D) deploy form channels-last too: a QAT step of X3D-XS on the CPU
-    takes about 15% less time (``scripts/bench_qat_step.py``). Values are the same to float
+    activation of the (2-D) deploy form channels-last too, a faster QAT step on the CPU
+    (``scripts/bench_qat_step.py``; docs/benchmarks.md). Values are the same to float
     rounding; :func:`convert_int8` converts a contiguous copy. ``deploy_revision`` rebuilds the
     graph of an older deploy form (:data:`vidaccel_train.models.deploy.REVISIONS`), as a
     checkpoint made with it needs.

@@ -136,7 +136,8 @@ class QuantizationAwareTraining(L.Callback):
                 f"quant.max_epochs={self.max_epochs} but the trainer runs {trainer.max_epochs} epochs: "
                 "pass the callback the trainer's max_epochs (conf/quant/qat.yaml interpolates trainer.max_epochs)"
             )
-        _end_low_res_epochs(trainer.datamodule, self.start_epoch)
+        if hasattr(trainer.datamodule, "end_low_res_epochs_at"):  # low-resolution epochs end where QAT starts
+            trainer.datamodule.end_low_res_epochs_at(self.start_epoch)
         if self.start_epoch == 0 and pl_module.quant_state is None:
             norms = [m for m in pl_module.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if norms and all(int(m.num_batches_tracked) == 0 for m in norms):
@@ -179,24 +180,6 @@ class QuantizationAwareTraining(L.Callback):
         ):
             log.info("Epoch %d: freezing quantization observers", epoch)
             pl_module.freeze_observers()
-
-
-def _end_low_res_epochs(datamodule, start: int) -> None:
-    """Low-resolution epochs end at epoch ``start``, where QAT starts (the quantized graph takes
-    full-size clips). Lightning sets the datamodule up before the callbacks (and
-    ``train.check_against_checkpoint`` may have set it up before the fit), so a training set
-    already built takes the shorter count too; the training loader, and its workers' copies of
-    the set, are built after this."""
-    low_res_epochs = getattr(datamodule, "low_res_epochs", 0)
-    if not isinstance(low_res_epochs, int) or not 0 <= start < low_res_epochs:
-        return
-    log.info(
-        "data.low_res_epochs=%d: the low-resolution epochs end at epoch %d, where QAT starts", low_res_epochs, start
-    )
-    datamodule.low_res_epochs = start
-    train_set = getattr(datamodule, "datasets", {}).get("train")
-    if train_set is not None and getattr(train_set, "early_epochs", 0) > start:
-        train_set.early_epochs = start
 
 
 class PostTrainingQuantization(L.Callback):

@@ -14,7 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vidaccel_train.data.clips import aggregate_views
-from vidaccel_train.errors import ConfigError
+from vidaccel_train.errors import ConfigError, check_number
 from vidaccel_train.models.deploy import to_deploy_form
 from vidaccel_train.quantization import pt2e
 from vidaccel_train.training.quant_state import QuantState
@@ -73,8 +73,8 @@ class VideoClassifier(L.LightningModule):
     ):
         super().__init__()
         lr = getattr(optimizer, "keywords", {}).get("lr")  # a partial, as the optim configs give it
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ConfigError(f"optim.lr must be a positive number, got {lr!r}")
+        if lr is not None:
+            check_number("optim.lr", lr)
         for name, value in dict(label_smoothing=label_smoothing, min_lr_ratio=min_lr_ratio).items():
             if not 0 <= value <= 1:
                 raise ConfigError(f"module.{name} must be in [0, 1], got {value!r}")

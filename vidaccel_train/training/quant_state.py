@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vidaccel_train.models.deploy import REVISION
-
-MODES = ("qat", "ptq")
+from vidaccel_train.quantization.pt2e import MODES
 
 
 @dataclass

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidaccel_train.errors import CheckpointError, ConfigError, DiskFullError
+from vidaccel_train.errors import CheckpointError, ConfigError, OutputError
 from vidaccel_train.files import remove_leftovers, write_atomic
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise DiskFullError(
+            raise OutputError(
                 f"no space left for checkpoint {path.name}: {path.parent} has {free / 1e6:.1f} MB free and the "
                 f"checkpoint needs {len(data) / 1e6:.1f} MB; free space there (or start over in another "
                 "hydra.run.dir), then resume with ckpt_path=last"
@@ -227,8 +227,16 @@ FIXED_SETTINGS = (
     "data.display_aspect",
     "quant",
 )
-# Where the starting weights come from: a resumed run takes its weights from the checkpoint.
-_STARTING_WEIGHTS = {"model.pretrained", "model.checkpoint", "model.net.pretrained", "model.net.checkpoint"}
+# Where the starting weights come from: a resumed run takes its weights from the checkpoint. And
+# what the QAT callback is told of them and of the epochs (from model.* and trainer.max_epochs).
+_STARTING_WEIGHTS = {
+    "model.pretrained",
+    "model.checkpoint",
+    "model.net.pretrained",
+    "model.net.checkpoint",
+    "quant.trained_weights",
+    "quant.max_epochs",
+}
 # Settings that say where things are or what this command does, not what the run is.
 _PER_COMMAND = ("paths", "hydra", "ckpt_path", "train", "test", "test_ckpt", "tags", "task_name", "callbacks", "logger")
 
@@ -274,6 +282,8 @@ def compare_with_checkpoint(
         before, after = old.get(key, _UNSET), new.get(key, _UNSET)
         if before == after or (isinstance(before, (list, tuple)) and list(before) == after):
             continue
+        if before is _UNSET and key.startswith("model.clip."):
+            continue  # a contract key written before model.clip carried it (data.* holds the value run)
         line = f"{key}: {_shown(before)} in the checkpoint, {_shown(after)} now"
         if any(key == f or key.startswith(f + ".") for f in FIXED_SETTINGS):
             fixed.append(line)
