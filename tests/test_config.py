@@ -112,6 +112,8 @@ def test_unknown_group_option_lists_the_valid_ones():
             "callbacks.export.precisions must name one or more of ['fp32', 'int8'], got ['int4']",
         ),
         (["callbacks.export.precisions=[]"], "callbacks.export.precisions must name one or more"),
+        (["model.name=resnet50"], "model.name=resnet50 is not in the zoo; available: x3d_l, x3d_m, x3d_s"),
+        (["model.clip.target_fps=0"], "data.target_fps must be a positive number, got 0"),
     ],
 )
 def test_config_mistakes_are_one_message_before_any_work(tmp_path, data_dir, overrides, message):
@@ -301,12 +303,12 @@ def test_every_experiment_with_every_option_is_valid_or_one_line_naming_the_keys
     ],
 )
 def test_qat_settings_that_cannot_run_are_one_error_line_before_any_work(tmp_path, overrides, message):
-    """The QAT callback refuses its schedule when Hydra builds it, after the run is seeded
-    (Lightning's "Seed set to 42" line) and before any data is generated or step trained."""
+    """The QAT callback refuses its schedule when Hydra builds it, first: one line, before any
+    data is generated or step trained."""
     result = _cli(
         "experiment=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"
     )
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.strip() and line != "Seed set to 42"]
-    assert errors == [next(line for line in errors if line.startswith("error: "))] and message in errors[0]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
     assert "Fitting" not in result.stdout + result.stderr and not (tmp_path / "data").exists()

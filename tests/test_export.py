@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from torchvision import tv_tensors
 
+from vidaccel_train.data.clips import Views
 from vidaccel_train.data.transforms import build_transform
 from vidaccel_train.data.video_io import read_clip
 from vidaccel_train.errors import ArtifactError
@@ -148,6 +149,9 @@ def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data
     assert result.returncode == 0, result.stderr[-2000:]
     predictions = json.loads(result.stdout)["predictions"]
     assert len(predictions) == 2 and predictions[0]["score"] >= predictions[1]["score"]
+    # The export folder names its int8 program: the same answer, from the library.
+    from_folder = predict(export_dir, video, topk=2, views=Views(1, 1))
+    assert [(p["label"], pytest.approx(p["score"], abs=1e-6)) for p in predictions] == from_folder
 
     module = VideoClassifier.load_from_checkpoint(
         smoke_run / "checkpoints" / "last.ckpt", net=create_model("x3d_tiny", num_classes=4), optimizer=torch.optim.SGD
@@ -160,6 +164,44 @@ def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data
     with torch.no_grad():
         expected = manifest.classes[int(module.int8_net()(batch).argmax())]
     assert predictions[0]["label"] == expected
+
+
+def test_the_manifest_records_the_runs_clip_contract_in_its_own_names(export_dir, smoke_run):
+    """The zoo entry's contract, as the run changed it, is the manifest's (one vocabulary from the
+    zoo to the export), and the typed record reads back what the export wrote."""
+    from vidaccel_train.data.clips import ClipContract
+
+    written = json.loads((export_dir / "manifest.json").read_text())
+    run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "run_config"
+    ]
+    assert written["manifest_version"] == 2 and "short_side" not in written
+    manifest = Manifest.read(export_dir)
+    assert manifest.clip == ClipContract.from_dict(run_config["model"]["clip"]) == ClipContract.from_dict(written)
+    assert (manifest.clip.crop_size, manifest.clip.eval_short_side, manifest.display_aspect) == (56, 60, "square")
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_a_manifest_of_an_older_export_reads_with_its_defaults(export_dir, tmp_path):
+    """Version 1 (short_side; before display_aspect, test_views and the timing ranges): read in one
+    place with the defaults of its time, and its program still runs through predict."""
+    older = tmp_path / "export"
+    shutil.copytree(export_dir, older)
+    values = json.loads((older / "manifest.json").read_text())
+    values["short_side"] = values.pop("eval_short_side")
+    for key in ("manifest_version", "train_short_side", "display_aspect", "test_views", "stage_seconds"):
+        values.pop(key)
+    for record in values["artifacts"]:
+        for key in ("latency_range_ms", "latency_timing", "disagreeing_clips", "widest_disagreeing_gap"):
+            record.pop(key)
+    (older / "manifest.json").write_text(json.dumps(values))
+    manifest = Manifest.read(older)
+    assert manifest.clip.eval_short_side == 60 and manifest.clip.train_short_side is None
+    assert (manifest.display_aspect, manifest.test_views) == ("stored", Views(1, 1))
+    assert manifest.preferred().file == "model_int8.pte" and manifest.preferred().latency_range_ms is None
+    (older / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="is not a manifest the export wrote"):
+        Manifest.read(older)
 
 
 def test_a_tampered_artifact_is_refused(export_dir, tmp_path, data_dir):

@@ -140,8 +140,14 @@ def test_qat_that_would_never_start_is_refused_before_training(tmp_path, data_di
         ({"start_epoch": True}, "quant.start_epoch must be an integer epoch (-1: the last), got True"),
         ({"freeze_observer_epoch": "3"}, "quant.freeze_observer_epoch must be an integer epoch or null, got '3'"),
         ({"freeze_observer_epoch": False}, "quant.freeze_observer_epoch must be an integer epoch or null, got False"),
-        ({"max_epochs": 0}, "quant.max_epochs must be a positive integer, got 0"),
-        ({"max_epochs": True}, "quant.max_epochs must be a positive integer, got True"),
+        (
+            {"max_epochs": 0},
+            "quant.max_epochs must be a positive integer (trainer.max_epochs, which qat.yaml passes on), got 0",
+        ),
+        (
+            {"max_epochs": True},
+            "quant.max_epochs must be a positive integer (trainer.max_epochs, which qat.yaml passes on), got True",
+        ),
         ({"trained_weights": "yes"}, "quant.trained_weights must be true or false, got 'yes'"),
     ],
 )

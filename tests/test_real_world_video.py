@@ -17,8 +17,7 @@ import torch
 
 from vidaccel_train.data.check import check_dataset
 from vidaccel_train.data.clips import ClipDataset
-from vidaccel_train.data.prepare import EncodeSettings, transcode
-from vidaccel_train.data.video_io import VideoInfo, probe, read_clip
+from vidaccel_train.data.video_io import EncodeSettings, VideoInfo, probe, read_clip, transcode
 from vidaccel_train.predict import Views, views_dataset
 
 from support.video_corpus import CONDITIONS, HEIGHT, WIDTH, Case, read_indices, sampling

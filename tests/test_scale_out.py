@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+from vidaccel_train.export.manifest import ArtifactRecord, Manifest
+from vidaccel_train.models.zoo import ZOO
 from vidaccel_train.sweep import pareto_front, write_summary
 
 from support import TINY_FIT, run_cli
@@ -36,8 +38,15 @@ def test_a_summary_keeps_each_latency_range_as_the_export_recorded_it(tmp_path):
         (tmp_path / job / "export").mkdir()
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- optim.lr=0.00{job}\n")
         (tmp_path / job / "metrics.json").write_text(json.dumps({"metrics": {"test/top1": 0.9, "test_fp32/top1": 0.9}}))
-        artifact = {"precision": "int8", "top1": 0.9, "latency_ms": figure, "latency_range_ms": [figure, figure]}
-        (tmp_path / job / "export" / "manifest.json").write_text(json.dumps({"artifacts": [{**artifact, "bytes": 10}]}))
+        record = ArtifactRecord(
+            file="model_int8.pte",
+            precision="int8",
+            bytes=10,
+            top1=0.9,
+            latency_ms=figure,
+            latency_range_ms=[figure] * 2,
+        )
+        Manifest("x3d_tiny", ["a", "b"], ZOO["x3d_tiny"].clip, [record]).write(tmp_path / job / "export")
     rows = write_summary(tmp_path)
     assert [row["int8_latency_range_ms"] for row in rows] == ["21.7804-21.7804", "123.4567-123.4567"]
     assert (tmp_path / "sweep_pareto.png").stat().st_size > 0

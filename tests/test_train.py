@@ -36,6 +36,14 @@ def test_fast_dev_run_trains_validates_and_tests(tmp_path, data_dir, model):
     assert written["metrics"]["test/top1"] == metrics["test/top1"]
 
 
+def test_fast_dev_run_with_the_default_qat_runs_its_one_epoch_quantized(tmp_path, data_dir):
+    """``+trainer.fast_dev_run=true`` on the default schedule (QAT the last of many epochs):
+    Lightning runs one short epoch, which the QAT callback makes its QAT epoch."""
+    overrides = [*TINY_RUN, "quant=qat", "trainer.max_epochs=5", "+trainer.fast_dev_run=true"]
+    metrics = run(compose_config(tmp_path, data_dir, overrides))
+    assert {"train/loss", "test/top1", "test_fp32/top1"} <= set(metrics)  # tested quantized, and in fp32
+
+
 def test_smoke_experiment_learns_motion_well_above_chance_and_keeps_it_in_int8(smoke_run):
     written = json.loads((smoke_run / "metrics.json").read_text())
     metrics = written["metrics"]

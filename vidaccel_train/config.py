@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vidaccel_train.errors import ConfigError
+from vidaccel_train.errors import ConfigError, check_count, check_number
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -21,11 +21,23 @@ SYNTHETIC_MIN_DURATION_S = 2.0
 
 def synthetic_duration_s(num_frames: int, sampling_rate: int, target_fps: float) -> float:
     """How long generated videos last: 2 s, or a model's clip span plus 0.4 s when that is longer
-    (X3D-S's 13 x 6 frames span 2.6 s at 30 fps: 3.0 s videos)."""
+    (X3D-S's 13 x 6 frames span 2.6 s at 30 fps: 3.0 s videos). Counts that are not positive
+    give 2 s: the datamodule refuses them, naming the key, when it is built."""
+    span = _span_s(num_frames, sampling_rate, target_fps)
+    return SYNTHETIC_MIN_DURATION_S if span is None else max(SYNTHETIC_MIN_DURATION_S, round(span + 0.4, 1))
+
+
+def _span_s(num_frames, sampling_rate, target_fps) -> float | None:
+    """A clip's span in seconds; None for counts that are not positive numbers (the datamodule
+    refuses those, naming the key, when it is built)."""
     from vidaccel_train.data.clips import ClipContract
 
-    span = ClipContract.span_of(num_frames, sampling_rate, target_fps)
-    return max(SYNTHETIC_MIN_DURATION_S, round(span + 0.4, 1))
+    try:
+        for key, value in {"num_frames": num_frames, "sampling_rate": sampling_rate, "target_fps": target_fps}.items():
+            check_number(f"data.{key}", value)
+    except ConfigError:
+        return None
+    return ClipContract.span_of(num_frames, sampling_rate, target_fps)
 
 
 if not OmegaConf.has_resolver("len"):
@@ -65,8 +77,15 @@ def reconcile(cfg) -> None:
     Hydra merges such keys into the replacing option, where they would configure something
     half-defined. (What one component's own settings mean together, such as the QAT schedule
     against ``trainer.max_epochs``, that component checks and settles when it is built.)
+
+    Raises:
+        ConfigError: ``model.name`` is not in the zoo (said here, before the clip contract it
+            names is read: OmegaConf would report a resolver's error as its own, in a traceback).
     """
     from vidaccel_train.data.synthetic import SyntheticSpec
+    from vidaccel_train.models.zoo import zoo_entry
+
+    zoo_entry(OmegaConf.select(cfg, "model.name", default=""))
 
     quant = cfg.get("quant")
     if quant and "_target_" not in quant:
@@ -108,8 +127,7 @@ def validate(cfg) -> None:
             "data.root is not set: pass data.root=/path/to/dataset (or run on the generated data with data=synthetic)"
         )
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", throw_on_missing=False)
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs must be a positive integer, got {max_epochs!r}")
+    check_count("trainer.max_epochs", max_epochs)
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise ConfigError(f"test_ckpt must be best or last, got {cfg.get('test_ckpt')!r}")
     accelerator = cfg.trainer.get("accelerator")
@@ -125,14 +143,8 @@ def _check_generated_videos(cfg) -> None:
     """model x data: a clip must fit in the generated videos."""
     synthetic = cfg.data.get("synthetic")
     frames, rate, fps = (OmegaConf.select(cfg.data, key) for key in ("num_frames", "sampling_rate", "target_fps"))
-    if not synthetic or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (frames, rate, fps)
-    ):
-        return  # the datamodule rejects bad counts when built
-    from vidaccel_train.data.clips import ClipContract
-
-    span = ClipContract.span_of(frames, rate, fps)
-    if span > synthetic.duration_s:
+    span = _span_s(frames, rate, fps)
+    if synthetic and span is not None and span > synthetic.duration_s:
         raise ConfigError(
             f"a clip of {frames} frames every {rate} at {fps} fps spans {span:.2f} s but the generated videos last "
             f"{synthetic.duration_s} s: raise data.synthetic.duration_s or lower model.clip.num_frames / "

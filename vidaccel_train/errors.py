@@ -27,7 +27,8 @@ class LoweringError(RuntimeError):
 
 
 class ArtifactError(RuntimeError):
-    """An exported artifact that is missing, unlisted, or not the file its manifest describes."""
+    """An exported program that is missing, unlisted, not the file its manifest describes, or
+    that the runtime cannot load; or an export folder without a readable manifest."""
 
 
 class OutputError(RuntimeError):
@@ -54,15 +55,16 @@ USER_ERRORS = (
 )
 
 
-def check_count(key: str, value, minimum: int = 1, expected: str | None = None) -> int:
-    """``value``, an integer (a bool is not one) of at least ``minimum``.
+def check_count(key: str, value, minimum: int | None = 1, expected: str | None = None) -> int:
+    """``value``, an integer (a bool is not one) of at least ``minimum`` (None: any integer).
 
     Raises:
         ConfigError: ``<key> must be <expected>, got <value>`` (``expected``: "a positive integer"
-            for a minimum of 1, else "<minimum> or more").
+            for a minimum of 1, "an integer" for none, else "<minimum> or more").
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        expected = expected or ("a positive integer" if minimum == 1 else f"{minimum} or more")
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        if expected is None:
+            expected = {1: "a positive integer", None: "an integer"}.get(minimum, f"{minimum} or more")
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
     return value
 

@@ -107,13 +107,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_writable(output_dir, "the run folder")
     if cfg.get("ckpt_path") is None:
         check_fresh_run_folder(output_dir)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-
     try:  # each component checks its arguments as it is built; Hydra wraps what it raises
-        # The quantization schedule first: a schedule that cannot run is refused before any
-        # data is generated or weights are loaded.
+        # The quantization schedule first (it draws no random numbers): a schedule that cannot
+        # run is refused before anything else is said, data generated or weights loaded.
         quant = [instantiate(cfg.quant)] if cfg.get("quant") else []
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
         datamodule: L.LightningDataModule = instantiate(cfg.data)
         net = instantiate(cfg.model.net)
         module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))

@@ -38,7 +38,7 @@ class ClipContract:
     num_frames: int
     sampling_rate: int
     crop_size: int
-    train_short_side: tuple[int, int]
+    train_short_side: tuple[int, int] | None  # None: not recorded (manifests of version 1)
     eval_short_side: int
     target_fps: float = 30.0
     mean: tuple[float, float, float] = KINETICS_MEAN
@@ -46,7 +46,8 @@ class ClipContract:
 
     def __post_init__(self):  # lists from a config or a manifest, kept as tuples (hashable, comparable)
         for name in ("train_short_side", "mean", "std"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @classmethod
     def from_dict(cls, values: dict) -> ClipContract:

@@ -81,7 +81,7 @@ class VideoDataModule(L.LightningDataModule):
         crop_size: int,
         train_short_side: Sequence[int],
         eval_short_side: int,
-        target_fps: float = 30.0,
+        target_fps: float = ClipContract.target_fps,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int | str = "auto",
@@ -130,8 +130,16 @@ class VideoDataModule(L.LightningDataModule):
             )
         self.root = Path(root)
         self.num_classes = num_classes
+        # The clip contract the config gave field by field (model.clip, read by the data group).
         self.clip = ClipContract(
-            num_frames, sampling_rate, crop_size, tuple(train_short_side), eval_short_side, target_fps, mean, std
+            num_frames=num_frames,
+            sampling_rate=sampling_rate,
+            crop_size=crop_size,
+            train_short_side=train_short_side,
+            eval_short_side=eval_short_side,
+            target_fps=target_fps,
+            mean=mean,
+            std=std,
         )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size

@@ -81,7 +81,7 @@ def _psnr_as_trained(original: torch.Tensor, copy: torch.Tensor, short_side: int
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def measure(pairs: Sequence[tuple[str, str]], clip: ClipContract, train_short_side: int, seed: int = 0) -> dict:
+def measure(pairs: Sequence[tuple[str, str]], clip: ClipContract, psnr_short_side: int, seed: int = 0) -> dict:
     """Random training clips from originals and copies (the same starts), timed, and compared."""
     rng = random.Random(seed)
     starts = [rng.random() for _ in pairs]
@@ -89,7 +89,7 @@ def measure(pairs: Sequence[tuple[str, str]], clip: ClipContract, train_short_si
     _random_clip_reads(originals[:1] + copies[:1], clip, starts[:2])  # warm the file cache and codecs
     original_s, original_clips = _random_clip_reads(originals, clip, starts)
     copy_s, copy_clips = _random_clip_reads(copies, clip, starts)
-    psnr = [_psnr_as_trained(a, b, train_short_side) for a, b in zip(original_clips, copy_clips)]
+    psnr = [_psnr_as_trained(a, b, psnr_short_side) for a, b in zip(original_clips, copy_clips)]
     return {
         "videos": len(pairs),
         "clip": {"num_frames": clip.num_frames, "sampling_rate": clip.sampling_rate, "target_fps": clip.target_fps},
@@ -98,7 +98,7 @@ def measure(pairs: Sequence[tuple[str, str]], clip: ClipContract, train_short_si
         "speedup": original_s / copy_s,
         "psnr_db_mean": sum(psnr) / len(psnr) if psnr else math.nan,
         "psnr_db_min": min(psnr) if psnr else math.nan,
-        "psnr_at_short_side": train_short_side,
+        "psnr_at_short_side": psnr_short_side,
     }
 
 
@@ -111,15 +111,15 @@ def prepare_dataset(
     workers: int = 4,
     measure_videos: int = 32,
     clip: ClipContract | None = None,
-    train_short_side: int | None = None,
+    psnr_short_side: int | None = None,
 ) -> dict:
     """Write the training copy of ``root`` to ``out_dir`` and return (and write) its report.
 
     The decode speed and PSNR are measured on ``measure_videos`` train videos with random
-    ``clip``s at ``train_short_side`` (both required when ``measure_videos`` > 0: a zoo entry's
+    ``clip``s scaled to the short side ``psnr_short_side`` (both required when ``measure_videos`` > 0: a zoo entry's
     clip contract, as ``python -m vidaccel_train.data.prepare --model`` passes it).
     """
-    if measure_videos and (clip is None or train_short_side is None):
+    if measure_videos and (clip is None or psnr_short_side is None):
         raise ValueError("prepare_dataset: measuring needs the clip and short side of a model (a zoo entry's contract)")
     out_dir = Path(out_dir)
     indexes, class_names = index_splits(root, splits, layout)  # a wrong root fails before anything is written
@@ -155,7 +155,7 @@ def prepare_dataset(
     report["encode_s"] = time.perf_counter() - started
     write_labels_and_bad_files(out_dir, class_names, bad)
     sample = random.Random(0).sample(pairs, min(measure_videos, len(pairs)))
-    report["random_clips"] = measure(sample, clip, train_short_side) if sample else None
+    report["random_clips"] = measure(sample, clip, psnr_short_side) if sample else None
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
 

@@ -1,6 +1,7 @@
 """The one video reader of every path (training clips, multi-view testing, ``predict``, the
-export's verification, the dataset check and the training copy), and the encoder of the
-generated data, with PyAV.
+export's verification, the dataset check and the training copy), and beside it the encoders,
+with PyAV: :func:`write_video` (the generated data, test files) and :func:`transcode` (the
+random-access training copy, the demo's player copy).
 
 The reader's contract: the frame at time ``t`` is the frame a player shows at ``t``,
 
@@ -760,6 +761,9 @@ def write_video(
 
 @dataclass(frozen=True)
 class EncodeSettings:
+    """How :func:`transcode` encodes: short side at most ``short_side`` pixels, a keyframe every
+    ``keyframe_interval`` frames (no B-frames), x264's ``crf`` and ``preset``."""
+
     short_side: int = 256
     keyframe_interval: int = 16
     crf: int = 23

@@ -88,6 +88,7 @@ def export_artifacts(
 
     Raises:
         LoweringError: a model does not lower whole to XNNPACK (nothing is written).
+        ArtifactError: the runtime cannot load a program just lowered (nothing is written).
         RuntimeError: the test batches hold no readable video.
         OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
     """

@@ -141,7 +141,7 @@ class Manifest:
         clip = dict(values)
         if "eval_short_side" not in clip:  # version 1
             clip["eval_short_side"] = clip["short_side"]
-        clip.setdefault("train_short_side", [clip["eval_short_side"]] * 2)  # not recorded before version 2
+        clip.setdefault("train_short_side", None)  # not recorded before version 2
         return cls(
             model=str(values["model"]),
             classes=[str(name) for name in values["classes"]],

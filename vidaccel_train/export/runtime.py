@@ -72,9 +72,7 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, Manifest]:
     artifact = resolve_artifact(artifact)
     if not artifact.is_file():
         raise ArtifactError(f"{artifact} does not exist")
-    if not (artifact.parent / MANIFEST).is_file():
-        raise ArtifactError(f"no {MANIFEST} beside {artifact}: predict needs the export folder as written")
-    manifest = Manifest.read(artifact.parent)
+    manifest = Manifest.read(artifact.parent)  # the export folder as written, or an ArtifactError
     record = manifest.artifact(artifact.name)
     if record is None:
         raise ArtifactError(f"{artifact.name} is not listed in {artifact.parent / MANIFEST}")

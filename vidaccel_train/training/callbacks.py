@@ -9,7 +9,7 @@ import lightning as L
 import torch.nn as nn
 from lightning.pytorch.strategies import DDPStrategy
 
-from vidaccel_train.errors import ConfigError
+from vidaccel_train.errors import ConfigError, check_count, check_number
 from vidaccel_train.training.quant_state import QuantState
 
 log = logging.getLogger(__name__)
@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 FLOAT_CHECKPOINT = "fp32.ckpt"
 # Where the measurements behind the refusal of QAT from the first epoch on untrained weights are.
 QAT_UNTRAINED_DOC = "docs/quantization-and-export.md#quantization-quant"
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class QuantizationAwareTraining(L.Callback):
@@ -81,22 +77,16 @@ class QuantizationAwareTraining(L.Callback):
         max_epochs: int,
         trained_weights: bool = False,
     ):
-        if not _is_int(start_epoch):
-            raise ConfigError(f"quant.start_epoch must be an integer epoch (-1: the last), got {start_epoch!r}")
-        if freeze_observer_epoch is not None and not _is_int(freeze_observer_epoch):
-            raise ConfigError(
-                f"quant.freeze_observer_epoch must be an integer epoch or null, got {freeze_observer_epoch!r}"
-            )
-        if not _is_int(max_epochs) or max_epochs < 1:
-            raise ConfigError(
-                f"quant.max_epochs must be a positive integer, got {max_epochs!r}: "
-                "set trainer.max_epochs, which conf/quant/qat.yaml passes on"
-            )
+        check_count("quant.start_epoch", start_epoch, None, "an integer epoch (-1: the last)")
+        if freeze_observer_epoch is not None:
+            check_count("quant.freeze_observer_epoch", freeze_observer_epoch, None, "an integer epoch or null")
+        check_count(
+            "quant.max_epochs", max_epochs, 1, "a positive integer (trainer.max_epochs, which qat.yaml passes on)"
+        )
         for key, value in (("trained_weights", trained_weights), ("requantize_moved_values", requantize_moved_values)):
             if not isinstance(value, bool):
                 raise ConfigError(f"quant.{key} must be true or false, got {value!r}")
-        if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not lr_scale > 0:
-            raise ConfigError(f"quant.lr_scale must be a positive number, got {lr_scale!r}")
+        check_number("quant.lr_scale", lr_scale)
         if start_epoch >= max_epochs:
             raise ConfigError(
                 f"quant.start_epoch={start_epoch} but trainer.max_epochs={max_epochs}: QAT would never run; "
@@ -131,7 +121,11 @@ class QuantizationAwareTraining(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        if trainer.max_epochs != self.max_epochs:
+        if trainer.fast_dev_run:
+            # Lightning runs one short epoch whatever trainer.max_epochs says: make it the QAT
+            # epoch, so the run exercises the quantized path (it learns nothing either way).
+            self.start_epoch = 0
+        elif trainer.max_epochs != self.max_epochs:
             raise ConfigError(
                 f"quant.max_epochs={self.max_epochs} but the trainer runs {trainer.max_epochs} epochs: "
                 "pass the callback the trainer's max_epochs (conf/quant/qat.yaml interpolates trainer.max_epochs)"
@@ -193,8 +187,7 @@ class PostTrainingQuantization(L.Callback):
     """
 
     def __init__(self, calibration_batches: int = 16):
-        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
-            raise ConfigError(f"quant.calibration_batches must be a positive integer, got {calibration_batches!r}")
+        check_count("quant.calibration_batches", calibration_batches)
         self.calibration_batches = calibration_batches
 
     def on_test_start(self, trainer: L.Trainer, pl_module) -> None:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vidaccel_train.data.clips import ClipContract
 from vidaccel_train.errors import CheckpointError, ConfigError, OutputError
 from vidaccel_train.files import remove_leftovers, write_atomic
 
@@ -213,17 +215,14 @@ def claim_run_folder(folder: str | Path) -> Path:
 # The settings a checkpoint's weights, classes and inputs depend on: a resumed or tested run
 # must have them as the checkpoint does. Everything else (optimizer, schedule, epochs, batch
 # size, workers, data location) takes the value given now.
+# The clip contract's keys in the data group, as the data group reads them from model.clip.
+_CLIP_KEYS = tuple(f"data.{field.name}" for field in fields(ClipContract))
 FIXED_SETTINGS = (
     "model.name",
     "model.clip",
     "model.net",
     "data.num_classes",
-    "data.num_frames",
-    "data.sampling_rate",
-    "data.target_fps",
-    "data.crop_size",
-    "data.train_short_side",
-    "data.eval_short_side",
+    *_CLIP_KEYS,
     "data.display_aspect",
     "quant",
 )
@@ -282,8 +281,8 @@ def compare_with_checkpoint(
         before, after = old.get(key, _UNSET), new.get(key, _UNSET)
         if before == after or (isinstance(before, (list, tuple)) and list(before) == after):
             continue
-        if before is _UNSET and key.startswith("model.clip."):
-            continue  # a contract key written before model.clip carried it (data.* holds the value run)
+        if before is _UNSET and (key.startswith("model.clip.") or key in _CLIP_KEYS):
+            continue  # a contract key written before the config carried it (the contract's default was run)
         line = f"{key}: {_shown(before)} in the checkpoint, {_shown(after)} now"
         if any(key == f or key.startswith(f + ".") for f in FIXED_SETTINGS):
             fixed.append(line)
