@@ -143,6 +143,13 @@ def test_a_missing_or_modified_artifact_stops_the_command_with_one_error_line(ex
 
     usage = _demo_cli("--help")
     assert usage.returncode == 0 and "--host" in usage.stdout and "--port" in usage.stdout
+    # --examples as predict takes inputs: one that holds no video stops the command the same way.
+    (tmp_path / "empty").mkdir()
+    for examples, message in [(tmp_path / "empty", "no video files"), (tmp_path / "nope", "no such file or folder")]:
+        result = _demo_cli(export_dir, "--port", _free_port(), "--examples", examples)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"error: --examples {examples}: {message}")
 
 
 # ---------------------------------------------------------------------------------- the page

@@ -71,23 +71,19 @@ CSS = """
 
 
 def collect_examples(inputs: Sequence[str]) -> list[Path]:
-    """Videos named by ``--examples``: files, or folders searched recursively (hidden files left
-    out), at most :data:`MAX_EXAMPLES`. Raises :class:`PredictError` for one that does not exist."""
-    from vidaccel_train.data.layouts import videos_under
+    """Videos named by ``--examples``, as predict takes its inputs (files, folders searched
+    recursively with hidden files left out, list files), at most :data:`MAX_EXAMPLES`.
 
-    found: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            videos = videos_under(path)
-            if not videos:
-                raise PredictError(f"--examples {path}: no video files in this folder or below it")
-            found += videos
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise PredictError(f"--examples {path}: no such file or folder")
-    return [p.resolve() for p in dict.fromkeys(found)][:MAX_EXAMPLES]
+    Raises:
+        PredictError: one that does not exist or holds no video.
+    """
+    from vidaccel_train.predict.inputs import collect_inputs
+
+    try:
+        found = [Path(path).resolve() for path, _ in collect_inputs(inputs, classes=[])]
+    except PredictError as err:
+        raise PredictError(f"--examples {err}") from None
+    return list(dict.fromkeys(found))[:MAX_EXAMPLES]
 
 
 # ---------------------------------------------------------------------------------- the page's work
