@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from support import TINY_FIT, run_cli
-from support.runs import TESTS
 
 RUN = [*TINY_FIT, "trainer.max_epochs=2", "optim.lr=0.004", "trainer.log_every_n_steps=1"]
 OTHER_CLASSES = ["data.synthetic.classes=[move_right,move_left,move_up]"]
@@ -60,8 +59,9 @@ def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(fin
 
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, data_dir):
     """The default run folder is named after the second a run starts: every second a run could
-    start in here is taken beforehand by a finished run; the new run takes <that>_2."""
-    runs = tmp_path / "logs" / "train" / "runs"
+    start in here is taken beforehand by a finished run; the new run takes <that>_2. Run from a
+    folder of its own with the default paths (the run folder names Hydra's runtime.cwd)."""
+    runs = tmp_path / "outputs" / "train" / "runs"
     now = datetime.datetime.now()
     taken = [runs / (now + datetime.timedelta(seconds=s)).strftime("%Y-%m-%d_%H-%M-%S") for s in range(-1, 120)]
     for folder in taken:
@@ -75,15 +75,15 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, data
             *TINY_FIT,
             "train=false",
             "test=false",
-            f"paths.log_dir={tmp_path / 'logs'}",
             f"paths.data_dir={data_dir}",
         ],
-        cwd=TESTS.parent,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Callback FolderPerRun" not in result.stderr, result.stderr[-3000:]  # Hydra would only warn
     new = sorted(set(runs.iterdir()) - set(taken))
     assert len(new) == 1 and new[0].name.endswith("_2") and new[0].name[:-2] in {f.name for f in taken}
     assert (new[0] / ".hydra" / "config.yaml").is_file() and (new[0] / "train.log").is_file()

@@ -46,6 +46,10 @@ class FolderPerRun(Callback):
 
     @staticmethod
     def _claim(config: DictConfig, key: str) -> None:
+        # The folder's name reads ${hydra:runtime.cwd} (paths.root_dir), which Hydra answers only
+        # once it has set its config for the job, after this callback: set it now (it is set
+        # again, with the folder claimed here, when the job starts).
+        HydraConfig.instance().set_config(config)
         folder = Path(config.hydra[key].dir)
         given = any(o.lstrip("+~").split("=", 1)[0] == f"hydra.{key}.dir" for o in config.hydra.overrides.hydra)
         new_run = config.get("ckpt_path") is None
