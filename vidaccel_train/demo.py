@@ -374,18 +374,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start(args) -> int:
-    from vidaccel_train.export.runtime import resolve_artifact
     from vidaccel_train.predict import Predictor, parse_views
 
     views = parse_views(args.views) if args.views else None
     try:
-        artifact = resolve_artifact(args.artifact)
-        predictor = Predictor(artifact, views)
+        predictor = Predictor(args.artifact, views)  # a folder: the program its manifest prefers
         examples = collect_examples(args.examples)
     except OSError as err:  # a file named that cannot be read
         raise PredictError(str(err)) from None
     with tempfile.TemporaryDirectory(prefix="vidaccel-demo-") as work_dir:
-        return _serve(DemoSession(predictor, artifact, work_dir, args.stride), examples, args)
+        return _serve(DemoSession(predictor, predictor.program.path, work_dir, args.stride), examples, args)
 
 
 def _serve(session: DemoSession, examples: Sequence[Path], args) -> int:
