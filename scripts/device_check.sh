@@ -113,7 +113,7 @@ qat)
   fi
   step cli_qat 150 "$python" -m vidaccel_train experiment=smoke "trainer=$([ "$gpu" = 1 ] && echo gpu || echo cpu)" \
     "hydra.run.dir=$out/cli_qat" "paths.data_dir=$out/data" callbacks.rich_progress_bar=null \
-    callbacks.export.latency_repeats=5 "${tiny[@]}"
+    callbacks.export.latency_repeats=5 "callbacks.export.targets=[]" "${tiny[@]}"
   ;;
 speed)
   if [ -n "$dry" ]; then per_class=2; classes=2; seconds=2; samples=16; steps=2; workers=1; xs_batch=2; s_batch=2

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Make .venv (once) and install vidaccel_train with its pinned dependencies into it.
+# Make .venv (once) and install vidaccel_train with its pinned dependencies into it, and the tools
+# that verify exported programs on aarch64 (no root needed).
 # Re-running is cheap: nothing is reinstalled unless pyproject.toml changed.
 #
-#   bash scripts/setup.sh        # the project and its tests
+#   bash scripts/setup.sh        # the project, its tests and the aarch64 verification tools
 #   bash scripts/setup.sh demo   # also the demo page's extra (gradio, selenium) and, run as root,
 #                                # Debian's chromium + chromium-driver for its browser test
+#
+# The aarch64 tools go into .venv/share/vidaccel_train/targets/aarch64 (export/target.py reads them
+# there): Debian bookworm's aarch64 cross compiler and C library (apt-get download + dpkg -x, no
+# install), qemu-aarch64 from Debian trixie's qemu-user (10.0; bookworm's 7.2 gets SME wrong),
+# fetched through a private apt state, and the executorch wheel for aarch64 (its include/ and lib/).
+# VIDACCEL_NO_TARGETS=1 skips them (then the export needs callbacks.export.targets=[]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -21,6 +28,61 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
+
+install_aarch64_tools() {
+  local root=.venv/share/vidaccel_train/targets/aarch64
+  local et_version
+  et_version=$(.venv/bin/python -c "from importlib import metadata; print(metadata.version('executorch').split('+')[0])")
+  local tools_want="$et_version qemu>=10 gcc-12-cross 1"
+  [ "$(cat "$root/.installed" 2>/dev/null)" = "$tools_want" ] && return 0
+  echo "[setup] fetching the aarch64 verification tools (cross compiler, qemu 10, executorch $et_version for aarch64)"
+  local work
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  rm -rf "$root" && mkdir -p "$root"
+  # A private apt state: bookworm for the cross compiler, trixie for qemu-user 10.
+  local apt_dir="$work/apt"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/sources.d" "$apt_dir/prefs.d" "$work/debs"
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  printf '%s\n' "deb [signed-by=$keyring] http://deb.debian.org/debian bookworm main" \
+    "deb [signed-by=$keyring] http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
+  local apt_opts=(-o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+    -o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=$apt_dir/sources.d"
+    -o "Dir::Etc::Preferences=$apt_dir/prefs.d" -o "Dir::State::status=/dev/null" -o "APT::Architecture=amd64"
+    -o "Debug::NoLocking=1" -o "APT::Sandbox::User=$(id -un)" -q)
+  apt-get "${apt_opts[@]}" update >/dev/null
+  local cross=(binutils-aarch64-linux-gnu/bookworm cpp-12-aarch64-linux-gnu/bookworm g++-12-aarch64-linux-gnu/bookworm
+    gcc-12-aarch64-linux-gnu/bookworm libc6-arm64-cross/bookworm libc6-dev-arm64-cross/bookworm
+    libgcc-12-dev-arm64-cross/bookworm libgcc-s1-arm64-cross/bookworm libstdc++-12-dev-arm64-cross/bookworm
+    libstdc++6-arm64-cross/bookworm linux-libc-dev-arm64-cross/bookworm libatomic1-arm64-cross/bookworm)
+  (cd "$work/debs" && apt-get "${apt_opts[@]}" download "${cross[@]}" qemu-user/trixie >/dev/null)
+  for deb in "$work"/debs/*-cross_*.deb "$work"/debs/*-aarch64-linux-gnu_*.deb; do dpkg -x "$deb" "$root/gcc"; done
+  dpkg -x "$work"/debs/qemu-user_*.deb "$work/qemu"
+  cp "$work/qemu/usr/bin/qemu-aarch64" "$root/qemu-aarch64"
+  "$root/qemu-aarch64" --version | head -1
+  # The executorch wheel for aarch64: only the C++ runtime (include/, lib/) is used.
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
+    --python-version 3.11 "executorch==$et_version" -d "$work/wheel"
+  .venv/bin/python - "$work"/wheel/executorch-*.whl "$root/executorch" "$et_version" <<'PY'
+import sys, zipfile
+from pathlib import Path
+wheel, out, version = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+with zipfile.ZipFile(wheel) as archive:
+    names = [n for n in archive.namelist() if n.startswith(("executorch/include/", "executorch/lib/lib"))]
+    archive.extractall(out.parent / "wheel", names)
+(out.parent / "wheel" / "executorch").rename(out)
+(out.parent / "wheel").rmdir()
+(out / "VERSION").write_text(version + "\n")
+PY
+  echo "$tools_want" > "$root/.installed"
+}
+
+if [ -n "${VIDACCEL_NO_TARGETS:-}" ]; then
+  echo "[setup] VIDACCEL_NO_TARGETS is set: no aarch64 verification tools (export with callbacks.export.targets=[])"
+else
+  install_aarch64_tools
+fi
+
 [ "${1:-}" = demo ] || exit 0
 
 demo_stamp=.venv/.vidaccel-demo-installed

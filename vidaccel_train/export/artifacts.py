@@ -27,9 +27,10 @@ from torch import nn
 from vidaccel_train.errors import OutputError
 from vidaccel_train.export.executorch import lower_to_executorch
 from vidaccel_train.export.inputs import ExportInput, ExportSettings
-from vidaccel_train.export.manifest import ArtifactRecord, EagerReference, Manifest, sha256_of
+from vidaccel_train.export.manifest import ArtifactRecord, EagerReference, Manifest, TargetSample, sha256_of
 from vidaccel_train.export.report import write_report
 from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads
+from vidaccel_train.export.target import TARGET_CLIPS, TARGET_REFERENCE, host_isa, verify_folder, write_sample
 from vidaccel_train.export.verify import Latency, accuracy, collect_logits, fidelity, measure_latency
 from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.quantization import pt2e
@@ -54,6 +55,57 @@ def _timing(latency: Latency, threads: int) -> dict:
         "latency_timing": f"lowest median of {latency.rounds} rounds x {latency.runs} calls",
         "threads": threads,
     }
+
+
+@contextlib.contextmanager
+def _timed(manifest: Manifest, folder: Path, stage: str):
+    """Add the seconds of a stage that runs on the written folder to its manifest's stage seconds."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        written = Manifest.read(folder)
+        written.stage_seconds[stage] = round(time.perf_counter() - started, 1)
+        write_report(folder, written)
+        written.write(folder)
+        log.info("Export: %s took %.1f s", stage.replace("_", " "), written.stage_seconds[stage])
+
+
+class ClipSample:
+    """Keeps test views for target checks while the verification reads the test batches once:
+    up to ``count`` videos, spread over the classes (at most ``ceil(count / classes)`` each),
+    one view each (the views in turn), with where each sits in the verification's logits."""
+
+    def __init__(self, count: int, num_classes: int):
+        self.count = count
+        self.per_class = -(-count // max(num_classes, 1))
+        self.kept: list[tuple[int, int, torch.Tensor]] = []  # (video index, view index, clip)
+        self.taken: dict[int, int] = {}
+
+    def watch(self, batches):
+        """``batches`` as they are, keeping the sample on the way (readable videos counted as
+        :func:`~vidaccel_train.export.verify.collect_logits` counts them)."""
+        video = 0
+        for batch in batches:
+            valid = batch.get("valid", torch.ones(len(batch["label"]), dtype=torch.bool))
+            for views, label, readable in zip(batch["video"], batch["label"], valid):
+                if not readable:
+                    continue
+                label = int(label)
+                if len(self.kept) < self.count and self.taken.get(label, 0) < self.per_class:
+                    self.taken[label] = self.taken.get(label, 0) + 1
+                    view = len(self.kept) % len(views)
+                    self.kept.append((video, view, views[view].clone()))
+                video += 1
+            yield batch
+
+    def clips(self) -> torch.Tensor:
+        """The kept views, ``(N, C, T, H, W)``."""
+        return torch.stack([clip for _, _, clip in self.kept])
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The kept views' rows of ``logits`` ``(videos, views, classes)``: ``(N, classes)``."""
+        return torch.stack([logits[video, view] for video, view, _ in self.kept])
 
 
 class StageClock:
@@ -84,13 +136,18 @@ def export_artifacts(
 
     Runs on the CPU (the programs are CPU programs) with ``settings.threads`` threads, and gives
     PyTorch its own thread count back afterwards. ``extra_files`` are copied into ``out_dir``
-    with the programs (the export command line's test confusion matrices).
+    with the programs (the export command line's test confusion matrices). Keeps a sample of the
+    test clips with each program's logits on them for checks on other CPUs, and runs those of
+    ``settings.targets`` on the written folder (:func:`~vidaccel_train.export.target.verify_folder`).
 
     Raises:
         LoweringError: a model does not lower whole to XNNPACK (nothing is written).
         ArtifactError: the runtime cannot load a program just lowered (nothing is written).
         RuntimeError: the test batches hold no readable video.
         OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
+        ConfigError: the tools for a target are missing.
+        TargetVerificationError: a program's logits on a target CPU are not the x86 program's
+            (the folder is written, with the failed check recorded in its manifest and report).
     """
     out_dir = Path(out_dir)
     torch_threads = torch.get_num_threads()
@@ -113,6 +170,9 @@ def export_artifacts(
         ) from None
     finally:
         torch.set_num_threads(torch_threads)  # a multirun's later jobs train in this process
+    for isa in settings.targets:
+        with _timed(manifest, out_dir, f"target_{isa}"):
+            manifest = verify_folder(out_dir, isa, settings.target_cpus, tolerance=settings.target_tolerance)
     log.info(
         "Exported %s",
         ", ".join(
@@ -164,10 +224,14 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
         for name, logits in inputs.reference_logits.items()
         if name.removeprefix("reference_") in references
     }
+    sample = ClipSample(settings.target_clips, len(inputs.classes))
     with clock.stage("verification"):
         predictors = {f"reference_{p}": references[p] for p in references}
         predictors.update({p: programs[p] for p in precisions})
-        logits, labels = collect_logits(inputs.test_batches, predictors, known)
+        logits, labels = collect_logits(sample.watch(inputs.test_batches), predictors, known)
+        clips_sha, reference_sha = write_sample(
+            staging, sample.clips().numpy(), {f"model_{p}": sample.logits(logits[p]).numpy() for p in precisions}
+        )
     # The vanilla-PyTorch reference is the train form run eagerly as the framework runs it: on
     # channels-last clips, oneDNN's fast layout for 3-D convolutions (VideoClassifier.forward).
     eager_example = example.contiguous(memory_format=torch.channels_last_3d)
@@ -203,6 +267,15 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
             **accuracy(logits["reference_fp32"], labels), **_timing(latency["eager"], settings.threads)
         ),
         stage_seconds=clock.seconds,
+        target_sample=TargetSample(
+            clips_file=TARGET_CLIPS,
+            reference_file=TARGET_REFERENCE,
+            clips=len(sample.kept),
+            clips_sha256=clips_sha,
+            reference_sha256=reference_sha,
+            reference_isa=f"{host_isa()}, ExecuTorch's Python runtime",
+            selection=f"up to {sample.per_class} test videos per class, one view each (the views in turn)",
+        ),
     )
     write_report(staging, manifest)
     manifest.write(staging)

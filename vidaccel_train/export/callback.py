@@ -20,6 +20,7 @@ from vidaccel_train.errors import OutputError
 from vidaccel_train.export.artifacts import export_artifacts
 from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings
 from vidaccel_train.export.manifest import Manifest
+from vidaccel_train.export.target import TOLERANCE, Toolchain
 from vidaccel_train.files import check_writable
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class ExportCallback(L.Callback):
     Only rank 0 exports.
 
     Raises:
-        ConfigError: unknown ``precisions``, or counts below 1 (when built, before training).
+        ConfigError: unknown ``precisions`` or ``targets``, counts below 1, or the tools for a
+            target missing (when built, before training).
         OutputError: ``out_dir`` cannot be written (when built, before training), or the disk
             filled while writing it (nothing of it is kept).
     """
@@ -119,6 +121,10 @@ class ExportCallback(L.Callback):
         latency_rounds: int = 3,
         calibration_batches: int = 16,
         precisions: list[str] | tuple[str, ...] = PRECISIONS,
+        target_clips: int = 8,
+        targets: list[str] | tuple[str, ...] = (),
+        target_cpus: list[str] | tuple[str, ...] | None = None,
+        target_tolerance: float = TOLERANCE,
     ):
         self.enabled = enabled
         self.out_dir = out_dir
@@ -129,7 +135,14 @@ class ExportCallback(L.Callback):
             latency_rounds=latency_rounds,
             calibration_batches=calibration_batches,
             precisions=precisions,  # checked here: a typo fails before training, not after
+            target_clips=target_clips,
+            targets=tuple(targets or ()),
+            target_cpus=tuple(target_cpus) if target_cpus is not None else None,
+            target_tolerance=target_tolerance,
         )
+        if enabled and rank_zero_only.rank == 0:
+            for isa in self.settings.targets:
+                Toolchain.find(isa)  # the tools are there, of the right versions, before training
         # So does a folder it cannot write, said by the rank that exports (the default folder is
         # in the run's own, which the run writes anyway).
         if enabled and out_dir and rank_zero_only.rank == 0:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from vidaccel_train.data.clips import ClipContract, Views
-from vidaccel_train.errors import ConfigError, check_count
+from vidaccel_train.errors import ConfigError, check_count, check_number
+from vidaccel_train.export.target import ISAS, TOLERANCE
 
 PRECISIONS = ("fp32", "int8")
 
@@ -43,9 +44,15 @@ class ExportSettings:
             the figure and the range over rounds its spread (:func:`.verify.measure_latency`).
         calibration_batches: training batches to calibrate an int8 model on, when none is given.
         precisions: which programs to write (``fp32``, ``int8``).
+        target_clips: test clips the export keeps (``target_clips.npy``) with each program's
+            logits on them, for checks on other CPUs; spread over the classes.
+        targets: ISAs to verify the programs on after writing them (``aarch64``: under
+            qemu-user, one CPU model per kernel family; :mod:`~vidaccel_train.export.target`).
+        target_cpus: the CPU models to verify on (None: each ISA's defaults).
+        target_tolerance: the largest logit difference from the x86 program that passes.
 
     Raises:
-        ConfigError: unknown precisions, or counts below 1.
+        ConfigError: unknown precisions or targets, counts below 1, or a tolerance not above 0.
     """
 
     threads: int = 4
@@ -53,11 +60,28 @@ class ExportSettings:
     latency_rounds: int = 3
     calibration_batches: int = 16
     precisions: tuple[str, ...] = PRECISIONS
+    target_clips: int = 8
+    targets: tuple[str, ...] = ()
+    target_cpus: tuple[str, ...] | None = None
+    target_tolerance: float = TOLERANCE
 
     def __post_init__(self):
         object.__setattr__(self, "precisions", check_precisions(self.precisions))
-        for name in ("threads", "latency_repeats", "latency_rounds", "calibration_batches"):
+        for name in ("threads", "latency_repeats", "latency_rounds", "calibration_batches", "target_clips"):
             check_count(f"callbacks.export.{name}", getattr(self, name))
+        targets = tuple(dict.fromkeys(str(t) for t in self.targets or ()))
+        unknown = [t for t in targets if t not in ISAS]
+        if unknown:
+            raise ConfigError(f"callbacks.export.targets must name ISAs of {list(ISAS)}, got {list(self.targets)}")
+        object.__setattr__(self, "targets", targets)
+        if self.target_cpus is not None:
+            cpus = tuple(str(c) for c in self.target_cpus)
+            if not cpus:
+                raise ConfigError("callbacks.export.target_cpus is empty: name CPU models, or null for the defaults")
+            object.__setattr__(self, "target_cpus", cpus)
+        object.__setattr__(
+            self, "target_tolerance", check_number("callbacks.export.target_tolerance", self.target_tolerance)
+        )
 
 
 @dataclass

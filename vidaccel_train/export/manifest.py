@@ -13,6 +13,7 @@ from typing import Any
 
 from vidaccel_train.data.clips import ClipContract, Views
 from vidaccel_train.errors import ArtifactError
+from vidaccel_train.files import write_atomic
 
 MANIFEST = "manifest.json"
 ARTIFACT_FORMAT = "executorch-xnnpack"
@@ -72,6 +73,44 @@ class EagerReference(Timing):
     top5: float | None = None
 
 
+@dataclass
+class TargetSample:
+    """The test clips the export keeps for checks on other CPUs: ``clips_file`` (``.npy``,
+    ``(clips, C, T, H, W)`` float32, the programs' input) and ``reference_file`` (``.npz``: per
+    program file stem, its logits ``(clips, classes)`` through the export's own runtime on
+    ``reference_isa``), with their sha256s."""
+
+    clips_file: str
+    reference_file: str
+    clips: int
+    clips_sha256: str
+    reference_sha256: str
+    reference_isa: str
+    selection: str = ""
+
+
+@dataclass
+class TargetRecord:
+    """One program checked on one CPU model of a target ISA (``export.target``): the CPU
+    features the runtime saw, the instruction families its kernels executed, the runtime and
+    emulator, the share of the sample's clips whose top-1 equals the x86 program's, the largest
+    logit difference, the tolerance it was held to, whether it passed, and the wall seconds."""
+
+    file: str
+    isa: str
+    cpu: str
+    features: list[str]
+    kernels: list[str]
+    runtime: str
+    emulator: str | None
+    clips: int
+    agreement: float
+    max_logit_error: float
+    tolerance: float
+    passed: bool
+    seconds: float
+
+
 def _known(cls, values: dict) -> dict:
     """The entries of ``values`` that are fields of ``cls`` (a later export's extra keys are ignored)."""
     names = {f.name for f in fields(cls)}
@@ -94,6 +133,8 @@ class Manifest:
     verified_on: dict[str, int] = field(default_factory=dict)  # {"videos": N, "clips": M}
     reference_eager_fp32: EagerReference = field(default_factory=EagerReference)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    target_sample: TargetSample | None = None  # exports before target checks kept none
+    targets: list[TargetRecord] = field(default_factory=list)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int, int]:
@@ -129,6 +170,8 @@ class Manifest:
             "reference_eager_fp32": asdict(self.reference_eager_fp32),
             "stage_seconds": dict(self.stage_seconds),
             "artifacts": [asdict(record) for record in self.artifacts],
+            "target_sample": asdict(self.target_sample) if self.target_sample else None,
+            "targets": [asdict(record) for record in self.targets],
         }
 
     @classmethod
@@ -153,6 +196,8 @@ class Manifest:
             verified_on=dict(values.get("verified_on", {})),
             reference_eager_fp32=EagerReference(**_known(EagerReference, values.get("reference_eager_fp32") or {})),
             stage_seconds=dict(values.get("stage_seconds", {})),
+            target_sample=TargetSample(**values["target_sample"]) if values.get("target_sample") else None,
+            targets=[TargetRecord(**_known(TargetRecord, record)) for record in values.get("targets") or []],
         )
 
     @classmethod
@@ -175,7 +220,5 @@ class Manifest:
             ) from err
 
     def write(self, folder: str | Path) -> Path:
-        """``<folder>/manifest.json``; returns its path."""
-        path = Path(folder) / MANIFEST
-        path.write_text(json.dumps(self.to_json(), indent=2))
-        return path
+        """``<folder>/manifest.json``, replaced whole (a reader never sees half of it); returns its path."""
+        return write_atomic(Path(folder) / MANIFEST, json.dumps(self.to_json(), indent=2).encode())

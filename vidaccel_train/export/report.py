@@ -54,6 +54,33 @@ def write_report(folder: Path, manifest: Manifest) -> None:
     ]
     verified = manifest.verified_on
     clip = manifest.clip
+    targets = [
+        f"| {t.file} | {t.isa} {t.cpu} | {'+'.join(t.kernels) or 'n/a'} | {', '.join(t.features) or 'none'} | "
+        f"{t.clips} | {t.agreement * 100:.0f}% | {t.max_logit_error:.3g} | {'passed' if t.passed else '**FAILED**'} "
+        f"| {t.seconds:.1f} s |"
+        for t in manifest.targets
+    ]
+    emulators = sorted({t.emulator for t in manifest.targets if t.emulator})
+    target_section = (
+        [
+            "## Verified on the target",
+            "",
+            f"Each program through ExecuTorch's C++ runtime (Module API, XNNPACK; {manifest.targets[0].runtime}) on the target ISA, "
+            f"against the x86 program's logits on {manifest.target_sample.clips} test clips "
+            f"({manifest.target_sample.selection}); passed: the largest logit difference is within "
+            f"{manifest.targets[0].tolerance:g}. Kernels: the instruction families the run executed "
+            "(sme, i8mm, dotprod; neon: none of them). "
+            + (f"Emulated by {', '.join(emulators)}; " if emulators else "")
+            + "the seconds are the emulator's, not a phone's.",
+            "",
+            "| program | target | kernels | CPU features | clips | top-1 agreement | max logit error | check | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *targets,
+            "",
+        ]
+        if manifest.targets and manifest.target_sample
+        else []
+    )
     stages = ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest.stage_seconds.items())
     (folder / "report.md").write_text(
         "\n".join(
@@ -82,6 +109,7 @@ def write_report(folder: Path, manifest: Manifest) -> None:
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                 *details,
                 "",
+                *target_section,
                 f"Export stages: {stages}.",
                 "",
                 "![accuracy against latency](accuracy_latency.png)",
