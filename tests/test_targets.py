@@ -134,9 +134,7 @@ def test_a_program_tampered_with_one_weight_fails_verification(export_dir, tmp_p
     tampered.write_bytes(tamper_one_weight(export_dir / "model_int8.pte"))
     with np.load(export_dir / "target_reference.npz") as stored:
         reference = stored["model_int8"]
-    records = verify_on_target(
-        tampered, export_dir / "target_clips.npy", reference, "aarch64", ["cortex-a53", "max"]
-    )
+    records = verify_on_target(tampered, export_dir / "target_clips.npy", reference, "aarch64", ["cortex-a53", "max"])
     assert [r.passed for r in records] == [False, False]
     assert all(r.max_logit_error > 1e-2 for r in records)
     with pytest.raises(TargetVerificationError, match=r"on cortex-a53 its logits are up to .* apart.*on max"):
