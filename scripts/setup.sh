@@ -29,21 +29,29 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-install_aarch64_tools() {
+# In a subshell: its temporary folder goes whatever way it ends.
+install_aarch64_tools() (
   local root=.venv/share/vidaccel_train/targets/aarch64
   local et_version
   et_version=$(.venv/bin/python -c "from importlib import metadata; print(metadata.version('executorch').split('+')[0])")
   local tools_want="$et_version qemu>=10 gcc-12-cross 1"
   [ "$(cat "$root/.installed" 2>/dev/null)" = "$tools_want" ] && return 0
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  if [ "$(uname -m)" != x86_64 ] || ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null \
+      || [ ! -f "$keyring" ]; then
+    echo "[setup] warning: no aarch64 verification tools: they are fetched from Debian's archive with apt-get and" \
+      "dpkg on an x86_64 host with $keyring (Debian's debian-archive-keyring); export with" \
+      "callbacks.export.targets=[] here (docs/quantization-and-export.md#verified-on-the-target)" >&2
+    return 0
+  fi
   echo "[setup] fetching the aarch64 verification tools (cross compiler, qemu 10, executorch $et_version for aarch64)"
   local work
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
+  trap 'rm -rf "$work"' EXIT
   rm -rf "$root" && mkdir -p "$root"
   # A private apt state: bookworm for the cross compiler, trixie for qemu-user 10.
   local apt_dir="$work/apt"
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/sources.d" "$apt_dir/prefs.d" "$work/debs"
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   printf '%s\n' "deb [signed-by=$keyring] http://deb.debian.org/debian bookworm main" \
     "deb [signed-by=$keyring] http://deb.debian.org/debian trixie main" > "$apt_dir/sources.list"
   local apt_opts=(-o "Dir::State=$apt_dir" -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
@@ -61,8 +69,12 @@ install_aarch64_tools() {
   cp "$work/qemu/usr/bin/qemu-aarch64" "$root/qemu-aarch64"
   "$root/qemu-aarch64" --version | head -1
   # The executorch wheel for aarch64: only the C++ runtime (include/, lib/) is used.
-  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
-    --python-version 3.11 "executorch==$et_version" -d "$work/wheel"
+  local said
+  if ! said=$(.venv/bin/python -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
+      --python-version "$(.venv/bin/python -c "import sys; print('%d.%d' % sys.version_info[:2])")" "executorch==$et_version" -d "$work/wheel" 2>&1); then
+    echo "$said" >&2
+    return 1
+  fi
   .venv/bin/python - "$work"/wheel/executorch-*.whl "$root/executorch" "$et_version" <<'PY'
 import sys, zipfile
 from pathlib import Path
@@ -75,7 +87,7 @@ with zipfile.ZipFile(wheel) as archive:
 (out / "VERSION").write_text(version + "\n")
 PY
   echo "$tools_want" > "$root/.installed"
-}
+)
 
 if [ -n "${VIDACCEL_NO_TARGETS:-}" ]; then
   echo "[setup] VIDACCEL_NO_TARGETS is set: no aarch64 verification tools (export with callbacks.export.targets=[])"

@@ -59,7 +59,10 @@ def export_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> Manif
     if "display_aspect" not in run_config.get("data", {}):  # trained before the option: on stored pixels
         run_config = {**run_config, "data": {**run_config["data"], "display_aspect": "stored"}}
     cfg = OmegaConf.merge(OmegaConf.create(run_config), OmegaConf.from_dotlist(list(overrides)))
-    export_settings = {k: v for k, v in (cfg.get("callbacks", {}) or {}).get("export", {}).items() if k != "_target_"}
+    # Settings the checkpoint predates (callbacks.export.targets, ...) take today's defaults.
+    defaults = OmegaConf.load(Path(CONFIG_DIR) / "callbacks" / "export.yaml").export
+    settings = OmegaConf.merge(defaults, (cfg.get("callbacks", {}) or {}).get("export", {}) or {})
+    export_settings = {k: v for k, v in OmegaConf.to_container(settings).items() if k != "_target_"}
     export_settings.update(enabled=True, out_dir=str(out_dir))
 
     datamodule = instantiate(cfg.data)

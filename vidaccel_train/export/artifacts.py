@@ -57,20 +57,6 @@ def _timing(latency: Latency, threads: int) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _timed(manifest: Manifest, folder: Path, stage: str):
-    """Add the seconds of a stage that runs on the written folder to its manifest's stage seconds."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        written = Manifest.read(folder)
-        written.stage_seconds[stage] = round(time.perf_counter() - started, 1)
-        write_report(folder, written)
-        written.write(folder)
-        log.info("Export: %s took %.1f s", stage.replace("_", " "), written.stage_seconds[stage])
-
-
 class ClipSample:
     """Keeps test views for target checks while the verification reads the test batches once:
     up to ``count`` videos, spread over the classes (at most ``ceil(count / classes)`` each),
@@ -80,6 +66,7 @@ class ClipSample:
         self.count = count
         self.per_class = -(-count // max(num_classes, 1))
         self.kept: list[tuple[int, int, torch.Tensor]] = []  # (video index, view index, clip)
+        self.labels: list[int] = []
         self.taken: dict[int, int] = {}
 
     def watch(self, batches):
@@ -96,6 +83,7 @@ class ClipSample:
                     self.taken[label] = self.taken.get(label, 0) + 1
                     view = len(self.kept) % len(views)
                     self.kept.append((video, view, views[view].clone()))
+                    self.labels.append(label)
                 video += 1
             yield batch
 
@@ -138,7 +126,8 @@ def export_artifacts(
     PyTorch its own thread count back afterwards. ``extra_files`` are copied into ``out_dir``
     with the programs (the export command line's test confusion matrices). Keeps a sample of the
     test clips with each program's logits on them for checks on other CPUs, and runs those of
-    ``settings.targets`` on the written folder (:func:`~vidaccel_train.export.target.verify_folder`).
+    ``settings.targets`` before the folder replaces ``out_dir``
+    (:func:`~vidaccel_train.export.target.verify_folder`).
 
     Raises:
         LoweringError: a model does not lower whole to XNNPACK (nothing is written).
@@ -147,7 +136,7 @@ def export_artifacts(
         OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
         ConfigError: the tools for a target are missing.
         TargetVerificationError: a program's logits on a target CPU are not the x86 program's
-            (the folder is written, with the failed check recorded in its manifest and report).
+            (nothing is written: an earlier export in ``out_dir`` stays as it was).
     """
     out_dir = Path(out_dir)
     torch_threads = torch.get_num_threads()
@@ -170,9 +159,6 @@ def export_artifacts(
         ) from None
     finally:
         torch.set_num_threads(torch_threads)  # a multirun's later jobs train in this process
-    for isa in settings.targets:
-        with _timed(manifest, out_dir, f"target_{isa}"):
-            manifest = verify_folder(out_dir, isa, settings.target_cpus, tolerance=settings.target_tolerance)
     log.info(
         "Exported %s",
         ", ".join(
@@ -275,8 +261,15 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
             reference_sha256=reference_sha,
             reference_isa=f"{host_isa()}, ExecuTorch's Python runtime",
             selection=f"up to {sample.per_class} test videos per class, one view each (the views in turn)",
+            labels=sample.labels,
         ),
     )
     write_report(staging, manifest)
     manifest.write(staging)
+    for isa in settings.targets:  # on the staged folder: a program that fails here never replaces an export
+        with clock.stage(f"target_{isa}"):
+            manifest = verify_folder(staging, isa, settings.target_cpus, tolerance=settings.target_tolerance)
+        manifest.stage_seconds = dict(clock.seconds)
+        write_report(staging, manifest)
+        manifest.write(staging)
     return manifest

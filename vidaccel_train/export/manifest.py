@@ -78,7 +78,7 @@ class TargetSample:
     """The test clips the export keeps for checks on other CPUs: ``clips_file`` (``.npy``,
     ``(clips, C, T, H, W)`` float32, the programs' input) and ``reference_file`` (``.npz``: per
     program file stem, its logits ``(clips, classes)`` through the export's own runtime on
-    ``reference_isa``), with their sha256s."""
+    ``reference_isa``), with their sha256s, how they were chosen and their labels."""
 
     clips_file: str
     reference_file: str
@@ -87,6 +87,7 @@ class TargetSample:
     reference_sha256: str
     reference_isa: str
     selection: str = ""
+    labels: list[int] = field(default_factory=list)  # each clip's class index
 
 
 @dataclass
@@ -196,7 +197,9 @@ class Manifest:
             verified_on=dict(values.get("verified_on", {})),
             reference_eager_fp32=EagerReference(**_known(EagerReference, values.get("reference_eager_fp32") or {})),
             stage_seconds=dict(values.get("stage_seconds", {})),
-            target_sample=TargetSample(**values["target_sample"]) if values.get("target_sample") else None,
+            target_sample=(
+                TargetSample(**_known(TargetSample, values["target_sample"])) if values.get("target_sample") else None
+            ),
             targets=[TargetRecord(**_known(TargetRecord, record)) for record in values.get("targets") or []],
         )
 

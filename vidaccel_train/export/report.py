@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidaccel_train.export.manifest import LAYOUT, Manifest, Timing
+from vidaccel_train.files import write_atomic
 
 
 def _range(record: Timing) -> str:
@@ -82,7 +83,8 @@ def write_report(folder: Path, manifest: Manifest) -> None:
         else []
     )
     stages = ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in manifest.stage_seconds.items())
-    (folder / "report.md").write_text(
+    write_atomic(
+        folder / "report.md",
         "\n".join(
             [
                 f"# Export report: {manifest.model}",
@@ -115,5 +117,5 @@ def write_report(folder: Path, manifest: Manifest) -> None:
                 "![accuracy against latency](accuracy_latency.png)",
                 "",
             ]
-        )
+        ).encode(),
     )

@@ -4,6 +4,7 @@ its export folder's manifest first (:func:`load_verified`), and set the runtime'
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ import torch
 from vidaccel_train.errors import ArtifactError
 from vidaccel_train.export.manifest import MANIFEST, Manifest, sha256_of
 from vidaccel_train.quiet import native_stderr_muted
+
+log = logging.getLogger(__name__)
 
 
 class ExecuTorchModel:
@@ -81,6 +84,13 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, Manifest]:
         raise ArtifactError(
             f"refusing {artifact}: its sha256 {actual[:16]}… is not the manifest's {record.sha256[:16]}…; "
             "the file was modified or damaged. Export it again (python -m vidaccel_train.export ckpt_path=...)."
+        )
+    failed = [f"{t.isa} {t.cpu}" for t in manifest.targets if t.file == artifact.name and not t.passed]
+    if failed:  # it runs here as verified; on those CPUs it computes something else
+        log.warning(
+            "%s failed its check on %s (manifest.json, targets): its logits there are not these; do not ship it",
+            artifact.name,
+            ", ".join(failed),
         )
     with native_stderr_muted():  # ExecuTorch's CPU probe prints lookups of ARM-only files on load
         program = ExecuTorchModel(artifact)

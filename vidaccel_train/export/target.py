@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidaccel_train.errors import ArtifactError, ConfigError
+from vidaccel_train.errors import ArtifactError, ConfigError, check_number
 from vidaccel_train.export.manifest import Manifest, TargetRecord, sha256_of
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,11 @@ MIN_QEMU = (10, 0)
 # The largest logit difference from the x86 program that still passes. Integer kernels agree
 # exactly; what differs is float rounding in the (de)quantization around them (about 3e-6 seen).
 TOLERANCE = 1e-3
-SETUP_HINT = "bash scripts/setup.sh installs them (no root needed)"
+SETUP_HINT = (
+    "bash scripts/setup.sh installs them (no root needed); callbacks.export.targets=[] exports without the check"
+)
+# The runner's time limit: generous for emulated X3D-S clips, short of a run that hangs forever.
+RUNNER_SECONDS_PER_CLIP = 120
 
 # Instruction families in qemu's translation log, most specific first: which int8 kernels ran.
 KERNEL_FAMILIES = (
@@ -84,6 +88,8 @@ class Toolchain:
         emulator: ``qemu-aarch64`` for a foreign ISA, None natively.
         emulator_version: its ``--version`` line ("" natively).
         sysroot: the foreign ISA's C library folder for the emulator (``QEMU_LD_PREFIX``).
+        link_sysroot: the root the cross compiler's files were unpacked into, for the linker
+            (``--sysroot``: the C library's link scripts name its files by absolute path).
     """
 
     isa: str
@@ -93,9 +99,14 @@ class Toolchain:
     emulator: Path | None = None
     emulator_version: str = ""
     sysroot: Path | None = None
+    link_sysroot: Path | None = None
+
+    @property
+    def native(self) -> bool:
+        return self.emulator is None
 
     @classmethod
-    def native(cls) -> Toolchain:
+    def host(cls) -> Toolchain:
         """The host's: its ``g++`` and the installed executorch package.
 
         Raises:
@@ -119,7 +130,7 @@ class Toolchain:
                 says which and how to install it).
         """
         if isa == host_isa():
-            return cls.native()
+            return cls.host()
         if isa not in ISAS:
             raise ConfigError(f"unknown target ISA {isa!r}: choose from {list(ISAS)}")
         root = targets_dir() / isa
@@ -146,7 +157,7 @@ class Toolchain:
                 f"the {isa} runtime in {executorch} is executorch {version}, the installed one {wanted}: {SETUP_HINT}"
             )
         emulator_version = check_emulator(emulator)
-        return cls(isa, compilers[-1], executorch, version, emulator, emulator_version, sysroot)
+        return cls(isa, compilers[-1], executorch, version, emulator, emulator_version, sysroot, root / "gcc")
 
 
 def _installed_executorch() -> str:
@@ -219,13 +230,26 @@ def build_runner(toolchain: Toolchain) -> Path:
         "-lexecutorch_threadpool",
         "-Wl,--as-needed",
         f"-Wl,-rpath,{lib}",
+        *([f"--sysroot={toolchain.link_sysroot}"] if toolchain.link_sysroot else []),
     ]
     log.info("Building the %s program runner (%s)", toolchain.isa, Path(toolchain.compiler).name)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
+    try:
+        env = dict(os.environ)
+        if toolchain.link_sysroot:  # the unpacked binutils' own libraries (libbfd, libopcodes for arm64)
+            host_libraries = toolchain.link_sysroot / "usr/lib" / f"{host_isa()}-linux-gnu"
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(host_libraries), env.get("LD_LIBRARY_PATH")]))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+        if result.returncode != 0:
+            errors = [line.strip() for line in result.stderr.splitlines() if "error" in line.lower()]
+            raise ArtifactError(
+                f"building the {toolchain.isa} runner with {toolchain.compiler} failed: "
+                + " / ".join(errors[:3] or result.stderr.strip().splitlines()[-3:])
+            )
+        os.replace(staging, runner)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ArtifactError(f"building the {toolchain.isa} runner in {runner.parent} failed: {err}") from None
+    finally:
         staging.unlink(missing_ok=True)
-        raise ArtifactError(f"building the {toolchain.isa} runner failed: {result.stderr.strip()[-1500:]}")
-    os.replace(staging, runner)
     return runner
 
 
@@ -252,6 +276,8 @@ def run_program(
         ArtifactError: the runner failed (its error, and the CPU model, in the message).
     """
     runner = build_runner(toolchain)
+    count = int(np.load(clips, mmap_mode="r", allow_pickle=False).shape[0])
+    where = f"{toolchain.isa}" + (f" ({cpu})" if cpu else "")
     with tempfile.TemporaryDirectory(prefix="vidaccel-target-") as scratch:
         out = Path(scratch) / "logits.npy"
         trace = Path(scratch) / "translated.log"
@@ -262,19 +288,29 @@ def run_program(
             command = [str(toolchain.emulator), "-d", "in_asm", "-D", str(trace), *command]
             env.update(QEMU_LD_PREFIX=str(toolchain.sysroot), QEMU_CPU=cpu or "max")
         started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        limit = 60 + RUNNER_SECONDS_PER_CLIP * count
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise ArtifactError(f"the runner on {where} did not finish {count} clips in {limit} s") from None
+        except OSError as err:
+            raise ArtifactError(f"the runner on {where} could not start: {err}") from None
         seconds = time.perf_counter() - started
-        where = f"{toolchain.isa}" + (f" ({cpu})" if cpu else "")
         if result.returncode != 0:
             errors = [line for line in result.stderr.splitlines() if "cpuinfo_utils" not in line and line.strip()]
             raise ArtifactError(
                 f"the runner failed on {where} with exit code {result.returncode}: {' / '.join(errors[-3:])}"
             )
-        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        try:
+            summary = json.loads(result.stdout.strip().splitlines()[-1])
+            features = list(summary["features"])
+            logits = np.load(out, allow_pickle=False)
+        except (ValueError, KeyError, IndexError, OSError) as err:
+            raise ArtifactError(f"the runner on {where} ended without its results ({err}): {result.stdout[-300:]}")
         kernels = kernel_families(trace.read_text(errors="replace")) if trace.is_file() else []
         return RunnerResult(
-            logits=np.load(out, allow_pickle=False),
-            features=list(summary["features"]),
+            logits=logits,
+            features=features,
             kernels=kernels,
             runtime=summary["runtime"],
             seconds=round(seconds, 2),
@@ -283,8 +319,11 @@ def run_program(
 
 def kernel_families(translated: str) -> list[str]:
     """The instruction families of :data:`KERNEL_FAMILIES` in a qemu ``in_asm`` log, most
-    specific first; ``["neon"]`` when none of them ran (plain Advanced SIMD kernels)."""
+    specific first; ``["neon"]`` when none of them ran (plain Advanced SIMD kernels), and
+    ``["unknown"]`` for a log without disassembly (a qemu built without its disassembler)."""
     seen = set(_MNEMONIC.findall(translated))
+    if not seen:
+        return ["unknown"]
     found = [family for family, mnemonics in KERNEL_FAMILIES if seen.intersection(mnemonics)]
     return found or ["neon"]
 
@@ -324,12 +363,13 @@ def verify_on_target(
         ArtifactError: the runner failed on a CPU model.
     """
     toolchain = Toolchain.find(isa)
-    cpus = list(cpus or DEFAULT_CPUS.get(isa, ("native",)))
+    # On a host of the ISA itself the runner runs natively, once: its own CPU, not emulated models.
+    cpus = ["native"] if toolchain.native else list(cpus or DEFAULT_CPUS[isa])
     build_runner(toolchain)  # once, before the runs start side by side
     count = int(np.load(clips, mmap_mode="r", allow_pickle=False).shape[0])
 
     def one(cpu: str) -> TargetRecord:
-        result = run_program(program, clips, toolchain, cpu=None if toolchain.emulator is None else cpu)
+        result = run_program(program, clips, toolchain, cpu=None if toolchain.native else cpu)
         agreement, error = compare(result.logits, reference)
         return TargetRecord(
             file=program.name,
@@ -351,16 +391,21 @@ def verify_on_target(
         return list(pool.map(one, cpus))
 
 
-def check_records(records: list[TargetRecord]) -> None:
-    """Raises :class:`TargetVerificationError` naming each failed CPU model and how far apart it was."""
+def check_records(records: list[TargetRecord], reference: str = "x86") -> None:
+    """Raises :class:`TargetVerificationError` naming each program and CPU model that failed,
+    and how far its logits were from those on ``reference`` (where the export ran)."""
     failed = [r for r in records if not r.passed]
     if failed:
         raise TargetVerificationError(
-            f"{failed[0].file} does not compute on {failed[0].isa} what it computes on x86: "
-            + "; ".join(
-                f"on {r.cpu} its logits are up to {r.max_logit_error:.3g} apart (tolerance {r.tolerance:g}), "
-                f"top-1 the same on {r.agreement:.0%} of {r.clips} clips"
-                for r in failed
+            "; ".join(
+                f"{file} does not compute on {failed[0].isa} what it computes on {reference}: "
+                + ", ".join(
+                    f"on {r.cpu} its logits are up to {r.max_logit_error:.3g} apart (tolerance {r.tolerance:g}), "
+                    f"top-1 the same on {r.agreement:.0%} of {r.clips} clips"
+                    for r in failed
+                    if r.file == file
+                )
+                for file in dict.fromkeys(r.file for r in failed)
             )
             + ". Do not ship it: report the program and the CPU model (see docs/quantization-and-export.md"
             "#verified-on-the-target)"
@@ -401,6 +446,7 @@ def verify_folder(
     from vidaccel_train.export.report import write_report
 
     folder = Path(folder)
+    tolerance = check_number("--tolerance (callbacks.export.target_tolerance)", tolerance)
     manifest = Manifest.read(folder)
     sample = manifest.target_sample
     if sample is None:
@@ -415,6 +461,17 @@ def verify_folder(
     with np.load(folder / sample.reference_file, allow_pickle=False) as stored:
         references = {name: stored[name] for name in stored.files}
     chosen = files or [a.file for a in manifest.artifacts]
+    for file in chosen:  # every program checked before any runs
+        record = manifest.artifact(file)
+        if record is None:
+            raise ArtifactError(f"{file} is not listed in {folder}/manifest.json")
+        if Path(file).stem not in references:
+            raise ArtifactError(f"{folder / sample.reference_file} has no x86 logits for {file}")
+        program = folder / file
+        if not program.is_file() or sha256_of(program) != record.sha256:
+            raise ArtifactError(
+                f"refusing {program}: it is missing or not the file the manifest lists (sha256); export it again"
+            )
     clips_file = folder / sample.clips_file
     with tempfile.TemporaryDirectory(prefix="vidaccel-target-") as scratch:
         if clips is not None:
@@ -425,16 +482,7 @@ def verify_folder(
             clips_file = subset
         records = []
         for file in chosen:
-            record = manifest.artifact(file)
-            if record is None:
-                raise ArtifactError(f"{file} is not listed in {folder}/manifest.json")
-            if Path(file).stem not in references:
-                raise ArtifactError(f"{folder / sample.reference_file} has no x86 logits for {file}")
             program = folder / file
-            if not program.is_file() or sha256_of(program) != record.sha256:
-                raise ArtifactError(
-                    f"refusing {program}: it is missing or not the file the manifest lists (sha256); export it again"
-                )
             reference = references[Path(file).stem][: clips or sample.clips]
             log.info("Verifying %s on %s: %s", file, isa, ", ".join(cpus or DEFAULT_CPUS.get(isa, ())))
             records += verify_on_target(program, clips_file, reference, isa, cpus, tolerance)
@@ -455,5 +503,5 @@ def verify_folder(
             r.max_logit_error,
             r.seconds,
         )
-    check_records(records)
+    check_records(records, sample.reference_isa.split(",")[0])
     return manifest
