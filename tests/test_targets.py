@@ -3,6 +3,7 @@ on aarch64 under qemu-user 10 (one CPU model per XNNPACK kernel family), against
 a program tampered with one weight fails; missing or old tools are said before any work."""
 
 import json
+import logging
 import os
 import shutil
 import stat
@@ -18,7 +19,7 @@ from vidaccel_train.errors import ConfigError
 from vidaccel_train.export.callback import ExportCallback
 from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.export.manifest import Manifest, sha256_of
-from vidaccel_train.export.runtime import ExecuTorchModel
+from vidaccel_train.export.runtime import ExecuTorchModel, load_verified
 from vidaccel_train.export.target import (
     DEFAULT_CPUS,
     TargetVerificationError,
@@ -130,7 +131,7 @@ def test_verify_target_on_two_cpu_models_records_and_prints(export_dir, tmp_path
     assert refused.returncode == 2 and refused.stderr.startswith("error: --clips must be between 1 and 8")
 
 
-def test_a_program_tampered_with_one_weight_fails_verification(export_dir, tmp_path):
+def test_a_program_tampered_with_one_weight_fails_verification(export_dir, tmp_path, caplog):
     tampered = tmp_path / "model_int8.pte"
     tampered.write_bytes(tamper_one_weight(export_dir / "model_int8.pte"))
     with np.load(export_dir / "target_reference.npz") as stored:
@@ -157,6 +158,9 @@ def test_a_program_tampered_with_one_weight_fails_verification(export_dir, tmp_p
     )
     failed = {t.cpu: t for t in Manifest.read(copy).targets if t.file == "model_int8.pte"}
     assert failed["cortex-a76"].passed is False and "**FAILED**" in (copy / "report.md").read_text()
+    with caplog.at_level(logging.WARNING):
+        load_verified(copy)  # runs on x86 as verified, with a warning of where it does not
+    assert "failed its check on aarch64 cortex-a76" in caplog.text
     # A file changed after the export is refused before anything runs.
     (copy / "model_int8.pte").write_bytes(tamper_one_weight(export_dir / "model_int8.pte")[:-1])
     refused = verify_cli(copy, "--cpus", "cortex-a76")
