@@ -295,6 +295,16 @@ CLI_MISTAKES = [
         "{tmp}/missing.pte does not exist",
     ),
     (
+        "verify_target",
+        ["-m", "vidaccel_train.export.verify_target", "{tmp}/export", "--cpus", "cortex-a53"],
+        "{tmp}/export: no manifest.json in this folder",
+    ),
+    (
+        "train_target",
+        ["-m", "vidaccel_train", "callbacks.export.targets=[riscv64]"],
+        "callbacks.export.targets must name ISAs of ['aarch64'], got ['riscv64']",
+    ),
+    (
         "check_dataset",
         ["scripts/check_dataset.py", "{tmp}/kinetics", "--out", "{tmp}/out"],
         "{tmp}/kinetics: no such folder",

@@ -79,6 +79,7 @@ def test_manifest_describes_verified_artifacts(export_dir, smoke_run):
         "lowering_int8",
         "verification",
         "latency",
+        "target_aarch64",
     }
     report = (export_dir / "report.md").read_text()
     assert "clip agreement" in report and "Export stages: int8 conversion" in report

@@ -160,6 +160,8 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
         "manifest.json",
         "model_int8.pte",
         "report.md",
+        "target_clips.npy",
+        "target_reference.npz",
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {"test/top1", "test_fp32/top1", "val_fp32/top1"} <= set(metrics)
