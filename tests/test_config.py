@@ -72,6 +72,7 @@ def test_help_lists_groups_and_cfg_job_shows_the_config():
     [
         ("vidaccel-train", "model:"),
         ("vidaccel-export", "ckpt_path=<run>/checkpoints/last.ckpt"),
+        ("vidaccel-verify-target", "--cpus"),
         ("vidaccel-predict", "--timeline"),
         ("vidaccel-demo", "usage:"),
         ("vidaccel-check", "usage:"),
