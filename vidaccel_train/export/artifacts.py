@@ -66,8 +66,7 @@ class ClipSample:
         self.count = count
         self.per_class = -(-count // max(num_classes, 1))
         self.kept: list[tuple[int, int, torch.Tensor]] = []  # (video index, view index, clip)
-        self.labels: list[int] = []
-        self.taken: dict[int, int] = {}
+        self.labels: list[int] = []  # of the kept views
 
     def watch(self, batches):
         """``batches`` as they are, keeping the sample on the way (readable videos counted as
@@ -79,8 +78,7 @@ class ClipSample:
                 if not readable:
                     continue
                 label = int(label)
-                if len(self.kept) < self.count and self.taken.get(label, 0) < self.per_class:
-                    self.taken[label] = self.taken.get(label, 0) + 1
+                if len(self.kept) < self.count and self.labels.count(label) < self.per_class:
                     view = len(self.kept) % len(views)
                     self.kept.append((video, view, views[view].clone()))
                     self.labels.append(label)
@@ -216,7 +214,7 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
         predictors.update({p: programs[p] for p in precisions})
         logits, labels = collect_logits(sample.watch(inputs.test_batches), predictors, known)
         clips_sha, reference_sha = write_sample(
-            staging, sample.clips().numpy(), {f"model_{p}": sample.logits(logits[p]).numpy() for p in precisions}
+            staging, sample.clips().numpy(), {paths[p].stem: sample.logits(logits[p]).numpy() for p in precisions}
         )
     # The vanilla-PyTorch reference is the train form run eagerly as the framework runs it: on
     # channels-last clips, oneDNN's fast layout for 3-D convolutions (VideoClassifier.forward).
@@ -268,7 +266,7 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
     manifest.write(staging)
     for isa in settings.targets:  # on the staged folder: a program that fails here never replaces an export
         with clock.stage(f"target_{isa}"):
-            manifest = verify_folder(staging, isa, settings.target_cpus, tolerance=settings.target_tolerance)
+            manifest, _ = verify_folder(staging, isa, settings.target_cpus, tolerance=settings.target_tolerance)
         manifest.stage_seconds = dict(clock.seconds)
         write_report(staging, manifest)
         manifest.write(staging)

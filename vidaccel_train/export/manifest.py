@@ -145,6 +145,28 @@ class Manifest:
         """The record of the program named ``file``, if listed."""
         return next((record for record in self.artifacts if record.file == file), None)
 
+    def checked_artifact(self, path: str | Path) -> ArtifactRecord:
+        """The record of the program at ``path`` (a file of this manifest's folder), after
+        checking that it is there, listed, and the file the manifest lists (its sha256).
+
+        Raises:
+            ArtifactError: missing, not listed, or another sha256 (modified or damaged).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"{path} does not exist")
+        record = self.artifact(path.name)
+        if record is None:
+            raise ArtifactError(f"{path.name} is not listed in {path.parent / MANIFEST}")
+        actual = sha256_of(path)
+        if actual != record.sha256:
+            raise ArtifactError(
+                f"refusing {path}: its sha256 {actual[:16]}… is not the manifest's {record.sha256[:16]}…: it is not "
+                "the file the manifest lists (modified or damaged). Export it again (python -m vidaccel_train.export "
+                "ckpt_path=...)."
+            )
+        return record
+
     def preferred(self) -> ArtifactRecord:
         """The program to serve by default: the int8 one, else the first listed.
 

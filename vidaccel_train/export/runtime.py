@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from vidaccel_train.errors import ArtifactError
-from vidaccel_train.export.manifest import MANIFEST, Manifest, sha256_of
+from vidaccel_train.export.manifest import Manifest
 from vidaccel_train.quiet import native_stderr_muted
 
 log = logging.getLogger(__name__)
@@ -76,15 +76,7 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, Manifest]:
     if not artifact.is_file():
         raise ArtifactError(f"{artifact} does not exist")
     manifest = Manifest.read(artifact.parent)  # the export folder as written, or an ArtifactError
-    record = manifest.artifact(artifact.name)
-    if record is None:
-        raise ArtifactError(f"{artifact.name} is not listed in {artifact.parent / MANIFEST}")
-    actual = sha256_of(artifact)
-    if actual != record.sha256:
-        raise ArtifactError(
-            f"refusing {artifact}: its sha256 {actual[:16]}… is not the manifest's {record.sha256[:16]}…; "
-            "the file was modified or damaged. Export it again (python -m vidaccel_train.export ckpt_path=...)."
-        )
+    manifest.checked_artifact(artifact)
     failed = [f"{t.isa} {t.cpu}" for t in manifest.targets if t.file == artifact.name and not t.passed]
     if failed:  # it runs here as verified; on those CPUs it computes something else
         log.warning(

@@ -431,11 +431,12 @@ def verify_folder(
     clips: int | None = None,
     tolerance: float = TOLERANCE,
     files: list[str] | None = None,
-) -> Manifest:
+) -> tuple[Manifest, list[TargetRecord]]:
     """Verify an export folder's programs (``files``, default all) on ``isa``: each CPU model of
     ``cpus`` on the first ``clips`` clips of its sample (default all). Records the results in
     its manifest (``targets``, replacing earlier ones of the same program, ISA and CPU) and
-    report, and returns the manifest; a failed check is recorded, then raised.
+    report, and returns the manifest and this check's records; a failed check is recorded, then
+    raised.
 
     Raises:
         ArtifactError: no readable manifest, a program or the sample missing or not the file the
@@ -462,16 +463,9 @@ def verify_folder(
         references = {name: stored[name] for name in stored.files}
     chosen = files or [a.file for a in manifest.artifacts]
     for file in chosen:  # every program checked before any runs
-        record = manifest.artifact(file)
-        if record is None:
-            raise ArtifactError(f"{file} is not listed in {folder}/manifest.json")
+        manifest.checked_artifact(folder / file)
         if Path(file).stem not in references:
             raise ArtifactError(f"{folder / sample.reference_file} has no x86 logits for {file}")
-        program = folder / file
-        if not program.is_file() or sha256_of(program) != record.sha256:
-            raise ArtifactError(
-                f"refusing {program}: it is missing or not the file the manifest lists (sha256); export it again"
-            )
     clips_file = folder / sample.clips_file
     with tempfile.TemporaryDirectory(prefix="vidaccel-target-") as scratch:
         if clips is not None:
@@ -504,4 +498,4 @@ def verify_folder(
             r.seconds,
         )
     check_records(records, sample.reference_isa.split(",")[0])
-    return manifest
+    return manifest, records

@@ -44,16 +44,14 @@ def _parser() -> ArgumentParser:
 def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    manifest = verify_folder(args.export, args.isa, args.cpus, args.clips, args.tolerance, args.program)
-    cpus = set(args.cpus or DEFAULT_CPUS[args.isa])
-    for r in manifest.targets:
-        if r.isa == args.isa and r.cpu in cpus and (not args.program or r.file in args.program):
-            print(
-                f"{r.file} on {r.isa} {r.cpu}: passed, kernels {'+'.join(r.kernels) or 'n/a'} "
-                f"(features {','.join(r.features) or 'none'}), top-1 agreement {r.agreement:.0%} of {r.clips} clips, "
-                f"max logit error {r.max_logit_error:.3g}, {r.seconds:.1f} s"
-            )
-    emulator = next((r.emulator for r in manifest.targets if r.emulator), None)
+    _, records = verify_folder(args.export, args.isa, args.cpus, args.clips, args.tolerance, args.program)
+    for r in records:
+        print(
+            f"{r.file} on {r.isa} {r.cpu}: passed, kernels {'+'.join(r.kernels) or 'n/a'} "
+            f"(features {','.join(r.features) or 'none'}), top-1 agreement {r.agreement:.0%} of {r.clips} clips, "
+            f"max logit error {r.max_logit_error:.3g}, {r.seconds:.1f} s"
+        )
+    emulator = next((r.emulator for r in records if r.emulator), None)
     if emulator:
         print(f"emulator: {emulator}")
     return 0
