@@ -27,12 +27,20 @@ from torch import nn
 from vidaccel_train.errors import OutputError
 from vidaccel_train.export.executorch import lower_to_executorch
 from vidaccel_train.export.inputs import ExportInput, ExportSettings
-from vidaccel_train.export.manifest import ArtifactRecord, EagerReference, Manifest, TargetSample, sha256_of
+from vidaccel_train.export.manifest import (
+    ARTIFACT_FORMAT,
+    ArtifactRecord,
+    EagerReference,
+    Manifest,
+    TargetSample,
+    sha256_of,
+)
 from vidaccel_train.export.report import write_report
-from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads
-from vidaccel_train.export.target import TARGET_CLIPS, TARGET_REFERENCE, host_isa, verify_folder, write_sample
+from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads, time_in_own_process
+from vidaccel_train.export.target import ISAS, TARGET_CLIPS, TARGET_REFERENCE, host_isa, verify_folder, write_sample
 from vidaccel_train.export.verify import Latency, accuracy, collect_logits, fidelity, measure_latency
 from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
+from vidaccel_train.models.conv3d_form import to_conv3d_form
 from vidaccel_train.quantization import pt2e
 
 __all__ = ["calibrate_int8", "export_artifacts"]
@@ -125,14 +133,16 @@ def export_artifacts(
     with the programs (the export command line's test confusion matrices). Keeps a sample of the
     test clips with each program's logits on them for checks on other CPUs, and runs those of
     ``settings.targets`` before the folder replaces ``out_dir``
-    (:func:`~vidaccel_train.export.target.verify_folder`).
+    (:func:`~vidaccel_train.export.target.verify_folder`). With ``x86_64`` among the targets it
+    also writes the x86 program, ``model_int8_openvino.pte`` (:mod:`~vidaccel_train.export.openvino`),
+    verified and timed like the others.
 
     Raises:
         LoweringError: a model does not lower whole to XNNPACK (nothing is written).
         ArtifactError: the runtime cannot load a program just lowered (nothing is written).
         RuntimeError: the test batches hold no readable video.
         OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
-        ConfigError: the tools for a target are missing.
+        ConfigError: the tools for a target are missing (OpenVINO and NNCF for ``x86_64``).
         TargetVerificationError: a program's logits on a target CPU are not the x86 program's
             (nothing is written: an earlier export in ``out_dir`` stays as it was).
     """
@@ -180,9 +190,25 @@ def _int8_reference(inputs: ExportInput, settings: ExportSettings) -> tuple[nn.M
     return converted, f"post-training calibration on {settings.calibration_batches} training batches"
 
 
+def _x86_program(inputs: ExportInput, example: torch.Tensor, settings: ExportSettings):
+    """The x86 program's int8 model (NNCF's, of the 3-D form of the run's float weights) and
+    the program lowered from it (:mod:`.openvino`)."""
+    from vidaccel_train.export import openvino
+
+    if inputs.calibration_batches is None:
+        raise ValueError("the x86 program needs training batches to calibrate on")
+    model = to_conv3d_form(inputs.float_model)
+    clips = openvino.calibration_clips(inputs.calibration_batches, settings.calibration_batches)
+    quantized = openvino.quantize(model, example, clips)
+    return openvino.BatchOne(quantized), openvino.lower_to_openvino(quantized, example)
+
+
 def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportSettings) -> Manifest:
     """Write each program into ``staging``, run it on every test view beside its in-framework
-    reference, time them all, and write the manifest and report there."""
+    reference, time them all, and write the manifest and report there.
+
+    Programs are keyed by their file's stem less ``model_``: ``fp32``, ``int8`` (XNNPACK) and
+    ``int8_openvino`` (the x86 program); each key's reference is ``reference_<key>``."""
     precisions = settings.precisions
     example = torch.randn(inputs.clip.input_shape)
     clock = StageClock()
@@ -196,13 +222,24 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
     lowered = {"fp32": inputs.float_model, "int8": references.get("int8")}
 
     paths = {}
+    formats = dict.fromkeys(precisions, ARTIFACT_FORMAT)
+    quantization = {"int8": source}
     for precision in precisions:
         with clock.stage(f"lowering_{precision}"):
             program = lower_to_executorch(lowered[precision], example)
             paths[precision] = write_atomic(staging / f"model_{precision}.pte", program.buffer)
+    if "x86_64" in settings.targets:
+        from vidaccel_train.export.openvino import FORMAT, describe
+
+        with clock.stage("lowering_int8_openvino"):
+            references["int8_openvino"], program = _x86_program(inputs, example, settings)
+            paths["int8_openvino"] = write_atomic(staging / "model_int8_openvino.pte", program.buffer)
+            formats["int8_openvino"] = FORMAT
+            quantization["int8_openvino"] = describe(settings.calibration_batches)
+    portable = [key for key in paths if formats[key] == ARTIFACT_FORMAT]  # the programs for every CPU
 
     set_runtime_threads(settings.threads)  # before loading: XNNPACK takes its thread pool at load time
-    programs = {precision: ExecuTorchModel(path) for precision, path in paths.items()}
+    programs = {key: ExecuTorchModel(path) for key, path in paths.items()}
     known = {
         name: logits
         for name, logits in inputs.reference_logits.items()
@@ -210,32 +247,39 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
     }
     sample = ClipSample(settings.target_clips, len(inputs.classes))
     with clock.stage("verification"):
-        predictors = {f"reference_{p}": references[p] for p in references}
-        predictors.update({p: programs[p] for p in precisions})
+        predictors = {f"reference_{key}": references[key] for key in references}
+        predictors.update(programs)
         logits, labels = collect_logits(sample.watch(inputs.test_batches), predictors, known)
         clips_sha, reference_sha = write_sample(
-            staging, sample.clips().numpy(), {paths[p].stem: sample.logits(logits[p]).numpy() for p in precisions}
+            staging, sample.clips().numpy(), {paths[key].stem: sample.logits(logits[key]).numpy() for key in portable}
         )
     # The vanilla-PyTorch reference is the train form run eagerly as the framework runs it: on
     # channels-last clips, oneDNN's fast layout for 3-D convolutions (VideoClassifier.forward).
     eager_example = example.contiguous(memory_format=torch.channels_last_3d)
     with clock.stage("latency"):
         # Programs first: the eager model's OpenMP threads would spin beside XNNPACK's.
-        runs = {precision: lambda run=run: run(example) for precision, run in programs.items()}
+        runs = {key: lambda run=programs[key]: run(example) for key in portable}
         runs["eager"] = lambda: inputs.eager_model(eager_example)
         latency = measure_latency(runs, settings.latency_repeats, settings.latency_rounds)
+        for key in set(paths) - set(portable):
+            # OpenVINO takes every core it may run on: timed in a process held to the threads.
+            latency[key] = time_in_own_process(
+                paths[key], settings.threads, example.shape, settings.latency_repeats, settings.latency_rounds
+            )
 
     artifacts = [
         ArtifactRecord(
             file=path.name,
-            precision=precision,
+            precision=key.split("_")[0],
             sha256=sha256_of(path),
+            format=formats[key],
+            quantization=quantization.get(key),
             bytes=path.stat().st_size,
-            **accuracy(logits[precision], labels),
-            **fidelity(logits[precision], logits[f"reference_{precision}"]),
-            **_timing(latency[precision], settings.threads),
+            **accuracy(logits[key], labels),
+            **fidelity(logits[key], logits[f"reference_{key}"]),
+            **_timing(latency[key], settings.threads),
         )
-        for precision, path in paths.items()
+        for key, path in paths.items()
     ]
     videos, views = logits["reference_fp32"].shape[:2]
     manifest = Manifest(
@@ -264,9 +308,17 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
     )
     write_report(staging, manifest)
     manifest.write(staging)
-    for isa in settings.targets:  # on the staged folder: a program that fails here never replaces an export
+    for isa in (
+        isa for isa in settings.targets if isa in ISAS
+    ):  # on the staged folder: a program that fails here never replaces an export
         with clock.stage(f"target_{isa}"):
-            manifest, _ = verify_folder(staging, isa, settings.target_cpus, tolerance=settings.target_tolerance)
+            manifest, _ = verify_folder(
+                staging,
+                isa,
+                settings.target_cpus,
+                tolerance=settings.target_tolerance,
+                files=[paths[k].name for k in portable],
+            )
         manifest.stage_seconds = dict(clock.seconds)
         write_report(staging, manifest)
         manifest.write(staging)

@@ -18,7 +18,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from vidaccel_train.data.clips import Views
 from vidaccel_train.errors import OutputError
 from vidaccel_train.export.artifacts import export_artifacts
-from vidaccel_train.export.inputs import PRECISIONS, ExportInput, ExportSettings
+from vidaccel_train.export.inputs import PRECISIONS, X86, ExportInput, ExportSettings
 from vidaccel_train.export.manifest import Manifest
 from vidaccel_train.export.target import TOLERANCE, Toolchain
 from vidaccel_train.files import check_writable
@@ -44,10 +44,11 @@ def tested_logits(module, datamodule, precisions) -> dict[str, torch.Tensor]:
     }
 
 
-def export_input(module, datamodule, precisions=PRECISIONS) -> ExportInput:
+def export_input(module, datamodule, precisions=PRECISIONS, targets=()) -> ExportInput:
     """What ``export_artifacts`` needs, from a ``VideoClassifier`` (moved to the CPU, eval mode)
     and its ``VideoDataModule``: the deploy forms, the int8 model the run tested (or what to
-    calibrate one from), the test batches, the clip contract and the test's own logits."""
+    calibrate one from), the test batches, the clip contract and the test's own logits (and
+    training batches to calibrate the x86 program on, for ``targets`` with x86_64)."""
     if module.device.type != "cpu":
         log.info("Exporting on the CPU: moving the model off %s", module.device)
     module = module.cpu().eval()  # the programs are CPU programs, verified on the CPU
@@ -72,7 +73,8 @@ def export_input(module, datamodule, precisions=PRECISIONS) -> ExportInput:
         int8_model=int8_model,
         int8_source=f"{module.quant_state.mode} model" if int8_model is not None else None,
         calibration_model=module.net if not quantized else None,
-        calibration_batches=datamodule.calibration_dataloader() if not quantized else None,
+        # Calibrates an fp32 run's int8 model, and the x86 program's (any run's).
+        calibration_batches=datamodule.calibration_dataloader() if not quantized or X86 in targets else None,
         reference_logits=tested_logits(module, datamodule, precisions),
     )
 
@@ -107,7 +109,8 @@ class ExportCallback(L.Callback):
 
     Raises:
         ConfigError: unknown ``precisions`` or ``targets``, counts below 1, or the tools for a
-            target missing (when built, before training).
+            target missing (qemu and the cross tools for aarch64, OpenVINO and NNCF for x86_64;
+            when built, before training).
         OutputError: ``out_dir`` cannot be written (when built, before training), or the disk
             filled while writing it (nothing of it is kept).
     """
@@ -141,8 +144,13 @@ class ExportCallback(L.Callback):
             target_tolerance=target_tolerance,
         )
         if enabled and rank_zero_only.rank == 0:
-            for isa in self.settings.targets:
-                Toolchain.find(isa)  # the tools are there, of the right versions, before training
+            for isa in self.settings.targets:  # the tools are there, of the right versions, before training
+                if isa == X86:
+                    from vidaccel_train.export.openvino import check_available
+
+                    check_available()
+                else:
+                    Toolchain.find(isa)
         # So does a folder it cannot write, said by the rank that exports (the default folder is
         # in the run's own, which the run writes anyway).
         if enabled and out_dir and rank_zero_only.rank == 0:
@@ -164,6 +172,6 @@ class ExportCallback(L.Callback):
             )
         out_dir = Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "export"
         log.info("Exporting ExecuTorch artifacts to %s", out_dir)
-        inputs = export_input(pl_module, trainer.datamodule, self.settings.precisions)
+        inputs = export_input(pl_module, trainer.datamodule, self.settings.precisions, self.settings.targets)
         extra = sorted(p for p in Path(self.include_from).iterdir() if p.is_file()) if self.include_from else []
         self.manifest = export_artifacts(inputs, out_dir, self.settings, extra_files=extra)

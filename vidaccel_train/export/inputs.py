@@ -15,6 +15,10 @@ from vidaccel_train.errors import ConfigError, check_count, check_number
 from vidaccel_train.export.target import ISAS, TOLERANCE
 
 PRECISIONS = ("fp32", "int8")
+# The CPUs an export is for: each ISA of the target checks (the XNNPACK programs run there under
+# qemu-user), and x86_64, which adds the x86 program (int8, delegated to OpenVINO).
+X86 = "x86_64"
+TARGETS = (*ISAS, X86)
 
 
 def check_precisions(precisions) -> tuple[str, ...]:
@@ -46,13 +50,16 @@ class ExportSettings:
         precisions: which programs to write (``fp32``, ``int8``).
         target_clips: test clips the export keeps (``target_clips.npy``) with each program's
             logits on them, for checks on other CPUs; spread over the classes.
-        targets: ISAs to verify the programs on after writing them (``aarch64``: under
-            qemu-user, one CPU model per kernel family; :mod:`~vidaccel_train.export.target`).
+        targets: the CPUs the export is for. ``aarch64``: verify the XNNPACK programs there
+            after writing them (under qemu-user, one CPU model per kernel family;
+            :mod:`~vidaccel_train.export.target`). ``x86_64``: also write the x86 program,
+            ``model_int8_openvino.pte`` (:mod:`~vidaccel_train.export.openvino`; needs int8).
         target_cpus: the CPU models to verify on (None: each ISA's defaults).
         target_tolerance: the largest logit difference from the x86 program that passes.
 
     Raises:
-        ConfigError: unknown precisions or targets, counts below 1, or a tolerance not above 0.
+        ConfigError: unknown precisions or targets, counts below 1, a tolerance not above 0, or
+            ``x86_64`` without ``int8``.
     """
 
     threads: int = 4
@@ -70,9 +77,14 @@ class ExportSettings:
         for name in ("threads", "latency_repeats", "latency_rounds", "calibration_batches", "target_clips"):
             check_count(f"callbacks.export.{name}", getattr(self, name))
         targets = tuple(dict.fromkeys(str(t) for t in self.targets or ()))
-        unknown = [t for t in targets if t not in ISAS]
+        unknown = [t for t in targets if t not in TARGETS]
         if unknown:
-            raise ConfigError(f"callbacks.export.targets must name ISAs of {list(ISAS)}, got {list(self.targets)}")
+            raise ConfigError(f"callbacks.export.targets must name some of {list(TARGETS)}, got {list(self.targets)}")
+        if X86 in targets and "int8" not in self.precisions:
+            raise ConfigError(
+                f"callbacks.export.targets=[{X86}] adds the int8 x86 program: callbacks.export.precisions must "
+                f"include int8, got {list(self.precisions)}"
+            )
         object.__setattr__(self, "targets", targets)
         if self.target_cpus is not None:
             cpus = tuple(str(c) for c in self.target_cpus)

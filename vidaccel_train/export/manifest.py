@@ -63,6 +63,8 @@ class ArtifactRecord(Timing):
     # of them: a gap within the logit error means the clip was a near-tie, not a broken program.
     disagreeing_clips: int | None = None
     widest_disagreeing_gap: float | None = None
+    # How an int8 program's model came about (the manifest's int8_source for the XNNPACK one).
+    quantization: str | None = None
 
 
 @dataclass

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidaccel_train.export.manifest import LAYOUT, Manifest, Timing
+from vidaccel_train.export.manifest import ARTIFACT_FORMAT, LAYOUT, ArtifactRecord, Manifest, Timing
 from vidaccel_train.files import write_atomic
 
 
 def _range(record: Timing) -> str:
     """``low-high`` ms over the timing rounds (exports made before it recorded none)."""
     return "{:.2f}-{:.2f}".format(*record.latency_range_ms) if record.latency_range_ms else "n/a"
+
+
+def _label(record: ArtifactRecord) -> str:
+    """``ExecuTorch int8`` for an XNNPACK program (any CPU), ``... x86 (OpenVINO)`` for the x86 one."""
+    return f"ExecuTorch {record.precision}" + (" x86 (OpenVINO)" if record.format != ARTIFACT_FORMAT else "")
 
 
 def write_report(folder: Path, manifest: Manifest) -> None:
@@ -22,7 +27,7 @@ def write_report(folder: Path, manifest: Manifest) -> None:
 
     reference = manifest.reference_eager_fp32
     points = [("PyTorch eager fp32", reference.latency_ms, reference.top1)] + [
-        (f"ExecuTorch {a.precision}", a.latency_ms, a.top1) for a in manifest.artifacts
+        (_label(a), a.latency_ms, a.top1) for a in manifest.artifacts
     ]
     spreads = [_range(reference)] + [_range(a) for a in manifest.artifacts]
     figure, axes = plt.subplots(figsize=(6, 4))
@@ -44,7 +49,7 @@ def write_report(folder: Path, manifest: Manifest) -> None:
     ]
     timings = "; ".join(
         f"{label}: {record.latency_timing}"
-        for label, record in [("eager", reference)] + [(a.precision, a) for a in manifest.artifacts]
+        for label, record in [("eager", reference)] + [(_label(a), a) for a in manifest.artifacts]
         if record.latency_timing
     )
     details = [
@@ -53,6 +58,18 @@ def write_report(folder: Path, manifest: Manifest) -> None:
         f"{a.disagreeing_clips} (widest gap {a.widest_disagreeing_gap:.3g}) | `{a.sha256[:16]}…` |"
         for a in manifest.artifacts
     ]
+    x86 = [a for a in manifest.artifacts if a.format != ARTIFACT_FORMAT]
+    x86_note = (
+        [
+            f"{', '.join(a.file for a in x86)}: the x86 program, for x86-64 CPUs only (ExecuTorch's OpenVINO "
+            f"backend; {x86[0].quantization}); timed in a process of its own held to {reference.threads} cores, "
+            "since OpenVINO takes a thread per core it may run on. The XNNPACK programs are the ones for "
+            "phones and ARM boards: an x86 figure says nothing about a phone.",
+            "",
+        ]
+        if x86
+        else []
+    )
     verified = manifest.verified_on
     clip = manifest.clip
     targets = [
@@ -102,6 +119,7 @@ def write_report(folder: Path, manifest: Manifest) -> None:
                 "Eager is the train form on channels-last clips, as training runs it; for other runtimes "
                 "(torch.compile, ONNX Runtime, OpenVINO), each in its own process, see scripts/bench_latency.py.",
                 "",
+                *x86_note,
                 f"Each artifact against the in-framework model it was lowered from, on all {verified['clips']} test "
                 f"views ({verified['videos']} videos); a disagreeing clip whose reference top-1/top-2 logit gap is "
                 "within the logit error was a near-tie.",

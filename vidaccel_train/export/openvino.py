@@ -1,0 +1,134 @@
+"""The x86 program: the 3-D form, quantized by NNCF for OpenVINO, lowered to an ExecuTorch
+program delegated to OpenVINO (ExecuTorch's OpenVINO backend, which the executorch wheel ships).
+
+Why this route (measured, docs/benchmarks.md "The x86 program"): on x86 OpenVINO's CPU plugin
+runs the 3-D network (Conv3d) faster than any form XNNPACK can run, and OpenVINO is fastest on
+int8 that OpenVINO's own quantizer (NNCF) placed; our deploy form, time folded into batch for
+XNNPACK, costs OpenVINO about half its speed, and the XNNPACK quantizer's int8 graph is slower
+under OpenVINO than the XNNPACK program itself. The int8 numbers are NNCF's post-training
+quantization of the run's float weights (a QAT run's included), checked against the quantized
+model in PyTorch and against the test labels like every program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from vidaccel_train.errors import ConfigError, LoweringError
+from vidaccel_train.export.executorch import _PLUMBING, LoweredProgram, _op_name
+
+log = logging.getLogger(__name__)
+
+FORMAT = "executorch-openvino"
+# NNCF's symmetric int8 for weights and activations, OpenVINO's own CPU preset.
+MODE = "INT8_SYM"
+
+
+def check_available() -> None:
+    """OpenVINO and NNCF are installed.
+
+    Raises:
+        ConfigError: one is missing, naming what to install.
+    """
+    import importlib.util
+
+    missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"callbacks.export.targets=[x86_64] needs {' and '.join(missing)}: "
+            "pip install -e '.[x86]' (bash scripts/setup.sh installs it)"
+        )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """NNCF's progress bars and the OpenVINO partitioner's per-operator prints go to the debug log."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield
+    for line in out.getvalue().splitlines():
+        log.debug("openvino: %s", line)
+
+
+def calibration_clips(batches: Iterable[dict], count: int) -> list[torch.Tensor]:
+    """The clips of the first ``count`` batches (``{"video": (B, C, T, H, W)}``), each a
+    ``(1, C, T, H, W)`` float tensor: the program's batch-1 input.
+
+    Raises:
+        ValueError: no clip.
+    """
+    clips = [video.unsqueeze(0).float() for batch in itertools.islice(batches, count) for video in batch["video"]]
+    if not clips:
+        raise ValueError("no calibration clips: the calibration batches are empty")
+    return clips
+
+
+class BatchOne:
+    """A model exported for batch 1 (the x86 program's int8 model), called like the programs:
+    on one clip ``(1, C, T, H, W)`` -> ``(1, classes)``. Not a module, so that the export's
+    verification runs it view by view as it runs the programs."""
+
+    def __init__(self, model: GraphModule):
+        self.model = model
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(clip)
+
+
+def quantize(model: nn.Module, example: torch.Tensor, clips: list[torch.Tensor]) -> GraphModule:
+    """NNCF's int8 (:data:`MODE`, fast bias correction) of ``model`` exported at the example's
+    static shape ``(1, C, T, H, W)``, calibrated on ``clips`` of that shape: the int8 model the
+    x86 program is lowered from and checked against (quantize/dequantize around float
+    operators). OpenVINO's program is compiled for that one shape."""
+    from executorch.backends.openvino.quantizer import QuantizationMode, quantize_model
+
+    with torch.no_grad(), _quiet():
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        captured = torch.export.export(model.eval(), (example,)).module()
+        quantized = quantize_model(
+            captured, clips, mode=QuantizationMode[MODE], subset_size=len(clips), transform_fn=lambda clip: clip
+        )
+    return quantized
+
+
+def describe(batches: int) -> str:
+    """How the x86 program's int8 model came about, for the manifest."""
+    return f"NNCF {MODE} post-training quantization of the 3-D form, calibrated on {batches} training batches"
+
+
+def lower_to_openvino(quantized: GraphModule, example: torch.Tensor) -> LoweredProgram:
+    """``quantized`` as an ExecuTorch program whole delegated to OpenVINO's CPU plugin.
+
+    Raises:
+        LoweringError: an operator was left outside the OpenVINO delegate.
+    """
+    from executorch.backends.openvino.partitioner import OpenvinoPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir.backend.backend_details import CompileSpec
+
+    with torch.no_grad(), _quiet():
+        edge = to_edge_transform_and_lower(
+            torch.export.export(quantized, (example,)),
+            partitioner=[OpenvinoPartitioner([CompileSpec("device", b"CPU")])],
+        )
+        calls = [node for node in edge.exported_program().graph.nodes if node.op == "call_function"]
+        names = [_op_name(node.target) for node in calls]
+        undelegated = {name: names.count(name) for name in set(names) - _PLUMBING - {"executorch_call_delegate"}}
+        if undelegated:
+            raise LoweringError(
+                "operators not delegated to OpenVINO: "
+                + ", ".join(f"{name} x{count}" for name, count in sorted(undelegated.items()))
+            )
+        buffer = edge.to_executorch().buffer
+    return LoweredProgram(buffer, {}, names.count("executorch_call_delegate"))
