@@ -103,13 +103,14 @@ class Row:
 
     label: str
     runtime: str  # eager | compile | ort | openvino | pte
-    form: str  # vanilla | train | deploy
+    form: str  # vanilla | train | deploy | 3-D
     artifact: str | None = None
     precision: str | None = None  # OpenVINO's INFERENCE_PRECISION_HINT; None: its default
     peer: bool = False
     default: bool = True
 
 
+X86_PROGRAM = "ours .pte int8 x86 (3-D form, OpenVINO)"
 ROWS = (
     Row("eager fp32 (vanilla)", "eager", "vanilla"),
     Row("torch.compile fp32 (vanilla)", "compile", "vanilla", peer=True),
@@ -129,6 +130,7 @@ ROWS = (
     Row("OpenVINO int8 (deploy form, ORT QDQ)", "openvino", "deploy", "onnx qdq deploy", peer=True, default=False),
     Row("ours .pte fp32 (deploy form)", "pte", "deploy", "pte fp32"),
     Row("ours .pte int8 (deploy form)", "pte", "deploy", "pte int8"),
+    Row(X86_PROGRAM, "pte", "3-D", "pte int8 openvino"),
 )
 BY_LABEL = {row.label: row for row in ROWS}
 BASELINE = "eager fp32 (vanilla)"
@@ -154,8 +156,8 @@ def needs(row: Row) -> tuple[str, ...]:
         packages += ("onnxruntime",)
     if row.runtime == "openvino":
         packages += ("openvino",)
-    if artifact.startswith("nncf"):
-        packages += ("nncf",)
+    if artifact.startswith("nncf") or artifact == "pte int8 openvino":
+        packages += ("openvino", "nncf")
     return tuple(dict.fromkeys(packages))
 
 
@@ -210,6 +212,23 @@ def build_programs(name: str, folder: Path) -> dict[str, Path]:
         "pte fp32": write_atomic(folder / f"{name}_fp32.pte", fp32.buffer),
         "pte int8": write_atomic(folder / f"{name}_int8.pte", int8.buffer),
     }
+
+
+def build_x86_program(name: str, folder: Path) -> dict[str, Path]:
+    """Our x86 program of ``name`` as the export makes it (``callbacks.export.targets=[x86_64]``):
+    the 3-D form of the deploy form, NNCF int8 calibrated on random clips, delegated to OpenVINO."""
+    import torch
+
+    from vidaccel_train.export import openvino
+    from vidaccel_train.files import write_atomic
+    from vidaccel_train.models.conv3d_form import to_conv3d_form
+
+    shape = clip_shape(name)
+    example = torch.randn(1, *shape)
+    model = to_conv3d_form(deploy_form(name, shape))
+    clips = openvino.calibration_clips([{"video": torch.randn(2, *shape)} for _ in range(2)], 2)
+    program = openvino.lower_to_openvino(openvino.quantize(model, example, clips), example)
+    return {"pte int8 openvino": write_atomic(folder / f"{name}_int8_openvino.pte", program.buffer)}
 
 
 def calibration_clips(shape: tuple[int, ...]) -> list:
@@ -309,6 +328,11 @@ def build_all(name: str, folder: Path, rows: list[Row]) -> tuple[dict[str, Path]
         steps.append(
             ("lowering fp32 + int8", "programs", ("pte fp32", "pte int8"), None, lambda: build_programs(name, folder))
         )
+    if "pte int8 openvino" in wanted:
+        made = ("pte int8 openvino",)
+        steps.append(
+            ("lowering the x86 program", "program_openvino", made, None, lambda: build_x86_program(name, folder))
+        )
     for form in ("vanilla", "deploy"):
         onnx_fp32, made = f"onnx fp32 {form}", (f"onnx fp32 {form}", f"onnx qdq {form}")
         if wanted & {*made, f"nncf {form}"}:
@@ -390,13 +414,12 @@ def runner(row: Row, name: str, shape: tuple[int, ...], artifact: str | None, th
     torch.set_num_threads(threads)
     clip = torch.randn(1, *shape)
     if row.runtime == "pte":
-        from executorch.runtime import Runtime
-
-        from vidaccel_train.export.runtime import set_runtime_threads
+        from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads
 
         set_runtime_threads(threads)  # before loading: XNNPACK takes its pool when a program loads
-        method = Runtime.get().load_program(artifact).load_method("forward")
-        return lambda: method.execute([clip]), "executorch, XNNPACK"
+        program = ExecuTorchModel(artifact)
+        backend = "OpenVINO" if row.form == "3-D" else "XNNPACK"
+        return lambda: program(clip), f"executorch, {backend}"
     if row.form == "vanilla":
         model = vanilla_model(name, shape)
     else:
@@ -426,6 +449,9 @@ def runner(row: Row, name: str, shape: tuple[int, ...], artifact: str | None, th
 
 def child(args) -> None:
     row = BY_LABEL[args.child]
+    # Held to as many cores as threads, before any runtime starts one: a runtime that takes a
+    # thread per core it may run on (OpenVINO inside our x86 program) runs on these alone.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads[0]])
     shape = tuple(int(size) for size in args.shape.split(","))
     try:
         run, detail = runner(row, args.model, shape, args.artifact, args.threads[0])
@@ -494,6 +520,7 @@ def main() -> None:
             report["models"][name] = bench_model(name, rows, folder, args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    print(x86_line(report))
 
 
 def bench_model(name: str, rows: list[Row], folder: Path, args) -> dict:
@@ -567,7 +594,26 @@ def print_report(name, threads, rows, rounds, details, errors, args) -> dict:
             ratio = peers[fastest] / best[OURS_INT8]
             print(f"    {OURS_INT8} against {title} ({fastest}): {ratio:.2f}x")
             summary[key] = {"peer": fastest, "ratio": ratio}
+    peers = {row.label: best[row.label] for row in rows if row.peer and row.label in best}
+    if peers and X86_PROGRAM in best:
+        fastest = min(peers, key=peers.get)
+        ratio = peers[fastest] / best[X86_PROGRAM]
+        print(f"    {X86_PROGRAM} against the fastest peer ({fastest}): {ratio:.2f}x")
+        summary["x86_program"] = {"peer": fastest, "ratio": ratio}
     return summary
+
+
+def x86_line(report: dict) -> str:
+    """The last line: the x86 program against the fastest peer, per thread count, per model."""
+    parts = []
+    for name, figures in report["models"].items():
+        ratios = []
+        for threads, summary in figures["threads"].items():
+            unit = "thread" if threads == "1" else "threads"
+            x86 = summary.get("x86_program")
+            ratios.append(f"{x86['ratio']:.2f}x at {threads} {unit}" if x86 else f"n/a at {threads} {unit}")
+        parts.append(f"{', '.join(ratios)} ({name})")
+    return "x86 program vs fastest peer: " + "; ".join(parts)
 
 
 def machine() -> dict:

@@ -45,6 +45,30 @@ def _randomise_norms(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
+def test_the_3d_form_of_a_deploy_form_is_the_same_network_with_conv3d_back(name):
+    """The x86 program's network: the deploy form's own weights, stacked back into Conv3d."""
+    from vidaccel_train.models.conv3d_form import to_conv3d_form
+
+    torch.manual_seed(0)
+    frames = ZOO[name].num_frames
+    model = _randomise_norms(create_model(name, num_classes=11))
+    deployed = to_deploy_form(model, frames)
+    with torch.no_grad():
+        for conv in (m for m in deployed.modules() if isinstance(m, nn.Conv2d)):
+            conv.weight.add_(0.01 * torch.randn_like(conv.weight))  # weights a QAT run moved: not the train form's
+    volume = to_conv3d_form(deployed)
+    for batch in (1, 3):
+        clip = torch.randn(batch, 3, frames, 48, 48)
+        with torch.no_grad():
+            assert (volume(clip) - deployed(clip)).abs().max() <= 1e-4, (name, batch)
+    convs = [m for m in volume.modules() if isinstance(m, nn.Conv3d)]
+    assert convs and not any(isinstance(m, (nn.Conv2d, nn.BatchNorm3d)) for m in volume.modules())
+    assert max(conv.kernel_size[0] for conv in convs) > 1  # temporal kernels stacked back
+    with pytest.raises(UnsupportedBlockError, match="no 3-D form for .*GRU"):
+        to_conv3d_form(nn.Sequential(nn.GRU(2, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_deploy_form_equals_train_form_for_every_zoo_model_at_any_batch(name):
     torch.manual_seed(0)
     frames = ZOO[name].num_frames

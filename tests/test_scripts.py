@@ -65,6 +65,8 @@ def test_bench_latency_runs_every_runtime_in_tiny_mode(tmp_path):
         expected += [f"OpenVINO {kind} ({form})" for kind in ("fp32", "default") for form in ("vanilla", "deploy form")]
     if installed("onnx", "openvino", "nncf"):
         expected += [f"OpenVINO int8 ({form}, NNCF)" for form in ("vanilla", "deploy form")]
+    if installed("openvino", "nncf"):
+        expected += ["ours .pte int8 x86 (3-D form, OpenVINO)"]
 
     report = json.loads(figures.read_text())
     model = report["models"]["x3d_tiny"]
@@ -102,6 +104,18 @@ def test_bench_latency_runs_every_runtime_in_tiny_mode(tmp_path):
         assert result[key]["peer"] == fastest
         assert result[key]["ratio"] == pytest.approx(peers[fastest] / ours)
         assert f"({fastest}): {peers[fastest] / ours:.2f}x" in done.stdout
+
+    # The last line: the x86 program against the fastest peer, whatever the ratio.
+    last = done.stdout.strip().splitlines()[-1]
+    if installed("openvino", "nncf"):
+        assert rows["ours .pte int8 x86 (3-D form, OpenVINO)"]["detail"] == "executorch, OpenVINO"
+        peers = {label: row["ms"] for label, row in rows.items() if row["peer"]}
+        fastest = min(peers, key=peers.get)
+        ratio = peers[fastest] / rows["ours .pte int8 x86 (3-D form, OpenVINO)"]["ms"]
+        assert result["x86_program"] == {"peer": fastest, "ratio": pytest.approx(ratio)}
+        assert last == f"x86 program vs fastest peer: {ratio:.2f}x at 1 thread (x3d_tiny)"
+    else:
+        assert last == "x86 program vs fastest peer: n/a at 1 thread (x3d_tiny)"
 
 
 # ------------------------------------------------------------------------------- every other script, tiny

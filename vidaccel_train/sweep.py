@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vidaccel_train.errors import ArtifactError, as_user_error
-from vidaccel_train.export.manifest import MANIFEST, Manifest
+from vidaccel_train.export.manifest import ARTIFACT_FORMAT, MANIFEST, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         row["int8_top1"] = metrics.get("test/top1", "")
     if (job_dir / "export" / MANIFEST).is_file():
         try:
-            artifacts = {a.precision: a for a in Manifest.read(job_dir / "export").artifacts}
+            # The XNNPACK programs (an x86 program, if exported, is another int8 of its own).
+            listed = Manifest.read(job_dir / "export").artifacts
+            artifacts = {a.precision: a for a in listed if a.format == ARTIFACT_FORMAT}
         except ArtifactError as err:  # the row keeps the run's metrics; the summary goes on
             log.warning("%s", err)
             return row

@@ -170,14 +170,16 @@ class Manifest:
         return record
 
     def preferred(self) -> ArtifactRecord:
-        """The program to serve by default: the int8 one, else the first listed.
+        """The program to serve by default: the int8 XNNPACK one (it runs on every CPU), else
+        the first listed.
 
         Raises:
             ArtifactError: the manifest lists no program.
         """
         if not self.artifacts:
             raise ArtifactError("the manifest lists no program; export the checkpoint again")
-        return next((record for record in self.artifacts if record.precision == "int8"), self.artifacts[0])
+        portable = (r for r in self.artifacts if r.precision == "int8" and r.format == ARTIFACT_FORMAT)
+        return next(portable, self.artifacts[0])
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as ``manifest.json`` holds it: the clip contract's fields at the top level."""
