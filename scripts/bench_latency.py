@@ -565,13 +565,13 @@ def print_report(name, threads, rows, rounds, details, errors, args) -> dict:
     for row in rows:
         label = row.label
         if label in errors:
-            print(f"    {label:37s} failed: {errors[label][:300]}")
+            print(f"    {label:40s} failed: {errors[label][:300]}")
             table[label] = {"failed": errors[label]}
             continue
         ms = rounds[label]
         ratio = baseline / best[label] if baseline else None
         shown = f"{ratio:6.2f}x" if ratio else "   n/a"
-        print(f"    {label:37s} {best[label]:8.2f} ms  ({min(ms):.2f}-{max(ms):.2f})  {shown}  [{details[label]}]")
+        print(f"    {label:40s} {best[label]:8.2f} ms  ({min(ms):.2f}-{max(ms):.2f})  {shown}  [{details[label]}]")
         table[label] = {
             "ms": best[label],
             "low_ms": min(ms),

@@ -4,6 +4,7 @@ test view like the XNNPACK programs; predict serves it with the same numbers; th
 leaves it out (it runs on x86 alone)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from vidaccel_train.errors import ConfigError
+from vidaccel_train.export.callback import ExportCallback
 from vidaccel_train.export.inputs import ExportSettings
 from vidaccel_train.export.manifest import Manifest
 from vidaccel_train.export.runtime import load_verified
@@ -72,7 +74,11 @@ def test_predict_serves_the_x86_program_with_the_exports_numbers(smoke_run):
     assert result.stderr == ""  # nothing from OpenVINO's loader
 
 
-def test_the_x86_program_is_int8_and_a_known_target():
+def test_the_x86_program_is_int8_and_a_known_target(monkeypatch):
     with pytest.raises(ConfigError, match=r"targets=\[x86_64\] adds the int8 x86 program.*include int8"):
         ExportSettings(targets=("x86_64",), precisions=("fp32",))
     assert ExportSettings(targets=("x86_64", "aarch64")).targets == ("x86_64", "aarch64")
+    ExportCallback(targets=["x86_64"])  # installed here: nothing to say
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as Python marks a package that cannot be imported
+    with pytest.raises(ConfigError, match=r"targets=\[x86_64\] needs nncf: pip install -e '\.\[x86\]'"):
+        ExportCallback(targets=["x86_64"])  # when built: before training

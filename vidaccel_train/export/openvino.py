@@ -24,6 +24,7 @@ from torch.fx import GraphModule
 
 from vidaccel_train.errors import ConfigError, LoweringError
 from vidaccel_train.export.executorch import _PLUMBING, LoweredProgram, _op_name
+from vidaccel_train.quiet import native_stderr_muted
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,22 @@ def check_available() -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """NNCF's progress bars and the OpenVINO partitioner's per-operator prints go to the debug log."""
+    """NNCF's progress bars and the OpenVINO partitioner's per-operator prints go to the debug
+    log; what importing NNCF prints (a tokenizer library's native line, torch's note that there
+    is no CUDA) is muted."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        yield
-    for line in out.getvalue().splitlines():
-        log.debug("openvino: %s", line)
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(out), native_stderr_muted():
+            import nncf  # noqa: F401  (its import is what prints)
+
+            yield
+    finally:
+        extension_log.setLevel(level)
+        for line in out.getvalue().splitlines():
+            log.debug("openvino: %s", line)
 
 
 def calibration_clips(batches: Iterable[dict], count: int) -> list[torch.Tensor]:
@@ -89,10 +100,9 @@ def quantize(model: nn.Module, example: torch.Tensor, clips: list[torch.Tensor])
     static shape ``(1, C, T, H, W)``, calibrated on ``clips`` of that shape: the int8 model the
     x86 program is lowered from and checked against (quantize/dequantize around float
     operators). OpenVINO's program is compiled for that one shape."""
-    from executorch.backends.openvino.quantizer import QuantizationMode, quantize_model
-
     with torch.no_grad(), _quiet():
         import nncf
+        from executorch.backends.openvino.quantizer import QuantizationMode, quantize_model
 
         nncf.set_log_level(logging.ERROR)
         captured = torch.export.export(model.eval(), (example,)).module()
@@ -113,11 +123,11 @@ def lower_to_openvino(quantized: GraphModule, example: torch.Tensor) -> LoweredP
     Raises:
         LoweringError: an operator was left outside the OpenVINO delegate.
     """
-    from executorch.backends.openvino.partitioner import OpenvinoPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.exir.backend.backend_details import CompileSpec
-
     with torch.no_grad(), _quiet():
+        from executorch.backends.openvino.partitioner import OpenvinoPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir.backend.backend_details import CompileSpec
+
         edge = to_edge_transform_and_lower(
             torch.export.export(quantized, (example,)),
             partitioner=[OpenvinoPartitioner([CompileSpec("device", b"CPU")])],
