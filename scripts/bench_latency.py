@@ -57,18 +57,25 @@ batch, time-major, no Conv3d). The rows, per model and thread count:
 - ``ours .pte fp32 (deploy form)``, ``ours .pte int8 (deploy form)``: our ExecuTorch/XNNPACK
   programs (``lower_to_executorch``; int8: ``calibrate_int8`` on random clips, the weights and
   ranges do not change the speed).
+- ``ours .pte int8 x86 (3-D form, OpenVINO)``: our x86 program as ``callbacks.export.targets=[x86_64]``
+  makes it (``vidaccel_train.export.openvino``): the 3-D form of the deploy form, NNCF's
+  ``INT8_SYM`` calibrated on 4 random clips, delegated whole to OpenVINO by ExecuTorch's backend.
 
 Rows whose package is missing (``pip install -e ".[bench]"``: onnx, onnxruntime, openvino, nncf)
 are left out with a line saying so; a row that cannot build or run prints "failed: <reason>".
 The runtimes are timed one after another, each in a process of its own (the eager forms' OpenMP
 threads would otherwise spin beside XNNPACK's or OpenVINO's), ``--rounds`` times in turns, with
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and each runtime's own thread setting at the thread count.
+``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and each runtime's own thread setting at the thread count,
+and each process held to as many cores as threads (``os.sched_setaffinity``: OpenVINO inside an
+ExecuTorch program has no thread setting and takes a thread per core it may run on).
 Each child times ``--repeats`` calls after ``--warmup`` (and one more) on one random clip and
 reports their median; the figure is the lowest round median, the range the spread over rounds.
 
 Prints each row with its ratio against ``eager fp32 (vanilla)``, then the int8 program against the
 fastest peer (every ``torch.compile``, ORT and OpenVINO row, both model forms) and against the
-fastest peer on the deploy-form graph, naming them; and how long lowering took. ``--json PATH``
+fastest peer on the deploy-form graph, and the x86 program against the fastest peer, naming them;
+and how long lowering took. The last line is ``x86 program vs fastest peer: A.AAx at 1 thread,
+B.BBx at 2 threads (<model>)`` per model (``n/a`` where the row did not run), whatever the ratio. ``--json PATH``
 writes every figure. PyTorchVideo has no X3D-tiny: for ``x3d_tiny`` (the tests' mode:
 ``--models x3d_tiny --threads 1 --repeats 2 --warmup 1 --rounds 1`` runs every row in about two
 minutes on 2 cores, most of it lowering and Inductor's first compile) the vanilla rows run a small
