@@ -4,7 +4,7 @@ program delegated to OpenVINO (ExecuTorch's OpenVINO backend, which the executor
 Why this route (measured, docs/benchmarks.md "The x86 program"): on x86 OpenVINO's CPU plugin
 runs the 3-D network (Conv3d) faster than any form XNNPACK can run, and OpenVINO is fastest on
 int8 that OpenVINO's own quantizer (NNCF) placed; our deploy form, time folded into batch for
-XNNPACK, costs OpenVINO about half its speed, and the XNNPACK quantizer's int8 graph is slower
+XNNPACK, is slow under OpenVINO, and the XNNPACK quantizer's int8 graph is slower
 under OpenVINO than the XNNPACK program itself. The int8 numbers are NNCF's post-training
 quantization of the run's float weights (a QAT run's included), checked against the quantized
 model in PyTorch and against the test labels like every program.

@@ -1,7 +1,7 @@
 """The 3-D form: a deploy form written back as 3-D operators on ``(B, C, T, H, W)`` clips.
 
 The deploy form (:mod:`.deploy`) exists because XNNPACK has no Conv3d. OpenVINO's CPU plugin
-runs Conv3d natively, and the deploy form's time-folded graph costs it about a third
+runs Conv3d natively, and the deploy form's time-folded graph is slower there
 (docs/benchmarks.md). The 3-D form is the same network, weights and numbers (to float rounding)
 as a deploy form, with each temporal convolution's taps stacked back into one Conv3d kernel,
 BatchNorm staying folded in, and the per-clip pools and squeeze-excite as means over
