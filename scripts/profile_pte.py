@@ -50,7 +50,7 @@ def main() -> None:
         parser.error("give a .pte or --model")
 
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
 
     with tempfile.TemporaryDirectory() as folder:
         if args.model:
@@ -61,7 +61,8 @@ def main() -> None:
             path = args.program
             shape = tuple(json.loads((path.parent / "manifest.json").read_text())["input_shape"])
         set_runtime_threads(args.threads)
-        program = _load_for_executorch(str(path), enable_etdump=True)
+        data = path.read_bytes()  # from bytes, as export.runtime loads programs (the x86 program needs it)
+        program = _load_for_executorch_from_buffer(data, enable_etdump=True)
         clip = torch.randn(*shape)
         for _ in range(args.runs):
             program.forward([clip])

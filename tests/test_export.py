@@ -176,7 +176,7 @@ def test_the_manifest_records_the_runs_clip_contract_in_its_own_names(export_dir
     run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
         "run_config"
     ]
-    assert written["manifest_version"] == 2 and "short_side" not in written
+    assert written["manifest_version"] == 3 and "short_side" not in written
     manifest = Manifest.read(export_dir)
     assert manifest.clip == ClipContract.from_dict(run_config["model"]["clip"]) == ClipContract.from_dict(written)
     assert (manifest.clip.crop_size, manifest.clip.eval_short_side, manifest.display_aspect) == (56, 60, "square")

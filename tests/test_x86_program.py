@@ -4,6 +4,7 @@ test view like the XNNPACK programs; predict serves it with the same numbers; th
 leaves it out (it runs on x86 alone)."""
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -82,3 +83,19 @@ def test_the_x86_program_is_int8_and_a_known_target(monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)  # as Python marks a package that cannot be imported
     with pytest.raises(ConfigError, match=r"targets=\[x86_64\] needs nncf: pip install -e '\.\[x86\]'"):
         ExportCallback(targets=["x86_64"])  # when built: before training
+
+
+def test_the_sweep_summary_keeps_to_the_phone_program(smoke_run, tmp_path):
+    """A job whose export holds two int8 programs: the summary's int8 figures are the XNNPACK
+    program's (the x86 program's latency is another machine class's figure)."""
+    from vidaccel_train.sweep import job_row
+
+    job = tmp_path / "job"
+    shutil.copytree(smoke_run / "export", job / "export")
+    shutil.copyfile(smoke_run / "metrics.json", job / "metrics.json")
+    manifest = Manifest.read(job / "export")
+    phone, x86 = manifest.artifact("model_int8.pte"), manifest.artifact(X86)
+    assert phone.latency_ms != x86.latency_ms  # else the check below could not tell them apart
+    row = job_row(job)
+    assert row["status"] == "done" and row["int8_latency_ms"] == phone.latency_ms
+    assert row["int8_mb"] == round(phone.bytes / 1e6, 3)

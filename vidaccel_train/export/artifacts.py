@@ -36,8 +36,9 @@ from vidaccel_train.export.manifest import (
     sha256_of,
 )
 from vidaccel_train.export.report import write_report
-from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads, time_in_own_process
+from vidaccel_train.export.runtime import ExecuTorchModel, set_runtime_threads
 from vidaccel_train.export.target import ISAS, TARGET_CLIPS, TARGET_REFERENCE, host_isa, verify_folder, write_sample
+from vidaccel_train.export.timing import time_in_own_process
 from vidaccel_train.export.verify import Latency, accuracy, collect_logits, fidelity, measure_latency
 from vidaccel_train.files import atomic_path, remove_leftovers, write_atomic
 from vidaccel_train.models.conv3d_form import to_conv3d_form
@@ -138,12 +139,15 @@ def export_artifacts(
     verified and timed like the others.
 
     Raises:
-        LoweringError: a model does not lower whole to XNNPACK (nothing is written).
-        ArtifactError: the runtime cannot load a program just lowered (nothing is written).
+        LoweringError: a model does not lower whole to XNNPACK (or the x86 program to OpenVINO;
+            nothing is written).
+        ValueError: the x86 program's calibration batches are empty.
+        ArtifactError: the runtime cannot load a program just lowered, or the x86 program's
+            timing process fails (nothing is written).
         RuntimeError: the test batches hold no readable video.
         OutputError: the disk filled (or turned read-only) while writing (nothing is kept).
         ConfigError: the tools for a target are missing (OpenVINO and NNCF for ``x86_64``).
-        TargetVerificationError: a program's logits on a target CPU are not the x86 program's
+        TargetVerificationError: a program's logits on a target CPU are not its logits on x86
             (nothing is written: an earlier export in ``out_dir`` stays as it was).
     """
     out_dir = Path(out_dir)

@@ -55,7 +55,7 @@ class ExportSettings:
             :mod:`~vidaccel_train.export.target`). ``x86_64``: also write the x86 program,
             ``model_int8_openvino.pte`` (:mod:`~vidaccel_train.export.openvino`; needs int8).
         target_cpus: the CPU models to verify on (None: each ISA's defaults).
-        target_tolerance: the largest logit difference from the x86 program that passes.
+        target_tolerance: the largest logit difference from the same program on x86 that passes.
 
     Raises:
         ConfigError: unknown precisions or targets, counts below 1, a tolerance not above 0, or

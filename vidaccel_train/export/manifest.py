@@ -17,8 +17,10 @@ from vidaccel_train.files import write_atomic
 
 MANIFEST = "manifest.json"
 ARTIFACT_FORMAT = "executorch-xnnpack"
-# 2: the clip contract in its own vocabulary (eval_short_side, train_short_side); 1: short_side.
-MANIFEST_VERSION = 2
+# 3: artifacts may include the x86 program (format executorch-openvino) and say how their int8
+# came about (quantization); 2: the clip contract in its own vocabulary (eval_short_side,
+# train_short_side); 1: short_side.
+MANIFEST_VERSION = 3
 LAYOUT = "B,C,T,H,W"
 
 
@@ -96,7 +98,7 @@ class TargetSample:
 class TargetRecord:
     """One program checked on one CPU model of a target ISA (``export.target``): the CPU
     features the runtime saw, the instruction families its kernels executed, the runtime and
-    emulator, the share of the sample's clips whose top-1 equals the x86 program's, the largest
+    emulator, the share of the sample's clips whose top-1 equals the same program's on x86, the largest
     logit difference, the tolerance it was held to, whether it passed, and the wall seconds."""
 
     file: str

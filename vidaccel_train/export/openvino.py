@@ -29,23 +29,43 @@ from vidaccel_train.quiet import native_stderr_muted
 log = logging.getLogger(__name__)
 
 FORMAT = "executorch-openvino"
+BACKEND = "OpenvinoBackend"
+# NNCF's default statistics subset: at most this many calibration clips are used.
+MAX_CLIPS = 300
 # NNCF's symmetric int8 for weights and activations, OpenVINO's own CPU preset.
 MODE = "INT8_SYM"
 
 
 def check_available() -> None:
-    """OpenVINO and NNCF are installed.
+    """The x86 program can be made and run here: an x86-64 host, OpenVINO and NNCF installed,
+    and ExecuTorch's runtime with its OpenVINO backend.
 
     Raises:
-        ConfigError: one is missing, naming what to install.
+        ConfigError: naming what is missing and what to do.
     """
     import importlib.util
 
+    from vidaccel_train.export.target import host_isa
+
+    if host_isa() != "x86_64":
+        raise ConfigError(
+            f"callbacks.export.targets=[x86_64] makes and verifies the x86 program on an x86-64 machine; this one "
+            f"is {host_isa()}: export it there, or leave x86_64 out"
+        )
     missing = [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(
             f"callbacks.export.targets=[x86_64] needs {' and '.join(missing)}: "
             "pip install -e '.[x86]' (bash scripts/setup.sh installs it)"
+        )
+    from executorch.runtime import Runtime
+
+    with native_stderr_muted():
+        available = Runtime.get().backend_registry.is_available(BACKEND)
+    if not available:
+        raise ConfigError(
+            f"callbacks.export.targets=[x86_64] needs ExecuTorch's {BACKEND}, which this executorch build "
+            "lacks: install the executorch wheel from PyPI (bash scripts/setup.sh)"
         )
 
 
@@ -69,15 +89,29 @@ def _quiet():
             log.debug("openvino: %s", line)
 
 
-def calibration_clips(batches: Iterable[dict], count: int) -> list[torch.Tensor]:
+class CalibrationClips:
     """The clips of the first ``count`` batches (``{"video": (B, C, T, H, W)}``), each a
-    ``(1, C, T, H, W)`` float tensor: the program's batch-1 input.
+    ``(1, C, T, H, W)`` float tensor (the program's batch-1 input), read from ``batches`` each
+    time they are iterated: NNCF walks them more than once, and holding them all would cost
+    about 10 MB a clip for X3D-M."""
+
+    def __init__(self, batches: Iterable[dict], count: int):
+        self.batches, self.count = batches, count
+
+    def __iter__(self):
+        for batch in itertools.islice(self.batches, self.count):
+            for video in batch["video"]:
+                yield video.unsqueeze(0).float()
+
+
+def calibration_clips(batches: Iterable[dict], count: int) -> CalibrationClips:
+    """:class:`CalibrationClips` of ``batches``.
 
     Raises:
-        ValueError: no clip.
+        ValueError: the batches hold no clip.
     """
-    clips = [video.unsqueeze(0).float() for batch in itertools.islice(batches, count) for video in batch["video"]]
-    if not clips:
+    clips = CalibrationClips(batches, count)
+    if next(iter(clips), None) is None:
         raise ValueError("no calibration clips: the calibration batches are empty")
     return clips
 
@@ -95,11 +129,16 @@ class BatchOne:
             return self.model(clip)
 
 
-def quantize(model: nn.Module, example: torch.Tensor, clips: list[torch.Tensor]) -> GraphModule:
+def quantize(model: nn.Module, example: torch.Tensor, clips: Iterable[torch.Tensor]) -> GraphModule:
     """NNCF's int8 (:data:`MODE`, fast bias correction) of ``model`` exported at the example's
-    static shape ``(1, C, T, H, W)``, calibrated on ``clips`` of that shape: the int8 model the
-    x86 program is lowered from and checked against (quantize/dequantize around float
-    operators). OpenVINO's program is compiled for that one shape."""
+    static shape ``(1, C, T, H, W)``, calibrated on up to :data:`MAX_CLIPS` of ``clips`` (a
+    re-iterable of that shape): the int8 model the x86 program is lowered from and checked
+    against (quantize/dequantize around float operators). OpenVINO's program is compiled for
+    that one shape.
+
+    Raises:
+        torch.export and NNCF's errors for a model they cannot trace or quantize.
+    """
     with torch.no_grad(), _quiet():
         import nncf
         from executorch.backends.openvino.quantizer import QuantizationMode, quantize_model
@@ -107,14 +146,17 @@ def quantize(model: nn.Module, example: torch.Tensor, clips: list[torch.Tensor])
         nncf.set_log_level(logging.ERROR)
         captured = torch.export.export(model.eval(), (example,)).module()
         quantized = quantize_model(
-            captured, clips, mode=QuantizationMode[MODE], subset_size=len(clips), transform_fn=lambda clip: clip
+            captured, clips, mode=QuantizationMode[MODE], subset_size=MAX_CLIPS, transform_fn=lambda clip: clip
         )
     return quantized
 
 
 def describe(batches: int) -> str:
     """How the x86 program's int8 model came about, for the manifest."""
-    return f"NNCF {MODE} post-training quantization of the 3-D form, calibrated on {batches} training batches"
+    return (
+        f"NNCF {MODE} post-training quantization of the 3-D form, calibrated on the clips of {batches} training "
+        f"batches (at most {MAX_CLIPS})"
+    )
 
 
 def lower_to_openvino(quantized: GraphModule, example: torch.Tensor) -> LoweredProgram:

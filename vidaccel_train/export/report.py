@@ -84,7 +84,7 @@ def write_report(folder: Path, manifest: Manifest) -> None:
             "## Verified on the target",
             "",
             f"Each program through ExecuTorch's C++ runtime (Module API, XNNPACK; {manifest.targets[0].runtime}) on the target ISA, "
-            f"against the x86 program's logits on {manifest.target_sample.clips} test clips "
+            f"against the same program's logits on x86, on {manifest.target_sample.clips} test clips "
             f"({manifest.target_sample.selection}); passed: the largest logit difference is within "
             f"{manifest.targets[0].tolerance:g}. Kernels: the instruction families the run executed "
             "(sme, i8mm, dotprod; neon: none of them). "

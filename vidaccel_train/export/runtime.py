@@ -4,13 +4,7 @@ its export folder's manifest first (:func:`load_verified`), and set the runtime'
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import subprocess
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -64,7 +58,7 @@ def set_runtime_threads(threads: int) -> None:
 
 def resolve_artifact(path: str | Path) -> Path:
     """The ``.pte`` that ``path`` names: ``path`` itself, or for an export folder the program its
-    manifest prefers (:meth:`Manifest.preferred`: int8, else the first listed).
+    manifest prefers (:meth:`Manifest.preferred`: the int8 XNNPACK one, else the first listed).
 
     Raises:
         ArtifactError: a folder without a readable manifest, or one that lists no program.
@@ -98,56 +92,3 @@ def load_verified(artifact: str | Path) -> tuple[ExecuTorchModel, Manifest]:
     with native_stderr_muted():  # ExecuTorch's CPU probe prints lookups of ARM-only files on load
         program = ExecuTorchModel(artifact)
     return program, manifest
-
-
-def time_in_own_process(path: str | Path, threads: int, shape, repeats: int, rounds: int):
-    """The batch-1 latency of the program at ``path`` on clips of ``shape`` ``(1, C, T, H, W)``
-    (a :class:`~vidaccel_train.export.verify.Latency`, as ``measure_latency`` times it), timed
-    in a process of its own held to ``threads`` of the CPUs this one may use: runtimes that
-    take a thread per core they may run on (OpenVINO) are timed on ``threads`` cores.
-
-    Raises:
-        ArtifactError: the child could not load or run the program (its last line of errors).
-    """
-    from vidaccel_train.export.verify import Latency
-
-    command = [sys.executable, "-m", __name__, str(path), "--threads", str(threads)]
-    command += [
-        "--shape",
-        ",".join(str(int(size)) for size in shape),
-        "--repeats",
-        str(repeats),
-        "--rounds",
-        str(rounds),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise ArtifactError(f"{path}: timing the program in its own process failed: {reason}")
-    return Latency(**json.loads(lines[-1]))
-
-
-def _time_here(argv=None) -> None:
-    """The child of :func:`time_in_own_process`: prints the latency as one JSON line."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    parser.add_argument("program", type=Path)
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--shape", required=True)
-    parser.add_argument("--repeats", type=int, required=True)
-    parser.add_argument("--rounds", type=int, required=True)
-    args = parser.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, cpus[: args.threads])  # before any runtime starts a thread
-    from vidaccel_train.export.verify import measure_latency
-
-    set_runtime_threads(args.threads)
-    with native_stderr_muted():
-        program = ExecuTorchModel(args.program)
-    clip = torch.randn(*(int(size) for size in args.shape.split(",")))
-    latency = measure_latency({"program": lambda: program(clip)}, args.repeats, args.rounds)["program"]
-    print(json.dumps(asdict(latency)))
-
-
-if __name__ == "__main__":
-    _time_here()

@@ -1,6 +1,6 @@
 """Verification on the target: an export's programs run through ExecuTorch's C++ runtime (the
 Module API a phone app links, no Python, no torch) on the CPU they are for, and their logits
-compared with the x86 program's on a sample of the test clips.
+compared with the same program's on x86 on a sample of the test clips.
 
 The runner (``runner.cpp``) is built here against the headers and libraries the executorch wheel
 ships: natively for ``x86_64``, and cross-compiled for ``aarch64`` and run under qemu-user, one
@@ -44,7 +44,7 @@ ISAS = ("aarch64",)
 DEFAULT_CPUS = {"aarch64": ("cortex-a53", "cortex-a76", "neoverse-v1", "neoverse-n2", "max")}
 # qemu-user before 10 (Debian bookworm's 7.2) gets SME wrong: its logits on `max` are garbage.
 MIN_QEMU = (10, 0)
-# The largest logit difference from the x86 program that still passes. Integer kernels agree
+# The largest logit difference from the same program on x86 that still passes. Integer kernels agree
 # exactly; what differs is float rounding in the (de)quantization around them (about 3e-6 seen).
 TOLERANCE = 1e-3
 SETUP_HINT = (
@@ -63,7 +63,7 @@ _MNEMONIC = re.compile(r"^0x[0-9a-f]+:\s+[0-9a-f]{8}\s+(\w+)", re.MULTILINE)
 
 
 class TargetVerificationError(ArtifactError):
-    """A program whose logits on a target CPU are further from the x86 program's than the
+    """A program whose logits on a target CPU are further from its logits on x86 than the
     tolerance; the message names the CPU models and how far apart they were."""
 
 
@@ -352,7 +352,7 @@ def verify_on_target(
     jobs: int | None = None,
 ) -> list[TargetRecord]:
     """``program`` run on ``isa`` for each CPU model of ``cpus`` (default :data:`DEFAULT_CPUS`),
-    on the clips of ``clips``, against the x86 program's logits ``reference`` ``(N, classes)``.
+    on the clips of ``clips``, against the same program's logits on x86 ``reference`` ``(N, classes)``.
     CPU models run side by side, ``jobs`` at a time (default: the host's cores, at most 4).
 
     Returns one record per CPU model, ``passed`` when its largest logit difference is within
@@ -465,6 +465,10 @@ def verify_folder(
     chosen = files or [a.file for a in manifest.artifacts if a.format == ARTIFACT_FORMAT]
     for file in chosen:  # every program checked before any runs
         manifest.checked_artifact(folder / file)
+        if manifest.artifact(file).format != ARTIFACT_FORMAT:
+            raise ArtifactError(
+                f"{file} is the x86 program ({manifest.artifact(file).format}): it runs on x86-64 alone"
+            )
         if Path(file).stem not in references:
             raise ArtifactError(f"{folder / sample.reference_file} has no x86 logits for {file}")
     clips_file = folder / sample.clips_file

@@ -4,7 +4,7 @@
 Runs each program of the export folder through ExecuTorch's C++ runtime on the ISA (aarch64:
 cross-built, under qemu-user 10 or newer, once per CPU model: by default cortex-a53 (plain NEON),
 cortex-a76 (dot product), neoverse-v1 (i8mm, SVE), neoverse-n2 (SVE2) and max (SME)) on the
-test clips the export kept (target_clips.npy), and compares the logits with the x86 program's on
+test clips the export kept (target_clips.npy), and compares the logits with the same program's on x86 on
 them (target_reference.npz). Prints one line per CPU model: the features the runtime saw, the
 instruction families its kernels executed, top-1 agreement, the largest logit difference and
 the seconds; records them in the manifest (``targets``) and report. A CPU model whose logits are

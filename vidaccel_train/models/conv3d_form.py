@@ -48,6 +48,7 @@ class ClipPool3d(nn.Module):
         return x.mean(dim=(2, 3, 4), keepdim=True)
 
 
+@torch.no_grad()
 def _conv3d(taps: list[nn.Conv2d], temporal_padding: int) -> nn.Conv3d:
     """One Conv3d whose kernel is ``taps`` stacked in time (the bias is the centre tap's)."""
     first = taps[0]
@@ -75,7 +76,11 @@ def _pointwise3d(conv: nn.Conv2d) -> nn.Conv3d:
 
 @singledispatch
 def conv3d_form(module: nn.Module) -> nn.Module:
-    """The 3-D form of a deploy-form module."""
+    """The 3-D form of a deploy-form module (weights copied, ``module`` left untouched).
+
+    Raises:
+        UnsupportedBlockError: a module with no 3-D form registered.
+    """
     raise UnsupportedBlockError(
         f"no 3-D form for {type(module).__module__}.{type(module).__name__}; "
         "register one with @vidaccel_train.models.conv3d_form.conv3d_form.register"
