@@ -26,7 +26,7 @@ from torch import nn
 
 from vidaccel_train.errors import OutputError
 from vidaccel_train.export.executorch import lower_to_executorch
-from vidaccel_train.export.inputs import ExportInput, ExportSettings
+from vidaccel_train.export.inputs import X86, ExportInput, ExportSettings
 from vidaccel_train.export.manifest import (
     ARTIFACT_FORMAT,
     ArtifactRecord,
@@ -232,7 +232,7 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
         with clock.stage(f"lowering_{precision}"):
             program = lower_to_executorch(lowered[precision], example)
             paths[precision] = write_atomic(staging / f"model_{precision}.pte", program.buffer)
-    if "x86_64" in settings.targets:
+    if X86 in settings.targets:
         from vidaccel_train.export.openvino import FORMAT, describe
 
         with clock.stage("lowering_int8_openvino"):
@@ -312,9 +312,8 @@ def _lower_verify_and_time(inputs: ExportInput, staging: Path, settings: ExportS
     )
     write_report(staging, manifest)
     manifest.write(staging)
-    for isa in (
-        isa for isa in settings.targets if isa in ISAS
-    ):  # on the staged folder: a program that fails here never replaces an export
+    emulated = [isa for isa in settings.targets if isa in ISAS]  # x86_64 is the x86 program, made above
+    for isa in emulated:  # on the staged folder: a program that fails here never replaces an export
         with clock.stage(f"target_{isa}"):
             manifest, _ = verify_folder(
                 staging,

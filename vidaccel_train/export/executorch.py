@@ -36,6 +36,19 @@ def _op_name(target) -> str:
     return name.split(".")[1] if name.startswith("aten.") else name
 
 
+def delegation(edge) -> tuple[dict[str, int], int]:
+    """Of a lowered edge program: the operators left outside any delegate, by name and count,
+    and how many delegate calls it makes."""
+    names = [_op_name(node.target) for node in edge.exported_program().graph.nodes if node.op == "call_function"]
+    undelegated = collections.Counter(name for name in names if name not in _PLUMBING)
+    return dict(undelegated), names.count("executorch_call_delegate")
+
+
+def _counted(operators: dict[str, int]) -> str:
+    """``name xN, ...`` sorted by name, for an error."""
+    return ", ".join(f"{name} x{count}" for name, count in sorted(operators.items()))
+
+
 @contextlib.contextmanager
 def _lowering_shortcuts():
     """Costs of lowering that do not change the program, left out (what each costs:
@@ -219,16 +232,10 @@ def lower_to_executorch(
             partitioner=[_partitioner() if shortcuts else XnnpackPartitioner()],
             compile_config=EdgeCompileConfig(_check_ir_validity=not shortcuts),
         )
-        graph = edge.exported_program().graph_module.graph
-        calls = [node for node in graph.nodes if node.op == "call_function"]
-        undelegated = collections.Counter(
-            _op_name(node.target) for node in calls if _op_name(node.target) not in _PLUMBING
-        )
-        delegate_calls = sum(1 for node in calls if _op_name(node.target) == "executorch_call_delegate")
+        undelegated, delegate_calls = delegation(edge)
         if require_full_delegation and undelegated:
             raise LoweringError(
-                "operators not delegated to XNNPACK: "
-                + ", ".join(f"{name} x{count}" for name, count in sorted(undelegated.items()))
-                + ". Convert the model with vidaccel_train.models.deploy.to_deploy_form first."
+                f"operators not delegated to XNNPACK: {_counted(undelegated)}. "
+                "Convert the model with vidaccel_train.models.deploy.to_deploy_form first."
             )
-        return LoweredProgram(edge.to_executorch().buffer, dict(undelegated), delegate_calls)
+        return LoweredProgram(edge.to_executorch().buffer, undelegated, delegate_calls)

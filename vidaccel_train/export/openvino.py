@@ -23,7 +23,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from vidaccel_train.errors import ConfigError, LoweringError
-from vidaccel_train.export.executorch import _PLUMBING, LoweredProgram, _op_name
+from vidaccel_train.export.executorch import LoweredProgram, _counted, delegation
 from vidaccel_train.quiet import native_stderr_muted
 
 log = logging.getLogger(__name__)
@@ -174,13 +174,8 @@ def lower_to_openvino(quantized: GraphModule, example: torch.Tensor) -> LoweredP
             torch.export.export(quantized, (example,)),
             partitioner=[OpenvinoPartitioner([CompileSpec("device", b"CPU")])],
         )
-        calls = [node for node in edge.exported_program().graph.nodes if node.op == "call_function"]
-        names = [_op_name(node.target) for node in calls]
-        undelegated = {name: names.count(name) for name in set(names) - _PLUMBING - {"executorch_call_delegate"}}
+        undelegated, delegate_calls = delegation(edge)
         if undelegated:
-            raise LoweringError(
-                "operators not delegated to OpenVINO: "
-                + ", ".join(f"{name} x{count}" for name, count in sorted(undelegated.items()))
-            )
+            raise LoweringError(f"operators not delegated to OpenVINO: {_counted(undelegated)}")
         buffer = edge.to_executorch().buffer
-    return LoweredProgram(buffer, {}, names.count("executorch_call_delegate"))
+    return LoweredProgram(buffer, {}, delegate_calls)
