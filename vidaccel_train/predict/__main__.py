@@ -3,6 +3,7 @@
     python -m vidaccel_train.predict ARTIFACT INPUT [INPUT ...] [--topk 5] [--json] [--csv FILE]
     python -m vidaccel_train.predict ARTIFACT --data-root ROOT --split val   # a labelled split: top-1/top-5, confusion
     python -m vidaccel_train.predict ARTIFACT long.mp4 --timeline [--stride 1.0] [--out DIR]
+    python -m vidaccel_train.predict ARTIFACT --live SOURCE [--stride 1.0] [--json]
 
 ARTIFACT is an export folder (its int8 program) or a .pte in one; the manifest says how to decode and
 normalise clips, names the classes and records the test views (clips x crops) the export was
@@ -15,6 +16,15 @@ optionally followed by its label, a class name or index). Labelled inputs are sc
 --timeline slides one clip over the whole video every --stride seconds and writes, per video,
 <stem>.timeline.csv and .json (top-k per window with its start and end) and a .png of the
 classes over time into --out, with the overall label (windows' probabilities averaged).
+
+--live classifies a source as it plays: a camera (/dev/video0), a network stream (rtsp://,
+http://, udp://, tcp://, ...), - (standard input) or a recording (played at its own pace). A
+window every --stride seconds (default: the clip's span), its frames chosen from their timestamps
+as --timeline chooses them; one line per window with its lag (from the arrival of its last frame
+to its prediction), or one JSON object with --json. Decoding runs in a process of its own; while
+the model is busy, windows are skipped, not queued. A network source that drops is reopened for up
+to --reconnect seconds. The end of the source, Ctrl-C or SIGTERM print a summary (exit code 0);
+a source that cannot be opened is one error line, exit code 2.
 
 Unreadable videos are named on one line each and the others go on; the exit code is then 1.
 A missing or modified artifact, an unknown option or an input without videos: one error line,
@@ -55,6 +65,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", action="store_true", help="classify every window of each video over time")
     parser.add_argument("--stride", type=float, help="seconds between timeline windows (default: the clip's span)")
     parser.add_argument("--out", default="timelines", help="folder for the timeline files (default: ./timelines)")
+    parser.add_argument("--live", metavar="SOURCE", help="classify a camera, stream, pipe (-) or recording as it plays")
+    parser.add_argument(
+        "--reconnect",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="--live: how long a dropped network source is reopened (default: 30; 0: a drop ends it)",
+    )
+    parser.add_argument(
+        "--input-format", help="--live: FFmpeg's input format, if it cannot be probed (mjpeg, h264, v4l2, ...)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--live: an FFmpeg input option (rtsp_transport=udp, video_size=1280x720, framerate=30); repeatable",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="--live: threads of the program (default: the runtime's, one a core)"
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -71,6 +102,17 @@ def _check(args, parser) -> None:
         parser.error(f"--workers must be 0 or more, got {args.workers}")
     if args.stride is not None and not args.stride > 0:
         parser.error(f"--stride must be a positive number of seconds, got {args.stride}")
+    if args.live is not None:
+        if args.inputs or args.data_root or args.timeline or args.csv:
+            parser.error("--live takes one source: no videos, --data-root, --timeline or --csv with it")
+        if not args.reconnect >= 0:
+            parser.error(f"--reconnect must be 0 or more seconds, got {args.reconnect}")
+        if args.threads is not None and args.threads < 1:
+            parser.error(f"--threads must be 1 or more, got {args.threads}")
+        bad = [o for o in args.option if "=" not in o or not o.split("=", 1)[0]]
+        if bad:
+            parser.error(f"--option takes KEY=VALUE, got {bad[0]!r}")
+        return
     if not args.inputs and not args.data_root:
         parser.error("name videos, folders or list files, or a --data-root")
     if args.timeline and args.data_root:
@@ -190,10 +232,12 @@ def _run(args) -> int:
     views = parse_views(args.views) if args.views else None
     try:
         predictor = Predictor(args.artifact, views, args.workers)
-        videos = _inputs(args, predictor.classes)
+        videos = [] if args.live is not None else _inputs(args, predictor.classes)
     except OSError as err:  # a file named that cannot be read (permissions, a folder for a file)
         raise PredictError(str(err)) from None
     classes = predictor.classes
+    if args.live is not None:
+        return _main_live(predictor, args)
     if args.timeline:
         return _main_timeline(predictor, videos, args)
 
@@ -257,6 +301,61 @@ def _main_timeline(predictor: Predictor, videos: Sequence[tuple[str, int | None]
                 f"{timeline.classes[best]} {float(timeline.overall[best]):.4f}; {', '.join(str(p) for p in paths)}"
             )
     return 1 if failed else 0
+
+
+def _main_live(predictor: Predictor, args) -> int:
+    import signal
+
+    from vidaccel_train.data.live import live_source
+    from vidaccel_train.export.runtime import set_runtime_threads
+    from vidaccel_train.predict.live import LiveSummary, live_windows, open_feed
+
+    if args.threads:
+        set_runtime_threads(args.threads)
+    options = dict(option.split("=", 1) for option in args.option)
+    try:
+        source = live_source(args.live, args.input_format, options)
+        feed = open_feed(predictor, source, args.stride, args.reconnect).__enter__()
+    except VideoDecodeError as err:
+        raise PredictError(f"--live {err}") from None
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as Ctrl-C does: with the summary
+    summary = LiveSummary()
+    classes, topk = predictor.classes, args.topk
+    try:
+        if not args.json:
+            print(
+                f"live: {source.text}: {feed.description}; a window of {predictor.clip.span_s:.2f} s every "
+                f"{feed.stride_s:.2f} s ({predictor.views.crops} crop{'s' if predictor.views.crops > 1 else ''}); "
+                "Ctrl-C ends it",
+                flush=True,
+            )
+        try:
+            for window in live_windows(predictor, feed, summary):
+                if args.json:
+                    print(json.dumps(window.record(classes, topk)), flush=True)
+                else:
+                    top = window.record(classes, topk)["predictions"]
+                    others = ", ".join(f"{p['label']} {p['score']:.3f}" for p in top[1:])
+                    print(
+                        f"{window.start_s:8.2f}–{window.end_s:.2f} s  {top[0]['label']} {top[0]['score']:.3f}"
+                        f"{f'  ({others})' if others else ''}  lag {window.lag_s * 1000:.0f} ms",
+                        flush=True,
+                    )
+        except KeyboardInterrupt:
+            feed.stop()
+            summary.stats, summary.ended = feed.stats, "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        feed.close()
+    if args.json:
+        print(json.dumps({"summary": summary.record()}), flush=True)
+    else:
+        print(summary.line(), flush=True)
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

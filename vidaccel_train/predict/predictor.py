@@ -128,6 +128,12 @@ class Predictor:
                 outputs.append(self.program(view.unsqueeze(0).contiguous()).reshape(-1))
         return torch.stack(outputs).float()
 
+    def clip_probabilities(self, frames: torch.Tensor) -> torch.Tensor:
+        """One clip's uint8 frames ``(T, 3, H, W)``, upright -> class probabilities ``(classes,)``,
+        averaged over ``views.crops`` crops (a timeline's window, a live window)."""
+        views = self.transform(tv_tensors.Video(frames))
+        return aggregate_views(self.logits(views).unsqueeze(0))[0]
+
     def dataset(self, samples: Sequence[tuple[str, int]]) -> ClipDataset:
         return views_dataset(self.clip, self.display_aspect, samples, self.views, self.transform)
 
@@ -164,9 +170,7 @@ class Predictor:
             frames, _ = read_clip(
                 video, lambda _: [t for s in batch for t in self.clip.timestamps(s)], display_aspect=self.display_aspect
             )
-            for clip in frames.split(self.clip.num_frames):
-                views = self.transform(tv_tensors.Video(clip))
-                probabilities.append(aggregate_views(self.logits(views).unsqueeze(0))[0])
+            probabilities += [self.clip_probabilities(clip) for clip in frames.split(self.clip.num_frames)]
         return Timeline(str(video), self.classes, starts, self.clip.span_s, torch.stack(probabilities), duration)
 
 
