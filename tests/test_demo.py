@@ -2,15 +2,19 @@
 driven in a headless Chromium. A rotated phone-style upload plays upright and gets predict's
 top-1; a file that is not a video gives one error line and the page goes on; the page asks
 nothing of any other host, and neither does the server. A missing or modified artifact stops
-the command with one error line before anything is served.
+the command with one error line before anything is served. In the Camera tab, Chromium's fake
+camera playing a synthetic motion, the live top-1 follows the motion.
 
 The program is a tiny network lowered to XNNPACK here (seconds, not a training run); the demo
-reads it through the same manifest contract as a real export."""
+reads it through the same manifest contract as a real export. The Camera test serves the
+session's smoke run instead (a model that tells the motions apart)."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -164,13 +168,19 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(export_dir, tmp_path_factory):
     """The demo on a free port of 127.0.0.1, its audit log, and what it printed."""
+    with _serving(export_dir, tmp_path_factory.mktemp("server")) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serving(export: Path, folder: Path):
+    """The demo of ``export`` on a free port of 127.0.0.1, audited, until the block ends."""
     pytest.importorskip("gradio", reason="the demo's optional dependencies are not installed: pip install -e '.[demo]'")
     port = _free_port()
-    folder = tmp_path_factory.mktemp("server")
     audit, output = folder / "audit.log", folder / "output.log"
     with open(output, "w") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-c", AUDITED_DEMO, str(audit), str(export_dir), "--port", str(port)],
+            [sys.executable, "-c", AUDITED_DEMO, str(audit), str(export), "--port", str(port)],
             cwd=REPO,
             stdout=stream,
             stderr=subprocess.STDOUT,
@@ -193,6 +203,13 @@ def server(export_dir, tmp_path_factory):
 def browser():
     """Headless Chromium that logs every request and can resolve no name: anything but
     127.0.0.1 would fail, and shows in the performance log."""
+    with _chromium() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def _chromium(*arguments: str):
+    """Headless Chromium as :func:`browser` starts it, with more command-line ``arguments``."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[demo]'")
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
@@ -212,6 +229,7 @@ def browser():
         "--no-first-run",
         "--disable-background-networking",
         "--disable-component-update",
+        *arguments,
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
@@ -367,3 +385,122 @@ def test_the_server_binds_and_reaches_nothing_but_this_machine(browser, server):
             assert ast.literal_eval(address)[0] in LOOPBACK, record
         elif event == "socket.getaddrinfo":
             assert ast.literal_eval(address) in LOOPBACK | {None}, record
+
+
+# ---------------------------------------------------------------------------------- the camera tab
+
+
+@pytest.fixture(scope="module")
+def smoke_export(smoke_run) -> Path:
+    """The smoke run's export: a model that tells the synthetic motions apart."""
+    return smoke_run / "export"
+
+
+@pytest.fixture(scope="module")
+def smoke_spec(smoke_run):
+    """The synthetic data the smoke model was trained on (its run config)."""
+    from vidaccel_train.data.synthetic import SyntheticSpec
+
+    run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "run_config"
+    ]
+    synthetic = run_config["data"]["synthetic"]
+    return SyntheticSpec(**{**synthetic, "classes": tuple(synthetic["classes"])})
+
+
+@pytest.fixture(scope="module")
+def camera_server(smoke_export, tmp_path_factory):
+    with _serving(smoke_export, tmp_path_factory.mktemp("camera_server")) as served:
+        yield served
+
+
+def _camera_file(path: Path, spec, motion: str, clips: int = 4, scale: int = 4) -> Path:
+    """A Y4M (yuv420p) of ``clips`` synthetic clips of ``motion`` one after the other, each frame
+    scaled up ``scale`` times (nearest), for Chromium's fake camera (which loops it)."""
+    import av
+    import numpy as np
+
+    from vidaccel_train.data.synthetic import render_clip
+
+    rng = np.random.default_rng(7)
+    frames = np.concatenate([render_clip(spec, motion, rng) for _ in range(clips)])
+    frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    with av.open(str(path), "w", format="yuv4mpegpipe") as container:
+        stream = container.add_stream("rawvideo", rate=spec.fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _camera_labels(driver, url: str, seconds: float) -> tuple[list[str], str]:
+    """Open the page's Camera tab, start the camera and read the live top-1 of each window shown
+    during ``seconds`` after the first; the labels read and the last status line."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.XPATH, "//button[@role='tab' and contains(., 'Camera')]")
+    )
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Camera')]").click()
+    # Chromium's fake UI grants the camera: access it, then start streaming ("Record").
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_elements(By.XPATH, "//*[@id='camera']//button[contains(., 'Access Webcam')]")
+    )
+    driver.find_element(By.XPATH, "//*[@id='camera']//button[contains(., 'Access Webcam')]").click()
+    WebDriverWait(driver, 30).until(
+        lambda d: any(b.is_displayed() for b in d.find_elements(By.CSS_SELECTOR, "#camera button.capture-button"))
+    )
+    driver.find_element(By.CSS_SELECTOR, "#camera button.capture-button").click()
+
+    def status(d) -> str:
+        return d.find_element(By.ID, "live_status").text
+
+    WebDriverWait(driver, 60).until(lambda d: status(d).startswith(("window ", "error")))
+    labels, seen, deadline = [], set(), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = status(driver)
+        assert not line.startswith("error"), line
+        window = line.split(":", 1)[0]
+        if window not in seen:
+            seen.add(window)
+            label = driver.find_elements(By.CSS_SELECTOR, "#live_top5 [data-testid=label-output-value]")
+            if label:
+                labels.append(label[0].text)
+        time.sleep(0.15)
+    return labels, status(driver)
+
+
+def test_the_camera_tab_follows_the_motion_the_camera_shows(camera_server, smoke_spec, tmp_path):
+    """Chromium's fake camera plays a synthetic motion: the Camera tab's live top-1 settles on
+    it (move_left, then in a second browser move_right), the status line gives the window's times,
+    frames a second and the model's time, and the page asks nothing of any other host."""
+    from selenium.webdriver.common.by import By
+
+    for motion in ("move_left", "move_right"):
+        video = _camera_file(tmp_path / f"{motion}.y4m", smoke_spec, motion)
+        with _chromium(
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={video}",
+        ) as driver:
+            labels, last = _camera_labels(driver, camera_server["url"], seconds=10)
+            driver.save_screenshot(str(tmp_path / f"camera_{motion}.png"))
+            print(f"{motion}: {labels}; {last}")
+            assert len(labels) >= 8 and max(set(labels), key=labels.count) == motion, (motion, labels)
+            assert re.fullmatch(r"window [\d.]+–[\d.]+ s: \w+ [\d.]+ · \d+ frames/s received · model \d+ ms.*", last), (
+                last
+            )
+            assert (
+                driver.find_element(By.CSS_SELECTOR, "#live_timeline img")
+                .get_attribute("src")
+                .startswith("data:image/png")
+            )
+            hosts = {
+                urllib.parse.urlsplit(url).hostname
+                for url in _requested_urls(driver)
+                if not url.startswith(("data:", "blob:"))
+            }
+            assert hosts == {"127.0.0.1"}, hosts

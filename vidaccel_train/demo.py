@@ -9,6 +9,14 @@ test views), a plot of the classes over time for videos longer than two clips, t
 (classes, input clip, accuracy and latency from the manifest, sha256) and how long this
 prediction took.
 
+The Camera tab streams the browser's webcam to this server (a frame every
+:data:`CAMERA_FRAME_S` seconds at most; the browser asks for permission, and allows cameras
+only on http://127.0.0.1, http://localhost or https): windows of the model's clip every half a
+clip (--stride), each timestamp taking the last frame received at or before it (``predict
+--live``'s rule, on the frames' arrival times: the browser sends no timestamps), the
+newest window's top-5, a rolling plot of the last :data:`CAMERA_HISTORY` windows and a line
+with the window's times, the frames received a second and the model's time.
+
 Nothing leaves the machine: the page is served from this process on 127.0.0.1 (--host to serve
 it on other interfaces), with the fonts of the system, no analytics, no version check and no
 share link. The player is given an upright H.264 copy made with PyAV through the project's
@@ -31,8 +39,10 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +60,11 @@ MAX_WINDOWS = 120
 MAX_EXAMPLES = 32
 # The player's copy: never upscaled, a keyframe every second or so for seeking.
 PREVIEW_SHORT_SIDE = 480
+# The camera tab: at most this many seconds between the frames the browser sends (the clip's
+# sampling step halved, if smaller), windows kept for the rolling plot, camera streams at once.
+CAMERA_FRAME_S = 0.1
+CAMERA_HISTORY = 60
+CAMERA_STREAMS = 4
 # Before gradio is imported: no telemetry, no Hugging Face Hub calls, nothing proxied for our own address.
 OFFLINE_ENV = {
     "GRADIO_ANALYTICS_ENABLED": "False",
@@ -67,6 +82,9 @@ CSS = """
 #card th { text-align: left; font-weight: 600; padding-right: 1.5em; white-space: nowrap; }
 #card th, #card td { border-top: 1px solid var(--border-color-primary); padding-top: 0.3em; padding-bottom: 0.3em; }
 #card code { word-break: break-all; }
+#live_status .ok { margin: 0; }
+#live_status .error { margin: 0; color: #b91c1c; font-weight: 600; }
+#live_timeline img { max-width: 100%; }
 """
 
 
@@ -120,6 +138,7 @@ class DemoSession:
         self.artifact = artifact
         self.work_dir = Path(work_dir)
         self.stride_s = stride_s
+        self.model_lock = threading.Lock()  # the upload and the cameras share one program
 
     def card(self) -> str:
         return model_card(self.predictor.manifest, self.artifact)
@@ -148,7 +167,8 @@ class DemoSession:
         info = probe(path, predictor.display_aspect)  # a non-video file stops here, before any model work
         if math.isfinite(info.duration_s) and info.fps > 0 and info.duration_s * info.fps < 1.5:
             raise VideoDecodeError(f"{path}: a single picture ({info.codec}), not a video")
-        (prediction,) = predictor.run([(str(path), None)])
+        with self.model_lock:
+            (prediction,) = predictor.run([(str(path), None)])
         if prediction.error:
             raise VideoDecodeError(f"{path}: {prediction.error}")
         top = dict(prediction.top(TOPK, predictor.classes))
@@ -180,7 +200,8 @@ class DemoSession:
             stride = self.stride_s or max(span / 2, info.duration_s / MAX_WINDOWS)
             started = time.perf_counter()
             try:
-                timeline = predictor.timeline(path, stride)
+                with self.model_lock:
+                    timeline = predictor.timeline(path, stride)
             except VideoDecodeError as err:
                 note += f" (no timeline: {_named(str(err), path)})"
             else:
@@ -193,6 +214,158 @@ class DemoSession:
         else:
             latency.append(f"no timeline: the video is shorter than two clips ({2 * span:.2f} s)")
         yield Result(_message(f"{described}{note} — done."), preview, top, "  \n".join(latency), timeline_png)
+
+
+# ---------------------------------------------------------------------------------- the camera
+
+
+@dataclass
+class LiveAnswer:
+    """What the camera tab shows after a frame: the status line, and the newest window's top-5
+    and the rolling plot (an ``<img>`` of a PNG) when a window was classified (None: unchanged)."""
+
+    status_html: str
+    top: dict[str, float] | None = None
+    timeline_html: str | None = None
+
+
+class CameraStream:
+    """One browser's camera: :class:`~vidaccel_train.data.live.RollingWindows` over its frames
+    (seconds from the arrival of a segment's first frame on this server), the arrival times of
+    the last frames and the probabilities of the last :data:`CAMERA_HISTORY` windows. A new
+    segment starts when the picture changes size or frames stop coming for longer than a window
+    (the camera stopped and started again): a window never mixes sizes or spans a pause."""
+
+    def __init__(self, clip, stride_s: float):
+        self.clip, self.stride_s = clip, stride_s
+        self.windows = None
+        self.size: tuple[int, int] | None = None
+        self.origin: float | None = None  # monotonic seconds of the first frame of the stream
+        self.segment_origin = 0.0  # ... and of the current segment
+        self.arrivals: deque[float] = deque(maxlen=64)
+        self.history: deque[tuple[float, list[float]]] = deque(maxlen=CAMERA_HISTORY)
+        self.classified = 0
+        self.skipped = 0
+
+    def push(self, frame, now: float) -> list:
+        """Take an RGB frame ``(H, W, 3)`` uint8 that arrived at ``now``; the windows it finishes,
+        their ``start_s`` from the stream's first frame."""
+        import numpy as np
+
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        frame = np.array(frame[..., :3], dtype=np.uint8)  # its own, writable (gradio's is read-only)
+        size = frame.shape[:2]
+        last = self.arrivals[-1] if self.arrivals else None
+        if self.windows is None or size != self.size or now - last > self.clip.span_s:
+            from vidaccel_train.data.live import RollingWindows
+
+            if self.origin is None:
+                self.origin = now
+            self.windows = RollingWindows(self.clip, self.stride_s, _camera_frame)
+            self.size, self.segment_origin = size, now
+        self.arrivals.append(now)
+        finished = self.windows.push(now - self.segment_origin, frame, now)
+        for window in finished:
+            window.start_s += self.segment_origin - self.origin
+        return finished
+
+    def frames_per_second(self, now: float, over_s: float = 3.0) -> float:
+        recent = [t for t in self.arrivals if t >= now - over_s]
+        return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+
+
+def _camera_frame(frame):
+    """A camera frame ``(H, W, 3)`` -> the ``(3, H, W)`` uint8 tensor a clip holds."""
+    import torch
+
+    return torch.from_numpy(frame).permute(2, 0, 1)
+
+
+def camera_timeline_html(
+    history: Sequence[tuple[float, Sequence[float]]], classes: Sequence[str], span_s: float
+) -> str:
+    """The rolling plot of the last windows: the :data:`TOPK` classes most probable over them,
+    at each window's centre, as an ``<img>`` holding its PNG (no file, nothing to fetch)."""
+    import base64
+    import io
+
+    from matplotlib.figure import Figure  # no pyplot: each stream draws its own figure, thread-safe
+
+    centres = [start + span_s / 2 for start, _ in history]
+    mean = [sum(p[i] for _, p in history) / len(history) for i in range(len(classes))]
+    shown = sorted(range(len(classes)), key=lambda i: -mean[i])[:TOPK]
+    figure = Figure(figsize=(6.4, 2.4), dpi=80)
+    axes = figure.add_subplot()
+    for index in shown:
+        axes.plot(centres, [p[index] for _, p in history], label=classes[index])
+    axes.set_ylim(0, 1)
+    axes.set_xlim(centres[0] - span_s / 2, max(centres[-1], centres[0] + span_s) + span_s / 2)
+    axes.set_xlabel("seconds since the camera started (window centre)")
+    axes.set_ylabel("probability")
+    axes.legend(loc="upper left", fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="classes over the last {len(history)} windows" src="data:image/png;base64,{data}">'
+
+
+def camera_answer(session: DemoSession, stream: CameraStream, frame) -> LiveAnswer:
+    """Push one frame of ``stream``; classify the newest window it finished (older ones it also
+    finished are counted as skipped). Never raises: a bug is logged and said in the status line."""
+    try:
+        return _camera_answer(session, stream, frame)
+    except Exception as err:
+        log.exception("the camera frame failed")
+        return LiveAnswer(_message(f"error: unexpected failure ({type(err).__name__}: {err})", error=True))
+
+
+def _camera_answer(session: DemoSession, stream: CameraStream, frame) -> LiveAnswer:
+    import torch
+
+    now = time.monotonic()
+    finished = stream.push(frame, now)
+    fps = stream.frames_per_second(now)
+    predictor = session.predictor
+    if not finished:
+        if stream.classified:
+            return LiveAnswer(None)
+        return LiveAnswer(
+            _message(
+                f"receiving {fps:.0f} frames/s ({frame.shape[1]}×{frame.shape[0]}); the first window "
+                f"needs {predictor.clip.span_s:.2f} s of them…"
+            )
+        )
+    stream.skipped += len(finished) - 1
+    window = finished[-1]
+    with session.model_lock:
+        started = time.perf_counter()
+        probabilities = predictor.clip_probabilities(torch.stack(window.frames))
+        model_s = time.perf_counter() - started
+    stream.classified += 1
+    values = [float(p) for p in probabilities]
+    stream.history.append((window.start_s, values))
+    top = dict(sorted(zip(predictor.classes, values), key=lambda item: -item[1])[:TOPK])
+    best, probability = next(iter(top.items()))
+    skipped = f" · {stream.skipped} windows skipped" if stream.skipped else ""
+    status = (
+        f"window {window.start_s:.1f}–{window.start_s + predictor.clip.span_s:.1f} s: {best} {probability:.2f} · "
+        f"{fps:.0f} frames/s received · model {model_s * 1000:.0f} ms{skipped}"
+    )
+    timeline = camera_timeline_html(stream.history, predictor.classes, predictor.clip.span_s)
+    return LiveAnswer(_message(status), top, timeline)
+
+
+def camera_stride(session: DemoSession) -> float:
+    """Seconds between the camera's windows: --stride, or half the clip's span."""
+    return session.stride_s or session.predictor.clip.span_s / 2
+
+
+def camera_frame_interval(clip) -> float:
+    """Seconds between the frames the browser sends: :data:`CAMERA_FRAME_S`, or half the clip's
+    sampling step if that is smaller (down to 0.05 s: 20 frames a second)."""
+    return max(0.05, min(CAMERA_FRAME_S, clip.sampling_rate / clip.target_fps / 2))
 
 
 def _named(message: str, path: Path) -> str:
@@ -283,42 +456,89 @@ def build_page(session: DemoSession, examples: Sequence[Path] = ()):
         for result in session.classify(video):
             yield tuple(getattr(result, name) for name in outputs_per_result)
 
+    span, stride = session.predictor.clip.span_s, camera_stride(session)
+
+    def on_frame(frame, stream):
+        if stream is None:
+            stream = CameraStream(session.predictor.clip, stride)
+        if frame is None:
+            return gr.skip(), gr.skip(), gr.skip(), stream
+        answer = camera_answer(session, stream, frame)
+        return (
+            gr.skip() if answer.top is None else answer.top,
+            gr.skip() if answer.timeline_html is None else answer.timeline_html,
+            gr.skip() if answer.status_html is None else answer.status_html,
+            stream,
+        )
+
     title = f"{manifest.model} · {session.artifact.name}"
     with gr.Blocks(title=f"vidaccel_train demo: {title}", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             f"## Video classification: {html.escape(title)}\nRuns on this machine; nothing is sent anywhere.",
             latex_delimiters=[],
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                upload = gr.File(
-                    label="Video (any file FFmpeg reads)", file_count="single", elem_id="upload", height=120
-                )
-                if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
-                status = gr.HTML(_message("Upload a video, or pick an example."), elem_id="status")
-                preview = gr.Video(
-                    label="Upright, as the model reads it",
+        with gr.Tabs():
+            with gr.Tab("Upload", id="upload_tab"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        upload = gr.File(
+                            label="Video (any file FFmpeg reads)", file_count="single", elem_id="upload", height=120
+                        )
+                        if examples:
+                            gr.Examples([[str(p)] for p in examples], inputs=[upload], label="Examples")
+                        status = gr.HTML(_message("Upload a video, or pick an example."), elem_id="status")
+                        preview = gr.Video(
+                            label="Upright, as the model reads it",
+                            interactive=False,
+                            format=None,
+                            elem_id="preview",
+                            buttons=["download"],
+                            loop=True,
+                            autoplay=True,
+                        )
+                    with gr.Column(scale=1):
+                        views = _views(session.predictor.views.clips, session.predictor.views.crops)
+                        top = gr.Label(
+                            label=f"Top {TOPK} for the whole video ({views}, as predict)",
+                            num_top_classes=TOPK,
+                            elem_id="top5",
+                        )
+                        latency = gr.Markdown(elem_id="latency", latex_delimiters=[])
+                timeline = gr.Image(
+                    label="Classes over time (window centres)",
+                    type="filepath",
                     interactive=False,
-                    format=None,
-                    elem_id="preview",
-                    buttons=["download"],
-                    loop=True,
-                    autoplay=True,
+                    elem_id="timeline",
+                    buttons=["download", "fullscreen"],
                 )
-            with gr.Column(scale=1):
-                views = _views(session.predictor.views.clips, session.predictor.views.crops)
-                top = gr.Label(
-                    label=f"Top {TOPK} for the whole video ({views}, as predict)", num_top_classes=TOPK, elem_id="top5"
+            with gr.Tab("Camera", id="camera_tab"):
+                gr.Markdown(
+                    "Your browser's camera, streamed to this machine's server only (the browser asks for "
+                    "permission; it allows cameras on `http://127.0.0.1`, `http://localhost` or https). "
+                    f"A window of {span:.2f} s every {stride:.2f} s is classified as it completes.",
+                    latex_delimiters=[],
                 )
-                latency = gr.Markdown(elem_id="latency", latex_delimiters=[])
-        timeline = gr.Image(
-            label="Classes over time (window centres)",
-            type="filepath",
-            interactive=False,
-            elem_id="timeline",
-            buttons=["download", "fullscreen"],
-        )
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        camera = gr.Image(
+                            label="Camera (press record to start streaming)",
+                            sources=["webcam"],
+                            streaming=True,
+                            type="numpy",
+                            elem_id="camera",
+                            webcam_options=gr.WebcamOptions(mirror=False),  # the model sees what the camera sees
+                        )
+                    with gr.Column(scale=1):
+                        live_top = gr.Label(
+                            label=f"Top {TOPK} of the newest window ({session.predictor.views.crops} crops)",
+                            num_top_classes=TOPK,
+                            elem_id="live_top5",
+                        )
+                        live_status = gr.HTML(
+                            _message("Start the camera to classify what it shows."), elem_id="live_status"
+                        )
+                live_timeline = gr.HTML(elem_id="live_timeline")
+                stream_state = gr.State(None)
         gr.HTML(session.card(), elem_id="card")
         upload.change(
             run,
@@ -326,6 +546,15 @@ def build_page(session: DemoSession, examples: Sequence[Path] = ()):
             outputs=[status, preview, top, latency, timeline],
             show_progress="minimal",
             concurrency_limit=1,
+        )
+        camera.stream(
+            on_frame,
+            inputs=[camera, stream_state],
+            outputs=[live_top, live_timeline, live_status, stream_state],
+            stream_every=camera_frame_interval(session.predictor.clip),
+            time_limit=None,
+            concurrency_limit=CAMERA_STREAMS,
+            show_progress="hidden",
         )
     return page
 

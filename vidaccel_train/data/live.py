@@ -44,6 +44,8 @@ FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0
 DROP_GAP_FRAMES = 1.5
 # A timestamp that goes back, or jumps ahead by more than this, starts a new segment (a restarted encoder).
 JUMP_S = 10.0
+# What FFmpeg opens as "video" that is text (its ANSI-art demuxer takes .txt, .nfo, ...).
+_TEXT_FORMATS = frozenset({"tty"})
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,12 @@ class LiveFeed:
         os.close(messages_w)
         os.close(control_r)
         self._messages, self._control = Connection(messages_r), Connection(control_w, readable=False)
-        header = self._receive()
+        try:
+            header = self._receive()
+        except BaseException:  # Ctrl-C while the source opens: no reader left behind
+            self._process.kill()
+            self.close()
+            raise
         if header["kind"] == "error":
             self.close()
             raise VideoDecodeError(header["message"])
@@ -401,6 +408,8 @@ class _Reader:
 
         try:
             container = self._open()
+            if container.format.name in _TEXT_FORMATS:
+                raise VideoDecodeError(f"{self.source.text}: a text file, not a video")
             stream = _video_stream(container, Path(self.source.text))
         except VideoDecodeError as err:
             with self.lock:
@@ -450,7 +459,9 @@ class _Reader:
         stream.thread_count = 0
         time_base = float(stream.time_base)
         rate = float(stream.average_rate or 0.0)
-        frame_s = 1 / rate if 0 < rate < 1000 else 0.0
+        # A frame's duration: the stream's rate, or (none, or a clock tick's) the shortest interval seen.
+        frame_s = 1 / rate if 1 <= rate <= 240 else 0.0
+        learn_rate = not frame_s
         sar = stream.sample_aspect_ratio
         sample_aspect = float(sar) if sar and sar > 0 else 1.0
         windows = first_t = last_t = size = orientation = None
@@ -460,7 +471,7 @@ class _Reader:
             return _to_rgb(frame, size)
 
         def take(frame) -> None:
-            nonlocal windows, first_t, last_t, size, orientation, offset, paced_from
+            nonlocal windows, first_t, last_t, size, orientation, offset, paced_from, frame_s
             if frame.pts is None:
                 return
             t_stream = frame.pts * time_base
@@ -476,8 +487,11 @@ class _Reader:
                 size, orientation = (width, frame.height), _frame_orientation(frame)
                 windows = RollingWindows(self.clip, self.stride_s, convert)
                 first_t, last_t, paced_from = t_stream, t_stream, now
-            elif frame_s and t_stream - last_t > DROP_GAP_FRAMES * frame_s:
-                self.stats.dropped += round((t_stream - last_t) / frame_s) - 1
+            else:
+                if learn_rate and t_stream > last_t:
+                    frame_s = min(frame_s or math.inf, t_stream - last_t)
+                if frame_s and t_stream - last_t > DROP_GAP_FRAMES * frame_s:
+                    self.stats.dropped += round((t_stream - last_t) / frame_s) - 1
             if self.source.paced:
                 delay = paced_from + (t_stream - first_t) - now
                 if delay > 0:

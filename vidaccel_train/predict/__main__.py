@@ -315,13 +315,17 @@ def _main_live(predictor: Predictor, args) -> int:
     options = dict(option.split("=", 1) for option in args.option)
     try:
         source = live_source(args.live, args.input_format, options)
-        feed = open_feed(predictor, source, args.stride, args.reconnect).__enter__()
     except VideoDecodeError as err:
         raise PredictError(f"--live {err}") from None
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as Ctrl-C does: with the summary
     summary = LiveSummary()
     classes, topk = predictor.classes, args.topk
+    feed = open_feed(predictor, source, args.stride, args.reconnect)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as Ctrl-C does: with the summary
     try:
+        try:
+            feed.__enter__()
+        except VideoDecodeError as err:
+            raise PredictError(f"--live {err}") from None
         if not args.json:
             print(
                 f"live: {source.text}: {feed.description}; a window of {predictor.clip.span_s:.2f} s every "
@@ -329,21 +333,20 @@ def _main_live(predictor: Predictor, args) -> int:
                 "Ctrl-C ends it",
                 flush=True,
             )
-        try:
-            for window in live_windows(predictor, feed, summary):
-                if args.json:
-                    print(json.dumps(window.record(classes, topk)), flush=True)
-                else:
-                    top = window.record(classes, topk)["predictions"]
-                    others = ", ".join(f"{p['label']} {p['score']:.3f}" for p in top[1:])
-                    print(
-                        f"{window.start_s:8.2f}–{window.end_s:.2f} s  {top[0]['label']} {top[0]['score']:.3f}"
-                        f"{f'  ({others})' if others else ''}  lag {window.lag_s * 1000:.0f} ms",
-                        flush=True,
-                    )
-        except KeyboardInterrupt:
-            feed.stop()
-            summary.stats, summary.ended = feed.stats, "interrupted"
+        for window in live_windows(predictor, feed, summary):
+            if args.json:
+                print(json.dumps(window.record(classes, topk)), flush=True)
+            else:
+                top = window.record(classes, topk)["predictions"]
+                others = ", ".join(f"{p['label']} {p['score']:.3f}" for p in top[1:])
+                print(
+                    f"{window.start_s:8.2f}–{window.end_s:.2f} s  {top[0]['label']} {top[0]['score']:.3f}"
+                    f"{f'  ({others})' if others else ''}  lag {window.lag_s * 1000:.0f} ms",
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        feed.stop()
+        summary.stats, summary.ended = feed.stats, "interrupted"
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         feed.close()
