@@ -10,7 +10,9 @@ tcp://... --json --threads N`` reads it for ``--seconds`` after its first window
 Each thread count runs in its own processes (server, predict and its reader), one after the other.
 Printed per thread count: windows scored and skipped, lag p50/p95/max (from the arrival of a
 window's last frame to its prediction, as predict measures it), CPU use of predict and its reader
-together (percent of one core, from the kernel's accounting, from the first window on), frames received and dropped.
+together (percent of one core, from the kernel's accounting, from the first window on), frames
+received and dropped, and the resident memory of predict and its reader at the first window and
+at the end.
 The last line:
 
     live <model> at <size> <fps> fps, stride <s> s: lag p95 A ms at 1 thread, B ms at 2 threads; keeps up: yes|no
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,6 +89,19 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` and its children, MiB (0 once gone)."""
+    total = 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for process in [str(pid), *children]:
+            status = Path(f"/proc/{process}/status").read_text()
+            total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    except (FileNotFoundError, ProcessLookupError, AttributeError):
+        pass
+    return total / 1024
+
+
 def run_one(artifact: Path, video: Path, threads: int, seconds: float, stride: float | None, loops: int) -> dict:
     """One thread count: its own server, predict --live for ``seconds``, then Ctrl-C."""
     port = _free_port()
@@ -106,10 +122,10 @@ def run_one(artifact: Path, video: Path, threads: int, seconds: float, stride: f
                 live.kill()
                 break
             time.sleep(0.05)
-        started, cpu_before = time.monotonic(), _cpu_seconds(live.pid)
+        started, cpu_before, rss_before = time.monotonic(), _cpu_seconds(live.pid), _rss_mib(live.pid)
         while time.monotonic() - started < seconds and live.poll() is None:
             time.sleep(0.1)
-        wall, cpu = time.monotonic() - started, _cpu_seconds(live.pid) - cpu_before
+        wall, cpu, rss_after = time.monotonic() - started, _cpu_seconds(live.pid) - cpu_before, _rss_mib(live.pid)
         if live.poll() is None:
             live.send_signal(signal.SIGINT)
         live.wait(timeout=60)
@@ -127,6 +143,8 @@ def run_one(artifact: Path, video: Path, threads: int, seconds: float, stride: f
         **summary,
         "lag_max_s": lags[-1] if lags else None,
         "cpu_percent": 100 * cpu / wall,
+        "rss_first_mib": rss_before,
+        "rss_last_mib": rss_after,
         "wall_s": wall,
     }
 
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{'n/a' if v is None else f'{v:.0f}':>7}" for v in ms)
         print(
             f"{threads:>7} {row['windows']:>7} {row['skipped']:>7} {cells} {row['cpu_percent']:>6.0f} "
-            f"{row['frames']:>7} {row['dropped']:>7}",
+            f"{row['frames']:>7} {row['dropped']:>7} {row['rss_first_mib']:>6.0f}->{row['rss_last_mib']:<6.0f}",
             flush=True,
         )
     keeps_up = all(

@@ -74,7 +74,11 @@ def stream(video: str, url: str, loops: int = 1) -> int:
         time_base = float(original.time_base)
         packets = [p for p in source.demux(original) if p.size and p.dts is not None]
         first = packets[0].dts
-        length = max(p.pts or p.dts for p in packets) - first + (packets[1].dts - first if len(packets) > 1 else 1)
+        # One play's length: from its first frame shown to the end of its last (a frame's duration
+        # after it), so that the next play's frames follow on without a gap.
+        shown = sorted(p.pts if p.pts is not None else p.dts for p in packets)
+        step = min((b - a for a, b in zip(shown, shown[1:]) if b > a), default=1)
+        length = shown[-1] - shown[0] + step
         started = time.monotonic()
         try:
             for loop in range(loops):

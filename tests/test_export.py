@@ -172,7 +172,7 @@ def test_predict_matches_the_in_framework_int8_model(export_dir, smoke_run, data
 def test_the_manifest_records_the_runs_clip_contract_in_its_own_names(export_dir, smoke_run):
     """The zoo entry's contract, as the run changed it, is the manifest's (one vocabulary from the
     zoo to the export), and the typed record reads back what the export wrote."""
-    from vidaccel_train.data.clips import ClipContract
+    from vidaccel_train.data.contract import ClipContract
 
     written = json.loads((export_dir / "manifest.json").read_text())
     run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.data.contract import ClipContract
 from vidaccel_train.data.live import LiveFeed, RollingWindows, live_source
 from vidaccel_train.data.synthetic import SyntheticSpec, render_clip
 from vidaccel_train.data.video_io import read_frames_at, write_video
@@ -137,7 +137,7 @@ def test_a_stream_over_tcp_gives_the_timeline_of_the_same_file_window_by_window(
     assert summary["ended"] == "end of stream" and summary["lag_p95_s"] < 0.8
 
 
-@pytest.mark.parametrize("transport", ["http", "udp", "pipe"])
+@pytest.mark.parametrize("transport", [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe"])
 def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, transport):
     """The same stream over HTTP, UDP (the reader listens first) and standard input: windows
     from the start to the end of the stream, frames counted, a clean end, nothing on stderr."""
@@ -279,13 +279,11 @@ def test_a_slow_consumer_skips_windows_and_memory_stays_flat(artifact, left_then
     [
         ("tcp://127.0.0.1:{port}", "cannot open (Connection refused)"),
         ("{tmp}/absent.ts", "no such file, device or URL"),
-        ("{tmp}/notes.bin", "cannot open (Invalid data found when processing input)"),
         ("{tmp}/notes.txt", "a text file, not a video"),
     ],
 )
 def test_a_source_that_cannot_be_opened_is_one_error_line(artifact, tmp_path, source, message):
-    for name in ("notes.txt", "notes.bin"):
-        (tmp_path / name).write_bytes(b"not a video\n" * 100)
+    (tmp_path / "notes.txt").write_bytes(b"not a video\n" * 100)
     source = source.format(port=_free_port(), tmp=tmp_path)
     done = predict_cli(artifact, "--live", source)
     assert done.returncode == 2 and done.stdout == ""
@@ -296,9 +294,7 @@ def test_live_option_mistakes_are_one_error_line(artifact, left_then_right):
     for args, message in [
         (["--option", "rtsp_transport"], "--option takes KEY=VALUE"),
         (["--reconnect", "-1"], "--reconnect must be 0 or more"),
-        (["--threads", "0"], "--threads must be 1 or more"),
         (["--timeline"], "--live takes one source"),
-        (["--csv", "out.csv"], "--live takes one source"),
     ]:
         done = predict_cli(artifact, "--live", left_then_right, *args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
@@ -339,3 +335,19 @@ def test_rolling_windows_take_the_frame_shown_at_each_timestamp_as_the_file_read
     windows = RollingWindows(clip, 0.15, convert=lambda index: index)
     done = [w for i, t in enumerate(times) for w in windows.push(t, i, 0.0)] + windows.finish(times[-1] + 1 / 30)
     assert [[read_index(f) for f in c.frames] for c in clips] == [w.frames for w in done][: len(clips)]
+
+
+def test_the_reader_process_decodes_without_torch():
+    """The reader (`python -m vidaccel_train.data.live`) imports the clip contract and the decoder
+    alone: no torch, torchvision or Lightning (their import is about 0.7 GB of memory and seconds
+    of start on a small board), while predict's side has them."""
+    code = (
+        "import sys, vidaccel_train.data.live, vidaccel_train.data.video_io, vidaccel_train.data.contract\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'lightning'})\n"
+        "print(','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
+    code = code.replace("vidaccel_train.data.contract\n", "vidaccel_train.data.contract, vidaccel_train.data.clips\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "torch,torchvision"  # the check can tell

@@ -102,7 +102,7 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
 def test_model_configs_read_the_clip_contract_from_the_zoo(tmp_path, data_dir):
     """Each zoo entry's clip contract is what its config and the data config built on it run,
     read from the zoo (no copy in the YAML), and ``model.clip.<key>=`` changes it for a run."""
-    from vidaccel_train.data.clips import ClipContract
+    from vidaccel_train.data.contract import ClipContract
 
     for name, entry in ZOO.items():
         cfg = compose_config(tmp_path, data_dir, [f"model={name}"])

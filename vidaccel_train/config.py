@@ -30,7 +30,7 @@ def synthetic_duration_s(num_frames: int, sampling_rate: int, target_fps: float)
 def _span_s(num_frames, sampling_rate, target_fps) -> float | None:
     """A clip's span in seconds; None for counts that are not positive numbers (the datamodule
     refuses those, naming the key, when it is built)."""
-    from vidaccel_train.data.clips import ClipContract
+    from vidaccel_train.data.contract import ClipContract
 
     try:
         for key, value in {"num_frames": num_frames, "sampling_rate": sampling_rate, "target_fps": target_fps}.items():

@@ -27,7 +27,7 @@ import av
 import numpy as np
 import torch
 
-from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.data.contract import ClipContract
 
 HEIGHT, WIDTH = 48, 64
 BITS = 8

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.data.contract import ClipContract
 from vidaccel_train.errors import VideoDecodeError
 
 # Schemes FFmpeg reads from the network: a drop is reopened, reads time out.

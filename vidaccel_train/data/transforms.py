@@ -9,8 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-KINETICS_MEAN = (0.45, 0.45, 0.45)
-KINETICS_STD = (0.225, 0.225, 0.225)
+from vidaccel_train.data.contract import KINETICS_MEAN, KINETICS_STD
 
 
 class ToChannelsFirstClip(torch.nn.Module):

@@ -40,13 +40,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
 
 from vidaccel_train.errors import ConfigError, VideoDecodeError
 from vidaccel_train.files import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 DISPLAY_ASPECTS = ("square", "stored")
 
@@ -502,6 +505,8 @@ def read_clip(
         raise
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as err:
         raise _open_error(path, err, "decoding failed") from err
+    import torch  # on first use: the live reader decodes without it
+
     upright = orientation.apply(torch.from_numpy(stacked))
     return upright.permute(0, 3, 1, 2), _oriented(info, orientation)
 
@@ -780,6 +785,8 @@ def transcode(source: str | Path, target: str | Path, settings: EncodeSettings) 
     reader sees it: upright (a display matrix is applied to the pixels), timed from its first
     frame, each frame at its original time; non-square pixels keep their sample aspect ratio.
     Raises :class:`VideoDecodeError` naming the file."""
+    import torch
+
     source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.data.contract import ClipContract
 from vidaccel_train.errors import CheckpointError, ConfigError
 from vidaccel_train.models.x3d import EfficientX3dNet, StageSpec, x3d_stages
 

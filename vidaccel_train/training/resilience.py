@@ -20,7 +20,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vidaccel_train.data.clips import ClipContract
+from vidaccel_train.data.contract import ClipContract
 from vidaccel_train.errors import CheckpointError, ConfigError, OutputError
 from vidaccel_train.files import remove_leftovers, write_atomic
 
