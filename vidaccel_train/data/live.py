@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -260,7 +261,10 @@ class LiveFeed:
         from vidaccel_train.data.video_io import Orientation
 
         while True:
-            self._control.send_bytes(b"next")
+            try:
+                self._control.send_bytes(b"next")
+            except OSError:  # the reader has said all it will and gone: its end is in the pipe
+                pass
             header = self._receive()
             self.stats = LiveStats(**header["stats"])
             if header["kind"] == "end":
@@ -334,7 +338,9 @@ class _Reader:
         self.stats = LiveStats()
         self.lock = threading.Lock()
         self.wanted = False
-        self.pending: dict | None = None
+        # Finished clips not yet asked for: the newest one, or at the end of a segment the clips its
+        # last frame completed, in order (a handful: as many as overlap one clip).
+        self.waiting: deque[dict] = deque()
         self.ended: str | None = None
         self.session_origin: float | None = None  # monotonic seconds of the first frame
         self.said_end = threading.Event()
@@ -345,22 +351,26 @@ class _Reader:
         if data is not None:
             self.messages.send_bytes(data)
 
-    def _offer(self, window: dict) -> None:
+    def _offer(self, window: dict, last: bool = False) -> None:
+        """Hand ``window`` over if it is asked for, else keep it instead of the one waiting (that
+        one skipped); ``last``: completed by the end of the frames, kept beside those waiting (no
+        newer clip will come to make them stale)."""
         with self.lock:
             self.stats.windows += 1
             if self.wanted:
                 self.wanted = False
                 self._send(*window["message"])
-            else:
-                if self.pending is not None:
-                    self.stats.skipped += 1
-                self.pending = window
+                return
+            if not last:
+                self.stats.skipped += len(self.waiting)
+                self.waiting.clear()
+            self.waiting.append(window)
 
     def _end(self, reason: str) -> None:
         """Say the source ended, after the clip still waiting (the control thread hands both over)."""
         with self.lock:
             self.ended = reason
-            if self.pending is None:
+            if not self.waiting:
                 self._send({"kind": "end", "reason": reason})
                 return
         self.said_end.wait()
@@ -378,10 +388,9 @@ class _Reader:
                         self._send({"kind": "end", "reason": "stopped"})
                     finally:
                         os._exit(0)
-                if self.pending is not None:
-                    self._send(*self.pending["message"])
-                    self.pending = None
-                    if self.ended is not None:
+                if self.waiting:
+                    self._send(*self.waiting.popleft()["message"])
+                    if self.ended is not None and not self.waiting:
                         self._send({"kind": "end", "reason": self.ended})
                         self.said_end.set()
                 elif self.ended is None:
@@ -479,7 +488,7 @@ class _Reader:
             if windows is None or t_stream < last_t - 1e-6 or t_stream - last_t > JUMP_S:
                 if windows is not None:  # a new segment: what is open is finished as far as it goes
                     for window in windows.finish(last_t + frame_s - first_t):
-                        self._offer(self._message(window, offset, orientation))
+                        self._offer(self._message(window, offset, orientation), last=True)
                 if self.session_origin is None:
                     self.session_origin = now
                 offset = now - self.session_origin
@@ -524,7 +533,7 @@ class _Reader:
                 pass
         if windows is not None:
             for window in windows.finish(last_t + frame_s - first_t):
-                self._offer(self._message(window, offset, orientation))
+                self._offer(self._message(window, offset, orientation), last=True)
         return reason
 
     def _message(self, window: _Window, offset: float, orientation) -> dict:
