@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vidaccel_train.data.contract import ClipContract
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -165,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     artifact = args.artifact or _newest_export()
     manifest = json.loads(((artifact if artifact.is_dir() else artifact.parent) / "manifest.json").read_text())
-    span = manifest["num_frames"] * manifest["sampling_rate"] / manifest["target_fps"]
-    stride = args.stride or span
+    stride = args.stride or ClipContract.from_dict(manifest).span_s  # predict's default
     video_s = min(16.0, max(4.0, args.seconds))
     video = _video(args.cache, width, height, args.fps, video_s)
     loops = math.ceil((args.seconds + 30) / video_s)

@@ -59,7 +59,8 @@ def _output(url: str):
         connection = _accept(url)
         return av.open(_Socket(connection), "w", format="mpegts", buffer_size=1316), connection
     if url.startswith("udp://"):
-        return av.open(f"{url}?pkt_size=1316", "w", format="mpegts"), None  # seven TS packets a datagram
+        joined = "&" if "?" in url else "?"
+        return av.open(f"{url}{joined}pkt_size=1316", "w", format="mpegts"), None  # seven TS packets a datagram
     raise SystemExit(f"error: {url}: give tcp://, http://, udp:// or -")
 
 
@@ -88,10 +89,11 @@ def stream(video: str, url: str, loops: int = 1) -> int:
                     if delay > 0:
                         time.sleep(delay)
                     shift = loop * length
-                    packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+                    pts, dts = packet.pts, packet.dts
+                    packet.pts, packet.dts = None if pts is None else pts + shift, dts + shift
                     packet.stream = target
                     output.mux(packet)
-                    packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+                    packet.pts, packet.dts = pts, dts
                     sent += 1
             output.close()
         except (BrokenPipeError, ConnectionError, av.error.FFmpegError) as err:

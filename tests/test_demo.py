@@ -401,7 +401,7 @@ def smoke_spec(smoke_run):
     """The synthetic data the smoke model was trained on (its run config)."""
     from vidaccel_train.data.synthetic import SyntheticSpec
 
-    run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+    run_config = torch.load(smoke_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
         "run_config"
     ]
     synthetic = run_config["data"]["synthetic"]

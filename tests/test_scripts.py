@@ -155,7 +155,7 @@ def test_bench_live_serves_a_camera_like_stream_to_predict_live_at_each_thread_c
     rows = figures["rows"]
     assert [r["threads"] for r in rows] == [1, 2] and figures["stride_s"] == pytest.approx(0.8)
     for row in rows:  # 5 s of a 30 fps source after the first window (0.8 s each), then Ctrl-C
-        assert row["ended"] == "interrupted" and 7 <= row["windows"] + row["skipped"] <= 12, row
+        assert row["ended"] == "interrupted" and 5 <= row["windows"] + row["skipped"] <= 12, row
         assert 5 * 30 <= row["frames"] <= 12 * 30 and row["cpu_percent"] > 0 and row["lag_p95_s"] > 0, row
     last = done.stdout.splitlines()[-1]
     assert re.fullmatch(

@@ -584,7 +584,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stride",
         type=float,
-        help=f"seconds between timeline windows (default: half the clip's span, wider past {MAX_WINDOWS} windows)",
+        help=f"seconds between timeline windows (default: half the clip's span, wider past {MAX_WINDOWS} windows) "
+        "and between the camera's windows (default: half the clip's span)",
     )
     return parser
 

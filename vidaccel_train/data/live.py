@@ -5,8 +5,9 @@ decodes it in a process of its own (the reader), so decoding keeps up with the s
 the model does, and hands over the clips of a :class:`~vidaccel_train.data.clips.ClipContract`
 starting every ``stride_s`` seconds, chosen from the frames' presentation timestamps as the
 offline reader chooses them (:class:`RollingWindows`: the last frame shown at or before each
-timestamp). At most one finished clip waits for the model: a newer one replaces it and the older
-is counted as skipped, never queued. A network source that drops is reopened with backoff.
+timestamp). One finished clip waits for the model: a newer one replaces it and the older is
+counted as skipped, never queued (at the end of the frames, the clips the last frame completed
+all wait, in order). A network source that drops is reopened with backoff.
 
 The reader runs as ``python -m vidaccel_train.data.live`` (it inherits standard input, for
 ``-``); it talks to :class:`LiveFeed` over two pipes: JSON headers and raw frame bytes, no pickle.
@@ -130,11 +131,12 @@ class RollingWindows:
         return done
 
     def finish(self, end_s: float) -> list[_Window]:
-        """At the end of the frames, the last shown until ``end_s``: the open clips it completes."""
+        """At the end of the frames, the last shown until ``end_s``: the open clips that end by
+        then (as ``predict --timeline`` keeps a video's windows), completed with it."""
         done = []
         if self.previous is not None:
             for window in self.open:
-                if window.wanted(self.clip.num_frames - 1) < end_s:
+                if window.start_s + self.clip.span_s <= end_s + 1e-6:
                     while not window.complete:
                         window.take(self.previous, self.convert)
                     done.append(window)
@@ -187,7 +189,8 @@ class Clip:
 @dataclass
 class LiveStats:
     """Counts of a live session so far: ``frames`` received, ``dropped`` (missing from the
-    timestamps: gaps wider than 1.5 frame durations), clips ``windows`` made and ``skipped``
+    timestamps: gaps wider than :data:`DROP_GAP_FRAMES` frame durations of the stream's nominal
+    rate), clips ``windows`` made and ``skipped``
     (replaced by a newer one while the model was busy), ``reopened`` drops recovered."""
 
     frames: int = 0
@@ -202,8 +205,12 @@ class LiveFeed:
     decoded by a reader process of its own. ``reconnect_s``: how long a dropped network source is
     tried again (0: a drop ends the feed). Use as a context manager; iterate :meth:`clips`.
 
-    Raises (on entering):
-        VideoDecodeError: the source cannot be opened, has no video or sends nothing (one line, from the reader).
+    Raises:
+        VideoDecodeError: on entering: the source cannot be opened, has no video, or (a network
+            source or a device) sends nothing within :data:`OPEN_TIMEOUT_S` (one line, from the
+            reader). A pipe waits for its writer.
+        RuntimeError: the reader process stopped without saying why (a crash; its traceback is
+            on standard error).
     """
 
     def __init__(
@@ -233,6 +240,7 @@ class LiveFeed:
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(messages_w), str(control_r), json.dumps(self.settings)],
             pass_fds=(messages_w, control_r),
+            start_new_session=True,  # Ctrl-C and a group's SIGTERM are predict's: the reader ends with its pipe
             stdin=None if self.source.kind == "pipe" and self.source.url == "pipe:0" else subprocess.DEVNULL,
         )
         os.close(messages_w)
@@ -255,7 +263,11 @@ class LiveFeed:
 
     def clips(self) -> Iterator[Clip]:
         """Each clip as it is asked for: the newest finished since the last one (older ones
-        counted in ``stats.skipped``); ends when the source does (``ended`` says why)."""
+        counted in ``stats.skipped``); ends when the source does (``ended`` says why).
+
+        Raises:
+            RuntimeError: the reader process stopped without saying why.
+        """
         import torch
 
         from vidaccel_train.data.video_io import Orientation
@@ -292,7 +304,7 @@ class LiveFeed:
                     self.stats = LiveStats(**header["stats"])
                 if header["kind"] == "end":
                     break
-        except (OSError, EOFError):
+        except (OSError, EOFError, ValueError, KeyError):  # interrupted mid-message: the counts so far
             pass
 
     def close(self) -> None:
@@ -367,7 +379,7 @@ class _Reader:
             self.waiting.append(window)
 
     def _end(self, reason: str) -> None:
-        """Say the source ended, after the clip still waiting (the control thread hands both over)."""
+        """Say the source ended, after the clips still waiting (the control thread hands them over)."""
         with self.lock:
             self.ended = reason
             if not self.waiting:
@@ -400,7 +412,7 @@ class _Reader:
     def _open(self):
         import av
 
-        timeout = (OPEN_TIMEOUT_S, READ_TIMEOUT_S) if self.source.kind == "network" else None
+        timeout = (OPEN_TIMEOUT_S, READ_TIMEOUT_S) if self.source.kind in ("network", "device") else None
         options = dict(self.source.options)
         if self.source.kind != "file":  # start at once: a second of probing, not five
             options.setdefault("analyzeduration", "1000000")
@@ -431,7 +443,13 @@ class _Reader:
             self._send({"kind": "opened", "description": description})
         threading.Thread(target=self._listen, daemon=True).start()
         while True:
-            reason = self._play(container, stream)
+            try:
+                reason = self._play(container, stream)
+            except Exception as err:  # a bug: said, with its traceback, and the session ends with a summary
+                import traceback
+
+                traceback.print_exc()
+                return self._end(f"the reader failed: {type(err).__name__}: {err}")
             container.close()
             if not self.source.reopens or self.reconnect_s <= 0:
                 return self._end(reason)
@@ -462,11 +480,16 @@ class _Reader:
         """Decode until the source ends or fails; the reason, in words."""
         import av
 
-        from vidaccel_train.data.video_io import _display_width, _frame_orientation, _to_rgb
+        from vidaccel_train.data.video_io import (
+            _DECODE_ORDER_FORMATS,
+            _display_width,
+            _frame_orientation,
+            _FrameClock,
+            _to_rgb,
+        )
 
         stream.thread_type = "SLICE"  # frame threads hold frames back: latency
         stream.thread_count = 0
-        time_base = float(stream.time_base)
         rate = float(stream.average_rate or 0.0)
         # A frame's duration: the stream's rate, or (none, or a clock tick's) the shortest interval seen.
         frame_s = 1 / rate if 1 <= rate <= 240 else 0.0
@@ -475,15 +498,22 @@ class _Reader:
         sample_aspect = float(sar) if sar and sar > 0 else 1.0
         windows = first_t = last_t = size = orientation = None
         offset, paced_from = 0.0, None
+        # The offline reader's clock: timestamps, or the packets' in order where frames have none (AVI).
+        clock = _FrameClock(stream, container.format.name in _DECODE_ORDER_FORMATS)
 
         def convert(frame):
             return _to_rgb(frame, size)
 
         def take(frame) -> None:
             nonlocal windows, first_t, last_t, size, orientation, offset, paced_from, frame_s
-            if frame.pts is None:
-                return
-            t_stream = frame.pts * time_base
+            t_stream = clock.time(frame)
+            if t_stream is None:  # a frame without a time (a raw elementary stream): a frame after the last
+                if last_t is None:
+                    t_stream = 0.0
+                elif frame_s:
+                    t_stream = last_t + frame_s
+                else:
+                    return
             now = time.monotonic()
             if windows is None or t_stream < last_t - 1e-6 or t_stream - last_t > JUMP_S:
                 if windows is not None:  # a new segment: what is open is finished as far as it goes
@@ -513,6 +543,7 @@ class _Reader:
 
         try:
             for packet in container.demux(stream):
+                clock.fed(packet)
                 try:
                     frames = packet.decode()
                 except av.error.InvalidDataError:  # a damaged packet (UDP loss): the decoder goes on

@@ -23,8 +23,8 @@ window every --stride seconds (default: the clip's span), its frames chosen from
 as --timeline chooses them; one line per window with its lag (from the arrival of its last frame
 to its prediction), or one JSON object with --json. Decoding runs in a process of its own; while
 the model is busy, windows are skipped, not queued. A network source that drops is reopened for up
-to --reconnect seconds. The end of the source, Ctrl-C or SIGTERM print a summary (exit code 0);
-a source that cannot be opened is one error line, exit code 2.
+to --reconnect seconds. The end of the source, Ctrl-C or SIGTERM print a summary (exit code 0; 1
+if the reader process failed); a source that cannot be opened is one error line, exit code 2.
 
 Unreadable videos are named on one line each and the others go on; the exit code is then 1.
 A missing or modified artifact, an unknown option or an input without videos: one error line,
@@ -113,6 +113,18 @@ def _check(args, parser) -> None:
         if bad:
             parser.error(f"--option takes KEY=VALUE, got {bad[0]!r}")
         return
+    live_only = [
+        name
+        for name, given in (
+            ("--threads", args.threads is not None),
+            ("--reconnect", args.reconnect != 30.0),
+            ("--option", bool(args.option)),
+            ("--input-format", args.input_format is not None),
+        )
+        if given
+    ]
+    if live_only:
+        parser.error(f"{', '.join(live_only)}: only with --live")
     if not args.inputs and not args.data_root:
         parser.error("name videos, folders or list files, or a --data-root")
     if args.timeline and args.data_root:
@@ -230,6 +242,10 @@ def _inputs(args, classes: Sequence[str]) -> list[tuple[str, int | None]]:
 
 def _run(args) -> int:
     views = parse_views(args.views) if args.views else None
+    if args.live is not None and args.threads:
+        from vidaccel_train.export.runtime import set_runtime_threads
+
+        set_runtime_threads(args.threads)  # before the program is loaded: a pool changed under it can hang
     try:
         predictor = Predictor(args.artifact, views, args.workers)
         videos = [] if args.live is not None else _inputs(args, predictor.classes)
@@ -307,17 +323,14 @@ def _main_live(predictor: Predictor, args) -> int:
     import signal
 
     from vidaccel_train.data.live import live_source
-    from vidaccel_train.export.runtime import set_runtime_threads
     from vidaccel_train.predict.live import LiveSummary, live_windows, open_feed
 
-    if args.threads:
-        set_runtime_threads(args.threads)
     options = dict(option.split("=", 1) for option in args.option)
     try:
         source = live_source(args.live, args.input_format, options)
     except VideoDecodeError as err:
         raise PredictError(f"--live {err}") from None
-    summary = LiveSummary()
+    summary, failed = LiveSummary(), False
     classes, topk = predictor.classes, args.topk
     feed = open_feed(predictor, source, args.stride, args.reconnect)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as Ctrl-C does: with the summary
@@ -347,6 +360,8 @@ def _main_live(predictor: Predictor, args) -> int:
     except KeyboardInterrupt:
         feed.stop()
         summary.stats, summary.ended = feed.stats, "interrupted"
+    except (RuntimeError, EOFError) as err:  # the reader process failed: what was scored still counts
+        summary.stats, summary.ended, failed = feed.stats, f"the reader failed ({err})", True
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         feed.close()
@@ -354,7 +369,9 @@ def _main_live(predictor: Predictor, args) -> int:
         print(json.dumps({"summary": summary.record()}), flush=True)
     else:
         print(summary.line(), flush=True)
-    return 0
+    if failed:
+        print(f"error: --live {source.text}: {summary.ended}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _interrupt(signum, frame):
