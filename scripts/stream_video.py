@@ -6,7 +6,7 @@ for trying ``predict --live`` without a camera, and for its tests and benchmark.
     python scripts/stream_video.py VIDEO udp://127.0.0.1:9000     # sends datagrams at once (start the reader first)
     python scripts/stream_video.py VIDEO - > stream.ts            # to standard output
 
-The packets are copied (no re-encoding) into MPEG-TS and sent when their timestamps fall due on
+The packets are copied (no re-encoding) into MPEG-TS (``--format``: another container) and sent when their timestamps fall due on
 the wall clock, as a camera or an encoder sends them (``ffmpeg -re``). ``--loop N`` plays the
 video N times (timestamps continue). It prints one line when a reader is connected (TCP/HTTP
 wait for one) and one at the end; a reader that goes away ends it with exit code 0.
@@ -51,25 +51,25 @@ def _accept(url: str) -> socket.socket:
     return connection
 
 
-def _output(url: str):
-    """An MPEG-TS muxer writing to ``url``, flushed after every packet."""
+def _output(url: str, fmt: str = "mpegts"):
+    """A ``fmt`` muxer writing to ``url``, flushed after every packet."""
     if url == "-":
-        return av.open(sys.stdout.buffer, "w", format="mpegts", buffer_size=1316), None
+        return av.open(sys.stdout.buffer, "w", format=fmt, buffer_size=1316), None
     if url.startswith(("tcp://", "http://")):
         connection = _accept(url)
-        return av.open(_Socket(connection), "w", format="mpegts", buffer_size=1316), connection
+        return av.open(_Socket(connection), "w", format=fmt, buffer_size=1316), connection
     if url.startswith("udp://"):
         joined = "&" if "?" in url else "?"
-        return av.open(f"{url}{joined}pkt_size=1316", "w", format="mpegts"), None  # seven TS packets a datagram
+        return av.open(f"{url}{joined}pkt_size=1316", "w", format=fmt), None  # seven TS packets a datagram
     raise SystemExit(f"error: {url}: give tcp://, http://, udp:// or -")
 
 
-def stream(video: str, url: str, loops: int = 1) -> int:
+def stream(video: str, url: str, loops: int = 1, fmt: str = "mpegts") -> int:
     """Send ``video``'s video packets to ``url`` in real time; returns the packets sent."""
     sent = 0
     with av.open(video) as source:
         original = source.streams.video[0]
-        output, connection = _output(url)
+        output, connection = _output(url, fmt)
         print(f"streaming {video} to {url}", file=sys.stderr, flush=True)
         target = output.add_stream_from_template(original)
         time_base = float(original.time_base)
@@ -111,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video")
     parser.add_argument("url", help="tcp://HOST:PORT, http://HOST:PORT, udp://HOST:PORT or - (standard output)")
     parser.add_argument("--loop", type=int, default=1, help="times to play the video (default: 1)")
+    parser.add_argument(
+        "--format", default="mpegts", help="the container sent (default: mpegts; matroska, avi, h264 for a pipe)"
+    )
     args = parser.parse_args(argv)
     if args.loop < 1:
         parser.error("--loop must be 1 or more")
-    stream(args.video, args.url, args.loop)
+    stream(args.video, args.url, args.loop, args.format)
     return 0
 
 
