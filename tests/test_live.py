@@ -137,14 +137,16 @@ def test_a_stream_over_tcp_gives_the_timeline_of_the_same_file_window_by_window(
     assert summary["ended"] == "end of stream" and summary["lag_p95_s"] < 0.8
 
 
-@pytest.mark.parametrize("transport", [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe"])
+@pytest.mark.parametrize("transport", [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe", "avi pipe"])
 def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, transport):
-    """The same stream over HTTP, UDP (the reader listens first) and standard input: windows
-    from the start to the end of the stream, frames counted, a clean end, nothing on stderr."""
+    """The same stream over HTTP, UDP (the reader listens first) and standard input (MPEG-TS, and
+    AVI, whose frames carry no timestamps: the packets' are taken in order): windows from the
+    start to the end of the stream, frames counted, a clean end, nothing on stderr."""
     port = _free_port()
-    if transport == "pipe":
+    if transport.endswith("pipe"):
+        container = "avi" if transport == "avi pipe" else "mpegts"
         producer = subprocess.Popen(
-            [sys.executable, str(STREAMER), str(left_then_right), "-"],
+            [sys.executable, str(STREAMER), str(left_then_right), "-", "--format", container],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -163,7 +165,7 @@ def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, tr
     try:
         stdout, stderr = live.communicate(timeout=120)
     finally:
-        if transport == "pipe":
+        if transport.endswith("pipe"):
             producer.kill()
             producer.wait()
         else:
@@ -173,8 +175,8 @@ def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, tr
     starts = [w["start"] for w in windows]
     assert starts[0] == 0.0 and all(round(s / 0.4, 6).is_integer() for s in starts) and windows[-1]["end"] >= 7.0
     assert summary["frames"] == 216 and summary["dropped"] == 0
-    ended = {"pipe": "end of stream", "udp": "nothing received for 5 s", "http": "read failed (Input/output error)"}
-    assert summary["ended"] == ended[transport]
+    ended = {"udp": "nothing received for 5 s", "http": "read failed (Input/output error)"}
+    assert summary["ended"] == ended.get(transport, "end of stream")
 
 
 def test_a_server_that_restarts_mid_stream_is_reopened(artifact, left_then_right):
@@ -303,7 +305,10 @@ def test_live_option_mistakes_are_one_error_line(artifact, left_then_right):
     ]:
         done = predict_cli(artifact, "--live", left_then_right, *args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
-    for args, message in [([left_then_right, "--live", left_then_right], "--live takes one source")]:
+    for args, message in [
+        ([left_then_right, "--live", left_then_right], "--live takes one source"),
+        ([left_then_right, "--threads", "2", "--option", "a=b"], "--threads, --option: only with --live"),
+    ]:
         done = predict_cli(artifact, *args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
 
