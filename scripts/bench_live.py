@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     stride = args.stride or ClipContract.from_dict(manifest).span_s  # predict's default
     video_s = min(16.0, max(4.0, args.seconds))
     video = _video(args.cache, width, height, args.fps, video_s)
-    loops = math.ceil((args.seconds + 30) / video_s)
+    loops = math.ceil((args.seconds + 120) / video_s)  # enough for a slow start: predict stops it
     print(f"source: {video.name} served over TCP at {args.fps} fps; model {manifest['model']} ({artifact})")
     print(
         f"{'threads':>7} {'windows':>7} {'skipped':>7} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'CPU %':>6} {'frames':>7} {'dropped':>7}"

@@ -137,7 +137,10 @@ def test_a_stream_over_tcp_gives_the_timeline_of_the_same_file_window_by_window(
     assert summary["ended"] == "end of stream" and summary["lag_p95_s"] < 0.8
 
 
-@pytest.mark.parametrize("transport", [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe", "avi pipe"])
+@pytest.mark.parametrize(
+    "transport",
+    [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe", pytest.param("avi pipe", marks=pytest.mark.slow)],
+)
 def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, transport):
     """The same stream over HTTP, UDP (the reader listens first) and standard input (MPEG-TS, and
     AVI, whose frames carry no timestamps: the packets' are taken in order): windows from the
@@ -236,8 +239,8 @@ from vidaccel_train.data.live import live_source
 from vidaccel_train.predict import Predictor
 from vidaccel_train.predict.live import LiveSummary, live_windows, open_feed
 
-def rss_kib(pid):
-    return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
+def rss_kib(pid):  # None once the process has ended (the reader goes when the stream does)
+    return next((int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")), None)
 
 predictor = Predictor(sys.argv[1])
 summary, samples = LiveSummary(), []
@@ -253,9 +256,9 @@ print(json.dumps({"summary": summary.record(), "samples": samples}))
 def test_a_slow_consumer_skips_windows_and_memory_stays_flat(artifact, left_then_right, tmp_path):
     """A window every frame, a consumer that takes 0.25 s for each: the newest window is
     handed over and the others counted as skipped, never queued: both processes' memory stays
-    flat over 21 s of stream, and each window handed over is recent (lag under 0.5 s)."""
+    flat over 14 s of stream, and each window handed over is recent (lag under 0.5 s)."""
     port = _free_port()
-    server = Server(left_then_right, f"tcp://127.0.0.1:{port}", loops=3)
+    server = Server(left_then_right, f"tcp://127.0.0.1:{port}", loops=2)
     script = tmp_path / "throttled.py"
     script.write_text(textwrap.dedent(THROTTLED))
     try:
@@ -271,11 +274,12 @@ def test_a_slow_consumer_skips_windows_and_memory_stays_flat(artifact, left_then
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     summary, samples = result["summary"], result["samples"]
-    assert summary["frames"] == 3 * 216 and summary["windows"] == len(samples)
+    assert summary["frames"] == 2 * 216 and summary["windows"] == len(samples)
     assert summary["skipped"] > 4 * summary["windows"]  # 30 windows a second made, 4 taken
-    assert summary["windows"] + summary["skipped"] >= 3 * 216 - 30
-    early = [s for s in samples if 4 < s[0] < 6]
-    late = samples[-10:]
+    assert summary["windows"] + summary["skipped"] >= 2 * 216 - 30
+    early = [s for s in samples if 3 < s[0] < 5]
+    late = [s for s in samples[-12:] if s[2] is not None][-8:]
+    assert early and late and late[-1][0] > 12, samples
     for column in (1, 2):  # predict, the reader
         assert max(s[column] for s in late) - max(s[column] for s in early) < 20_000, (column, early, late)
     assert summary["lag_p95_s"] < 0.5
@@ -285,7 +289,7 @@ def test_a_slow_consumer_skips_windows_and_memory_stays_flat(artifact, left_then
     "source,message",
     [
         ("tcp://127.0.0.1:{port}", "cannot open (Connection refused)"),
-        ("{tmp}/absent.ts", "no such file, device or URL"),
+        pytest.param("{tmp}/absent.ts", "no such file, device or URL", marks=pytest.mark.slow),
         ("{tmp}/notes.txt", "a text file, not a video"),
     ],
 )

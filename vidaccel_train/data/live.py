@@ -242,6 +242,7 @@ class LiveFeed:
             pass_fds=(messages_w, control_r),
             start_new_session=True,  # Ctrl-C and a group's SIGTERM are predict's: the reader ends with its pipe
             stdin=None if self.source.kind == "pipe" and self.source.url == "pipe:0" else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # predict's standard output is its own (the reader says things on stderr)
         )
         os.close(messages_w)
         os.close(control_r)
