@@ -212,9 +212,12 @@ def test_a_server_that_restarts_mid_stream_is_reopened(artifact, left_then_right
 
 
 def test_ctrl_c_ends_with_the_summary_and_no_reader_left(artifact, left_then_right):
+    """SIGINT ends it with the summary, also when it started with SIGINT ignored (as a job started
+    with `&` from a script does: Python then installs no KeyboardInterrupt), and the reader goes."""
     port = _free_port()
     server = Server(left_then_right, f"tcp://127.0.0.1:{port}", loops=10)
-    live = _live(artifact, f"tcp://127.0.0.1:{port}", "--stride", 0.4)
+    ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    live = _live(artifact, f"tcp://127.0.0.1:{port}", "--stride", 0.4, preexec_fn=ignored)
     try:
         for _ in range(3):
             assert live.stdout.readline()

@@ -333,7 +333,8 @@ def _main_live(predictor: Predictor, args) -> int:
     summary, failed = LiveSummary(), False
     classes, topk = predictor.classes, args.topk
     feed = open_feed(predictor, source, args.stride, args.reconnect)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends it as Ctrl-C does: with the summary
+    # Ctrl-C and `kill` end it with the summary, also where SIGINT came ignored (a job started with `&`).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             feed.__enter__()
@@ -363,7 +364,8 @@ def _main_live(predictor: Predictor, args) -> int:
     except (RuntimeError, EOFError) as err:  # the reader process failed: what was scored still counts
         summary.stats, summary.ended, failed = feed.stats, f"the reader failed ({err})", True
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         feed.close()
     if args.json:
         print(json.dumps({"summary": summary.record()}), flush=True)
