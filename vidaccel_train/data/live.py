@@ -117,7 +117,7 @@ class RollingWindows:
         """Take the frame shown from ``t`` (received at ``arrived``, monotonic seconds); the clips it finishes."""
         current = _Frame(t, frame, arrived)
         while self.clip.timestamps(self.next_index * self.stride_s)[0] < t:
-            self.open.append(_Window(self.next_index, self.next_index * self.stride_s, self.clip))
+            self.open.append(_Window(self.next_index * self.stride_s, self.clip))
             self.next_index += 1
         done = []
         for window in self.open:
@@ -154,14 +154,17 @@ class _Frame:
 
 @dataclass
 class _Window:
-    index: int
     start_s: float
     clip: ClipContract
     frames: list = field(default_factory=list)
     arrived: float = 0.0  # when the frame its last timestamp takes arrived
+    times: list[float] = field(init=False)  # its timestamps, seconds from the first frame
+
+    def __post_init__(self):
+        self.times = self.clip.timestamps(self.start_s)
 
     def wanted(self, slot: int) -> float:
-        return math.inf if slot >= self.clip.num_frames else self.clip.timestamps(self.start_s)[slot]
+        return math.inf if slot >= self.clip.num_frames else self.times[slot]
 
     @property
     def complete(self) -> bool:
@@ -411,7 +414,11 @@ class _Reader:
 
     # -- the source
     def _open(self):
+        """The source opened and its video stream (a player's choice), or :class:`VideoDecodeError`
+        saying why not in one line; nothing is left open after a failure."""
         import av
+
+        from vidaccel_train.data.video_io import _video_stream
 
         timeout = (OPEN_TIMEOUT_S, READ_TIMEOUT_S) if self.source.kind in ("network", "device") else None
         options = dict(self.source.options)
@@ -419,20 +426,22 @@ class _Reader:
             options.setdefault("analyzeduration", "1000000")
             options.setdefault("probesize", "1000000")
         try:
-            return av.open(self.source.url, format=self.source.format, options=options, timeout=timeout)
+            container = av.open(self.source.url, format=self.source.format, options=options, timeout=timeout)
         except av.error.ExitError:
             raise VideoDecodeError(f"{self.source.text}: nothing received within {OPEN_TIMEOUT_S:g} s") from None
         except (av.error.FFmpegError, OSError, ValueError) as err:
             raise VideoDecodeError(f"{self.source.text}: cannot open ({_reason(err)})") from None
-
-    def run(self) -> None:
-        from vidaccel_train.data.video_io import _video_stream
-
         try:
-            container = self._open()
             if container.format.name in _TEXT_FORMATS:
                 raise VideoDecodeError(f"{self.source.text}: a text file, not a video")
-            stream = _video_stream(container, Path(self.source.text))
+            return container, _video_stream(container, Path(self.source.text))
+        except VideoDecodeError:
+            container.close()
+            raise
+
+    def run(self) -> None:
+        try:
+            container, stream = self._open()
         except VideoDecodeError as err:
             with self.lock:
                 self._send({"kind": "error", "message": str(err)})
@@ -459,8 +468,6 @@ class _Reader:
                 return self._end(f"{reason}; not back within {self.reconnect_s:g} s")
 
     def _reopen(self, reason: str):
-        from vidaccel_train.data.video_io import _video_stream
-
         print(f"warning: {self.source.text}: {reason}; reopening (for up to {self.reconnect_s:g} s)", file=sys.stderr)
         dropped = time.monotonic()
         deadline, backoff = dropped + self.reconnect_s, FIRST_BACKOFF_S
@@ -468,8 +475,7 @@ class _Reader:
             time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(2 * backoff, MAX_BACKOFF_S)
             try:
-                container = self._open()
-                stream = _video_stream(container, Path(self.source.text))
+                container, stream = self._open()
             except VideoDecodeError:
                 continue
             self.stats.reopened += 1
