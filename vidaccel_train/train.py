@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import signal
 import sys
@@ -17,7 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from vidaccel_train.allocator import keep_freed_memory
@@ -27,11 +30,13 @@ from vidaccel_train.errors import CheckpointError, ConfigError, OutputError, as_
 from vidaccel_train.files import check_writable
 from vidaccel_train.models.zoo import load_checkpoint
 from vidaccel_train.quiet import FRESH_START_WARNINGS
+from vidaccel_train.training.cluster import requeue_if_asked, requeued_job
 from vidaccel_train.training.resilience import (
     check_fresh_run_folder,
     claim_run_folder,
     compare_with_checkpoint,
     resolve_checkpoint,
+    run_traces,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +84,8 @@ def instantiate_group(group: DictConfig | None) -> list:
     """Every entry of a callbacks/logger group that names a ``_target_``."""
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+    built = (instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry)
+    return [item for item in built if item is not None]  # an entry may build nothing (no bar without a terminal)
 
 
 def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.LightningDataModule) -> None:
@@ -107,9 +113,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     keep_freed_memory()
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir / "checkpoints")
+    requested = cfg.get("ckpt_path")
+    if requested is None and requeued_job() and run_traces(output_dir):
+        # SLURM started this job again (requeued, preempted or at its time limit): it goes on
+        # from its own checkpoint in its own folder.
+        log.info("SLURM started this job again (restart %d): resuming the run in %s", requeued_job(), output_dir)
+        requested = "last"
+    ckpt_path = resolve_checkpoint(requested, output_dir / "checkpoints")
     check_writable(output_dir, "the run folder")
-    if cfg.get("ckpt_path") is None:
+    if requested is None:
         check_fresh_run_folder(output_dir)
     try:  # each component checks its arguments as it is built; Hydra wraps what it raises
         # The quantization schedule first (it draws no random numbers): a schedule that cannot
@@ -125,8 +137,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
             log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
             trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
+        # A plugin entry may build nothing (the SLURM environment outside a SLURM job).
+        plugins = [p for p in (instantiate(entry) for entry in trainer_cfg.get("plugins") or []) if p is not None]
+        # No bar built (no terminal, or the entry nulled): not Lightning's tqdm bar in its place.
+        no_bar = trainer_cfg.get("enable_progress_bar") is None and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        )
         trainer: L.Trainer = instantiate(
-            trainer_cfg, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False
+            trainer_cfg,
+            callbacks=callbacks,
+            logger=instantiate_group(cfg.get("logger")) or False,
+            plugins=plugins or None,
+            **({"enable_progress_bar": False} if no_bar else {}),
         )
     except Exception as err:
         user_error = as_user_error(err)
@@ -189,8 +211,18 @@ def _in_a_sweep() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _quiet_other_ranks() -> None:
+    """Ranks other than 0 (DDP's other processes, SLURM's other tasks) run the same Hydra job and
+    log to the same file: there, only their warnings and errors (prefixed with their rank)."""
+    if rank_zero_only.rank:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _main(cfg: DictConfig) -> None:
+    _quiet_other_ranks()
     # In a sweep a user error is raised on: vidaccel_train.sweep.SweepSummary records and logs
     # it, and the sweep goes on.
     with user_errors_end_the_command(unless=_in_a_sweep):
@@ -203,6 +235,14 @@ def _main(cfg: DictConfig) -> None:
                 f"({reason[:200]}); checkpoints are read with PyTorch's safe loader"
             ) from None
         except SIGTERMException:
+            requeue_if_asked()  # the time limit of a SLURM job: submitit requeues it now (rank 0 exits there)
+            if "SLURM_JOB_ID" in os.environ:
+                print(
+                    f"stopped by SLURM; checkpoints in {Path(cfg.paths.output_dir) / 'checkpoints'}: a requeued job "
+                    "resumes from them by itself",
+                    file=sys.stderr,
+                )
+                sys.exit(128 + signal.SIGTERM)
             print(
                 f"stopped by SIGTERM; checkpoints in {Path(cfg.paths.output_dir) / 'checkpoints'}. "
                 f"Resume with: ckpt_path=last hydra.run.dir={cfg.paths.output_dir}",

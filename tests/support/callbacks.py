@@ -139,3 +139,25 @@ class RecordDevices(L.Callback):
         }
         with open(self.path, "a") as stream:
             stream.write(json.dumps(record) + "\n")
+
+
+class PauseAt(L.Callback):
+    """In a job's first run (not one SLURM started again), after training batch ``batch`` of
+    ``epoch``: rank 0 writes ``marker`` and every rank waits there, up to ``seconds``, until a
+    SIGTERM or SLURM's time-limit signal comes (what a test sends or waits for at that point)."""
+
+    def __init__(self, marker: str, epoch: int = 0, batch: int = 0, seconds: float = 120.0):
+        self.marker, self.epoch, self.batch, self.seconds = Path(marker), epoch, batch, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        from vidaccel_train.training import cluster
+
+        if cluster.requeued_job() or (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        if trainer.is_global_zero:
+            self.marker.write_text(f"{os.getpid()}\n")
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end and not trainer.received_sigterm and cluster._pending_requeue is None:
+            time.sleep(0.1)
