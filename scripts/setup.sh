@@ -6,6 +6,9 @@
 #   bash scripts/setup.sh        # the project, its tests and the aarch64 verification tools
 #   bash scripts/setup.sh demo   # also the demo page's extra (gradio, selenium) and, run as root,
 #                                # Debian's chromium + chromium-driver for its browser test
+#   bash scripts/setup.sh test   # what the whole test suite needs: demo's, and, run as root, Debian's
+#                                # munge, slurmctld, slurmd and slurm-client for the SLURM tests
+#                                # (scripts/slurm_local.sh starts a one-node cluster from them)
 #
 # The aarch64 tools go into .venv/share/vidaccel_train/targets/aarch64 (export/target.py reads them
 # there): Debian bookworm's aarch64 cross compiler and C library (apt-get download + dpkg -x, no
@@ -15,8 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
-  "" | demo) ;;
-  *) echo "usage: bash scripts/setup.sh [demo]" >&2; exit 2 ;;
+  "" | demo | test) ;;
+  *) echo "usage: bash scripts/setup.sh [demo|test]" >&2; exit 2 ;;
 esac
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
@@ -95,7 +98,7 @@ else
   install_aarch64_tools
 fi
 
-[ "${1:-}" = demo ] || exit 0
+[ -n "${1:-}" ] || exit 0
 
 demo_stamp=.venv/.vidaccel-demo-installed
 if [ "$(cat "$demo_stamp" 2>/dev/null)" != "$want" ]; then
@@ -103,14 +106,20 @@ if [ "$(cat "$demo_stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test,demo]"
   echo "$want" > "$demo_stamp"
 fi
-if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
-  exit 0
+# Debian packages (as root): chromium for the demo's browser test; for `test`, SLURM too.
+packages=()
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || packages+=(chromium chromium-driver)
+if [ "$1" = test ]; then
+  for tool in munged slurmctld slurmd sbatch; do
+    command -v "$tool" >/dev/null || { packages+=(munge slurmctld slurmd slurm-client); break; }
+  done
 fi
+[ ${#packages[@]} -gt 0 ] || exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "[setup] installing chromium and chromium-driver for the demo's browser test (apt-get)"
+  echo "[setup] installing ${packages[*]} (apt-get)"
   apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null
 else
-  echo "[setup] the demo's browser test needs chromium and chromium-driver (Debian: apt-get install chromium" \
-       "chromium-driver, as root); tests/test_demo.py skips it without them"
+  echo "[setup] not installed (needs root and apt-get): ${packages[*]}; the tests that need them" \
+       "(the demo's browser test, the SLURM tests) are skipped"
 fi

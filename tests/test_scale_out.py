@@ -1,15 +1,25 @@
 """Scaling out with existing engines: Hydra multirun with a sweep summary, an Optuna search,
-Lightning DDP (2 CPU processes over gloo) with sharded data and one set of outputs."""
+Lightning DDP (2 CPU processes over gloo) with sharded data and one set of outputs, and the same
+DDP run as a SLURM job on a real one-node cluster (submitit's launcher), requeued and resumed."""
 
 import csv
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from vidaccel_train.errors import ConfigError
 from vidaccel_train.export.manifest import ArtifactRecord, Manifest
 from vidaccel_train.models.zoo import ZOO
+from vidaccel_train.slurm import settle_launcher
 from vidaccel_train.sweep import pareto_front, write_summary
 
 from support import TINY_FIT, run_cli
@@ -122,25 +132,40 @@ def _rank_digests(folder):
     return [(folder / f"rank{rank}.txt").read_text() for rank in (0, 1)]
 
 
-def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tmp_path, data_dir):
-    """One fp32 epoch, then QAT: the new network is wrapped by DDP again, so both ranks end with
-    the same weights and observer ranges; data sharded; one set of outputs (rank 0)."""
+# What test_ddp_on_two_cpu_processes... runs, and what the SLURM job of the same run must equal.
+DDP_QAT_EXPORT = [
+    *DDP_QAT,
+    "quant.start_epoch=1",
+    "trainer.max_epochs=2",
+    "callbacks.export.enabled=true",
+    "callbacks.export.latency_repeats=3",
+]
+
+
+@pytest.fixture(scope="module")
+def local_ddp_run(tmp_path_factory, data_dir):
+    """The QAT run with export under local DDP (2 CPU processes), recording each rank's train
+    indices and final state: ``(run dir, indices dir, states dir, result)``."""
+    tmp_path = tmp_path_factory.mktemp("local_ddp")
     indices, states = tmp_path / "indices", tmp_path / "states"
     result = run_cli(
         tmp_path / "run",
         data_dir,
         [
-            *DDP_QAT,
-            "quant.start_epoch=1",
-            "trainer.max_epochs=2",
-            "callbacks.export.enabled=true",
-            "callbacks.export.latency_repeats=3",
+            *DDP_QAT_EXPORT,
             "+callbacks.record._target_=support.callbacks.RecordTrainIndices",
             f"+callbacks.record.out_dir={indices}",
             "+callbacks.state._target_=support.callbacks.RecordRankState",
             f"+callbacks.state.out_dir={states}",
         ],
     )
+    return tmp_path / "run", indices, states, result
+
+
+def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(local_ddp_run):
+    """One fp32 epoch, then QAT: the new network is wrapped by DDP again, so both ranks end with
+    the same weights and observer ranges; data sharded; one set of outputs (rank 0)."""
+    run_dir, indices, states, result = local_ddp_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SyncBatchNorm needs GPUs" in result.stdout + result.stderr  # trainer=ddp on CPU, nothing added
     for epoch in (0, 1):
@@ -149,7 +174,6 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
         assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(12))
     first, second = _rank_digests(states)
     assert first == second  # gradients of the QAT graph's parameters were averaged, ranges broadcast
-    run_dir = tmp_path / "run"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     # The best and last checkpoints, and the float model saved when QAT began (written once).
     assert (
@@ -165,7 +189,7 @@ def test_ddp_on_two_cpu_processes_switches_to_qat_shards_data_and_writes_once(tm
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert {"test/top1", "test_fp32/top1", "val_fp32/top1"} <= set(metrics)
-    assert not list(tmp_path.glob("**/.export.*"))
+    assert not list(run_dir.glob("**/.export.*"))
 
 
 @pytest.mark.slow
@@ -197,3 +221,221 @@ def test_ddp_qat_resumes_mid_qat_to_the_unstopped_run(tmp_path, data_dir, start_
         for d in (stopped, unstopped)
     )
     assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+# ---------------------------------------------------------------------------- SLURM
+# A real one-node cluster (scripts/slurm_local.sh, Debian's munge, slurmctld and slurmd; the README's
+# test command installs them as root), driven through Hydra's submitit launcher.
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_slurm = pytest.mark.skipif(
+    shutil.which("slurmctld") is None or shutil.which("munged") is None,
+    reason="no SLURM here: bash scripts/setup.sh test (as root) installs Debian's munge, slurmctld and slurmd",
+)
+
+
+def _free_port_pair() -> int:
+    for port in range(16817, 17817, 2):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two free ports for slurmctld and slurmd")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """The cluster's environment for submitting commands (``SLURM_CONF``); stopped at the end."""
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(folder), "SLURM_LOCAL_PORT": str(_free_port_pair())}
+    script = ["bash", str(ROOT / "scripts" / "slurm_local.sh")]
+    started = subprocess.run([*script, "start"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"export SLURM_CONF={folder}/slurm.conf" in started.stdout
+    status = subprocess.run([*script, "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert "slurmctld: running" in status.stdout and " idle " in status.stdout, status.stdout + status.stderr
+    yield {"SLURM_CONF": str(folder / "slurm.conf")}
+    subprocess.run([*script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _squeue(slurm) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], env={**os.environ, **slurm}, capture_output=True, text=True)
+    return out.stdout.split("\n")[:-1]
+
+
+SLURM_DDP = ["-m", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=20"]
+
+
+def _same_run(job_dir: Path, local_dir: Path) -> None:
+    """The SLURM job ended where the local DDP run did: test metrics, weights and program bytes."""
+    expected, got = (json.loads((d / "metrics.json").read_text())["metrics"] for d in (local_dir, job_dir))
+    for key in ("test/top1", "test/loss", "test_fp32/loss", "val/loss", "val_fp32/loss"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    final, reference = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for d in (job_dir, local_dir)
+    )
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    assert (job_dir / "export" / "model_int8.pte").read_bytes() == (
+        local_dir / "export" / "model_int8.pte"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["hydra.launcher.tasks_per_node=4"], "error: hydra.launcher.tasks_per_node=4 but trainer.devices=2"),
+        (
+            ["trainer.accelerator=gpu", "hydra.launcher.gpus_per_task=1"],
+            "error: hydra.launcher.gpus_per_task=1 with 2 tasks per node: each task would see only its own GPU",
+        ),
+        (["trainer.accelerator=gpu", "hydra.launcher.gpus_per_node=1"], "error: 1 GPU(s) per node asked of SLURM"),
+        (["trainer.devices=1,2"], "error: trainer.devices=1,2: a SLURM sweep submits every job with the same"),
+    ],
+)
+def test_a_slurm_launch_that_cannot_work_is_one_error_line_before_submission(tmp_path, data_dir, overrides, message):
+    """No cluster is needed: nothing is submitted (sbatch would fail here without one)."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        tmp_path / "unused",
+        data_dir,
+        [*SLURM_DDP, f"hydra.sweep.dir={sweep}", "trainer=ddp", "trainer.devices=2", *overrides],
+        env={"SLURM_CONF": str(tmp_path / "no-cluster.conf")},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
+    assert not sweep.exists() and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher, trainer, expected",
+    [
+        ({"tasks_per_node": 1, "nodes": 1}, {"devices": 2, "accelerator": "cpu"}, {"tasks_per_node": 2}),
+        ({"tasks_per_node": 1, "nodes": 1}, {"devices": 8, "num_nodes": 2, "accelerator": "gpu"},
+         {"tasks_per_node": 8, "nodes": 2, "gpus_per_node": 8}),
+        ({"tasks_per_node": 1, "nodes": 1, "gres": "gpu:a100:8"}, {"devices": 8, "accelerator": "auto"},
+         {"tasks_per_node": 8}),
+        ({"tasks_per_node": 1, "nodes": 1, "gpus_per_task": 1}, {"devices": 1, "accelerator": "gpu"}, {}),
+    ],
+)  # fmt: skip
+def test_the_launcher_follows_the_trainer_where_left_out(launcher, trainer, expected):
+    assert settle_launcher(launcher, trainer, given=set()) == expected
+
+
+def test_the_launcher_refuses_what_lightning_cannot_run():
+    with pytest.raises(ConfigError, match="trainer.devices='auto': on SLURM give the devices per node as a count"):
+        settle_launcher({"tasks_per_node": 1}, {"devices": "auto"}, given=set())
+    with pytest.raises(ConfigError, match="hydra.launcher.nodes=1 but trainer.num_nodes=2"):
+        settle_launcher({"tasks_per_node": 1, "nodes": 1}, {"devices": 1, "num_nodes": 2}, given={"nodes"})
+    with pytest.raises(ConfigError, match="for trainer.accelerator=cpu: they would sit idle"):
+        settle_launcher({"tasks_per_node": 1, "gpus_per_node": 2}, {"devices": 1, "accelerator": "cpu"}, given=set())
+
+
+@needs_slurm
+def test_ddp_through_slurm_is_the_local_ddp_run_and_a_sweep_summarises(tmp_path, data_dir, slurm, local_ddp_run):
+    """`-m hydra/launcher=submitit_slurm trainer=ddp trainer.accelerator=cpu trainer.devices=2` on
+    a real cluster: two tasks per job without being told, QAT switched under DDP, the export once,
+    job 0 equal to the same run under local DDP (metrics, weights, program bytes), the sweep's
+    summary and plot, and each epoch's line in the job's log."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        tmp_path / "unused", data_dir, [*SLURM_DDP, f"hydra.sweep.dir={sweep}", *DDP_QAT_EXPORT, "seed=42,7"], env=slurm
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SLURM launcher: tasks_per_node=2" in result.stdout + result.stderr
+    submission = next(sweep.glob(".submitit/*/*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in submission and "#SBATCH --nodes=1" in submission
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "done"), ("1", "done")]
+    assert (sweep / "sweep_pareto.png").stat().st_size > 0
+    run_dir = local_ddp_run[0]
+    assert local_ddp_run[3].returncode == 0
+    _same_run(sweep / "0", run_dir)
+    for job in ("0", "1"):
+        assert sorted(p.name for p in (sweep / job / "export").iterdir()) == sorted(
+            p.name for p in (run_dir / "export").iterdir()
+        )
+        log = (sweep / job / "train.log").read_text()
+        lines = [line for line in log.splitlines() if "] - epoch " in line]
+        assert len(lines) == 2, log  # one per epoch: rank 1 writes only its warnings here
+        assert "epoch 1/2: train loss " in lines[0] and ", val top-1 " in lines[0] and " left" in lines[0]
+        assert "epoch 2/2: train loss " in lines[1]
+    assert not _squeue(slurm)
+
+
+@needs_slurm
+@pytest.mark.slow
+@pytest.mark.parametrize("cut", ["scontrol requeue", "time limit"])
+def test_a_job_stopped_mid_qat_is_requeued_and_resumes_to_the_unstopped_run(
+    tmp_path, data_dir, slurm, local_ddp_run, cut
+):
+    """Mid-QAT (epoch 1 of 0-1, after its second step) the job is requeued by ``scontrol requeue``
+    (SLURM's SIGTERM to every task) or reaches its time limit (SLURM's USR2 from submitit's
+    ``--signal``): the checkpoint is written, the job goes back to the queue, starts again,
+    resumes mid-epoch and ends as the unstopped local run did."""
+    sweep, marker = tmp_path / "sweep", tmp_path / "paused"
+    limit = ["hydra.launcher.timeout_min=4", "hydra.launcher.signal_delay_s=150"] if cut == "time limit" else []
+    command = [
+        sys.executable, "-m", "vidaccel_train", *SLURM_DDP, f"hydra.sweep.dir={sweep}", f"paths.data_dir={data_dir}",
+        *DDP_QAT_EXPORT, *limit, "+callbacks.pause._target_=support.callbacks.PauseAt",
+        f"+callbacks.pause.marker={marker}", "+callbacks.pause.epoch=1", "+callbacks.pause.batch=1",
+        "+callbacks.pause.seconds=280",
+    ]  # fmt: skip
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT / "tests")}
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.5)
+        assert marker.exists(), p.communicate()[0][-3000:] if p.poll() is not None else "no pause"
+        if cut == "scontrol requeue":
+            (job,) = [line.split()[0] for line in _squeue(slurm)]
+            subprocess.run(["scontrol", "requeue", job], env=env, check=True)
+        output = p.communicate(timeout=560)[0]
+    assert p.returncode == 0, output[-3000:]
+    job_log = "\n".join(path.read_text() for path in sweep.glob(".submitit/*/*_0_log.err"))
+    if cut == "time limit":
+        assert "SIGUSR2 from SLURM (the time limit is near): stopping at the next training step" in job_log
+        assert "Requeued job" in job_log
+    else:
+        assert "DUE TO JOB REQUEUE" in job_log
+    log = (sweep / "0" / "train.log").read_text()
+    assert "SLURM started this job again (restart 1)" in log and "resuming epoch 1 after its first 2 batches" in log
+    _same_run(sweep / "0", local_ddp_run[0])
+
+
+def test_the_multinode_example_composes_to_the_sbatch_script_the_docs_describe(tmp_path, data_dir):
+    """conf/experiment/slurm_multinode.yaml as the launcher would submit it (2 nodes x 8 GPUs):
+    its settings settled, and the sbatch script submitit writes from them, without a cluster."""
+    from hydra import compose, initialize_config_dir
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from vidaccel_train.config import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["experiment=slurm_multinode", "data.root=/shared/k400"], return_hydra_config=True
+        )
+    keys = ("nodes", "tasks_per_node", "gpus_per_node", "gpus_per_task", "gres", "cpus_per_task", "mem_gb")
+    launcher = {key: cfg.hydra.launcher[key] for key in (*keys, "timeout_min", "signal_delay_s")}
+    trainer = {key: cfg.trainer[key] for key in ("devices", "num_nodes", "accelerator")}
+    settled = {**launcher, **settle_launcher(launcher, trainer, given=set())}
+    assert (settled["nodes"], settled["tasks_per_node"], settled["gpus_per_node"]) == (2, 8, 8)
+    script = _make_sbatch_string(
+        command="python -m submitit.core._submit",
+        folder=str(tmp_path),
+        job_name="train",
+        nodes=settled["nodes"],
+        ntasks_per_node=settled["tasks_per_node"],
+        gpus_per_node=settled["gpus_per_node"],
+        cpus_per_task=settled["cpus_per_task"],
+        mem=f"{settled['mem_gb']}GB",
+        time=settled["timeout_min"],
+        signal_delay_s=settled["signal_delay_s"],
+    )
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10", "--signal=USR2@120"):
+        assert f"#SBATCH {line}\n" in script
+    assert cfg.trainer.strategy == "ddp" and cfg.data.num_classes == 400

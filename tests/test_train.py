@@ -230,3 +230,26 @@ def test_training_keeps_freed_activation_memory_unless_the_user_set_malloc_optio
     untouched, default_resident = resident_after_free(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=33554432")
     assert kept and not untouched
     assert kept_resident > default_resident + 200  # the 256 MB block stayed for reuse
+
+
+def test_the_progress_bar_is_for_terminals_and_every_epoch_is_a_log_line_elsewhere():
+    """A cluster job's console is a file: no bar there (EpochLog writes a line per epoch,
+    checked in a real job in tests/test_scale_out.py); a terminal gets Rich's bar."""
+    import os
+    import sys
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from vidaccel_train.training.progress import format_duration, rich_progress_bar
+
+    saved = sys.stdout
+    master, replica = os.openpty()
+    try:
+        with open(os.devnull, "w") as sys.stdout:
+            assert rich_progress_bar() is None
+        with open(replica, "w") as sys.stdout:
+            assert isinstance(rich_progress_bar(), RichProgressBar)
+    finally:
+        sys.stdout = saved
+        os.close(master)
+    assert [format_duration(s) for s in (0.4, 42, 185, 7620)] == ["0s", "42s", "3m05s", "2h07m"]

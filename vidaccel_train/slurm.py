@@ -39,6 +39,9 @@ _SHAPE_KEYS = ("trainer", "trainer.devices", "trainer.num_nodes", "trainer.accel
 # The launcher settings that follow the trainer's where the user left them at the plugin's defaults.
 _FOLLOWING = {"tasks_per_node": 1, "nodes": 1, "gpus_per_node": None}
 _LAUNCHER_KEYS = ("tasks_per_node", "nodes", "gpus_per_node", "gpus_per_task", "gres")
+# Times a job that reaches its time limit is requeued (the plugin's default, 0, ends it there; a
+# run here resumes from its checkpoint, see vidaccel_train.training.cluster).
+MAX_NUM_TIMEOUT = 3
 
 
 def _gres_gpus(gres: str | None) -> int | None:
@@ -165,15 +168,21 @@ class SlurmLaunch(Callback):
                 key: OmegaConf.select(config, f"trainer.{key}") for key in ("devices", "num_nodes", "accelerator")
             }
             settings = {key: OmegaConf.select(launcher, key) for key in _LAUNCHER_KEYS}
-            changed = settle_launcher(settings, trainer, _given_keys(config))
+            given = _given_keys(config)
+            changed = settle_launcher(settings, trainer, given)
         except ConfigError as err:
             sys.exit(report_user_error(err))
+        except Exception:  # Hydra would make it a warning and submit the jobs unchecked
+            log.exception("the SLURM launcher's settings could not be checked")
+            sys.exit(1)
+        if "max_num_timeout" not in given and not launcher.get("max_num_timeout"):
+            changed["max_num_timeout"] = MAX_NUM_TIMEOUT
         if changed:
             with read_write(config.hydra), open_dict(config.hydra.launcher):
                 for key, value in changed.items():
                     config.hydra.launcher[key] = value
             log.info(
-                "SLURM launcher: %s (following trainer.devices=%s, trainer.num_nodes=%s)",
+                "SLURM launcher: %s (tasks, nodes and GPUs follow trainer.devices=%s, trainer.num_nodes=%s)",
                 ", ".join(f"{k}={v}" for k, v in changed.items()),
                 trainer.get("devices"),
                 trainer.get("num_nodes", 1),

@@ -75,37 +75,39 @@ class SlurmTimeLimit(L.Callback):
     """In a submitit SLURM job's fit: the time-limit signal stops every rank at the same
     training step with a checkpoint (as SIGTERM does), then submitit requeues the job.
 
-    Elsewhere (no SLURM, another launcher) it does nothing. A signal that comes after the fit (in
-    the test or the export) goes to submitit at once: the requeued job finds the fit done in its
-    checkpoint and tests and exports again.
+    From the fit's start to the process's end the signal is this callback's: one that comes after
+    the last training step (in the last validation, the test or the export) is logged and the job
+    goes on, since stopping there would lose work that a requeued job does again anyway; if the
+    job cannot finish before its limit, ``train=false ckpt_path=last`` in its folder tests and
+    exports its finished fit. Elsewhere (no SLURM, another launcher) it does nothing.
     """
 
     def __init__(self) -> None:
         self._submitit_handler: Any = None
+        self._training = False
         self._asked = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not in_submitit_slurm_job():
             return
-        self._submitit_handler = signal.getsignal(TIME_LIMIT_SIGNAL)
-        if not callable(self._submitit_handler):
-            self._submitit_handler = None
+        handler = signal.getsignal(TIME_LIMIT_SIGNAL)
+        if not callable(handler):
             return
-        self._asked = False
+        self._submitit_handler, self._training, self._asked = handler, True, False
         signal.signal(TIME_LIMIT_SIGNAL, self._on_signal)
-
-    def _hand_over(self, signum: int, frame: FrameType | None) -> Callable[[], None]:
-        handler = self._submitit_handler
-        return lambda: handler(signum, frame)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         global _pending_requeue
+        name = signal.Signals(signum).name
+        if not self._training:
+            log.warning("%s from SLURM (the time limit is near) after training: the job goes on", name)
+            return
         log.warning(
-            "%s from SLURM (the time limit is near): stopping at the next training step with a checkpoint",
-            signal.Signals(signum).name,
+            "%s from SLURM (the time limit is near): stopping at the next training step with a checkpoint", name
         )
         self._asked = True
-        _pending_requeue = self._hand_over(signum, frame)
+        handler = self._submitit_handler
+        _pending_requeue = lambda: handler(signum, frame)  # noqa: E731
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self._submitit_handler is None:
@@ -113,12 +115,9 @@ class SlurmTimeLimit(L.Callback):
         if trainer.strategy.reduce_boolean_decision(self._asked, all=False):
             raise SIGTERMException  # Lightning's interruption: OnExceptionCheckpoint writes the checkpoint
 
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._submitit_handler is None:
-            return
-        signal.signal(TIME_LIMIT_SIGNAL, self._submitit_handler)
-        self._submitit_handler = None
-        if self._asked and not trainer.interrupted:
-            # The signal came after the last training step: submitit requeues now; the job
-            # starts again from the finished fit's last checkpoint.
-            requeue_if_asked()
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        global _pending_requeue
+        if self._training and self._asked:
+            log.warning("the time-limit signal came after the last training step: the job goes on")
+            _pending_requeue = None
+        self._training = False
