@@ -364,6 +364,9 @@ def test_ddp_through_slurm_is_the_local_ddp_run_and_a_sweep_summarises(tmp_path,
         assert len(lines) == 2, log  # one per epoch: rank 1 writes only its warnings here
         assert "epoch 1/2: train loss " in lines[0] and ", val top-1 " in lines[0] and " left" in lines[0]
         assert "epoch 2/2: train loss " in lines[1]
+    deadline = time.monotonic() + 60  # submitit has the results before SLURM has ended the tasks
+    while _squeue(slurm) and time.monotonic() < deadline:
+        time.sleep(1)
     assert not _squeue(slurm)
 
 
@@ -396,7 +399,7 @@ def test_a_job_stopped_mid_qat_is_requeued_and_resumes_to_the_unstopped_run(
             subprocess.run(["scontrol", "requeue", job], env=env, check=True)
         output = p.communicate(timeout=560)[0]
     assert p.returncode == 0, output[-3000:]
-    job_log = "\n".join(path.read_text() for path in sweep.glob(".submitit/*/*_0_log.err"))
+    job_log = "\n".join(path.read_text() for path in [sweep / "0" / "train.log", *sweep.glob(".submitit/*/*_0_log.*")])
     if cut == "time limit":
         assert "SIGUSR2 from SLURM (the time limit is near): stopping at the next training step" in job_log
         assert "Requeued job" in job_log
