@@ -88,6 +88,22 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [item for item in built if item is not None]  # an entry may build nothing (no bar without a terminal)
 
 
+def build_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
+    """The ``trainer`` group as a Lightning ``Trainer`` (``kwargs``: its other arguments, such as
+    ``callbacks`` and ``logger``): SyncBatchNorm off on the CPU (said in one line), the plugin
+    entries that build nothing left out (the SLURM environment outside a SLURM job), and no
+    progress bar at all where none is among the callbacks (no terminal, or the entry nulled),
+    rather than Lightning's tqdm bar in its place."""
+    if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
+        log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
+    plugins = [p for p in (instantiate(entry) for entry in trainer_cfg.get("plugins") or []) if p is not None]
+    if trainer_cfg.get("enable_progress_bar") is None and "enable_progress_bar" not in kwargs:
+        if not any(isinstance(c, ProgressBar) for c in kwargs.get("callbacks") or []):
+            kwargs["enable_progress_bar"] = False
+    return instantiate(trainer_cfg, plugins=plugins or None, **kwargs)
+
+
 def check_against_checkpoint(ckpt_path: str, run_config: dict, datamodule: L.LightningDataModule) -> None:
     """Before a run resumes or tests ``ckpt_path``: its model, classes and clip contract must be
     this run's (:func:`~vidaccel_train.training.resilience.compare_with_checkpoint` raises a
@@ -133,23 +149,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         net = instantiate(cfg.model.net)
         module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim))
         callbacks = instantiate_group(cfg.get("callbacks")) + quant
-        trainer_cfg = cfg.trainer
-        if trainer_cfg.get("sync_batchnorm") and runs_on_cpu(trainer_cfg):
-            log.info("DDP on the CPU: BatchNorm statistics stay per process (SyncBatchNorm needs GPUs)")
-            trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})
-        # A plugin entry may build nothing (the SLURM environment outside a SLURM job).
-        plugins = [p for p in (instantiate(entry) for entry in trainer_cfg.get("plugins") or []) if p is not None]
-        # No bar built (no terminal, or the entry nulled): not Lightning's tqdm bar in its place.
-        no_bar = trainer_cfg.get("enable_progress_bar") is None and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        )
-        trainer: L.Trainer = instantiate(
-            trainer_cfg,
-            callbacks=callbacks,
-            logger=instantiate_group(cfg.get("logger")) or False,
-            plugins=plugins or None,
-            **({"enable_progress_bar": False} if no_bar else {}),
-        )
+        trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
     except Exception as err:
         user_error = as_user_error(err)
         if user_error is None:
