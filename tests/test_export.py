@@ -264,6 +264,7 @@ def _error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_the_export_cli_on_another_data_root_writes_only_its_out_dir(fp32_run, tmp_path):
     """The default out_dir (<run>/export) and another dataset: the test's confusion matrices
     and everything else the command writes go into the export folder; the run's own files

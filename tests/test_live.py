@@ -139,7 +139,12 @@ def test_a_stream_over_tcp_gives_the_timeline_of_the_same_file_window_by_window(
 
 @pytest.mark.parametrize(
     "transport",
-    [pytest.param("http", marks=pytest.mark.slow), "udp", "pipe", pytest.param("avi pipe", marks=pytest.mark.slow)],
+    [
+        pytest.param("http", marks=pytest.mark.slow),
+        pytest.param("udp", marks=pytest.mark.slow),
+        "pipe",
+        pytest.param("avi pipe", marks=pytest.mark.slow),
+    ],
 )
 def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, transport):
     """The same stream over HTTP, UDP (the reader listens first) and standard input (MPEG-TS, and
@@ -182,6 +187,7 @@ def test_http_udp_and_a_pipe_are_read_as_they_play(artifact, left_then_right, tr
     assert summary["ended"] == ended.get(transport, "end of stream")
 
 
+@pytest.mark.slow
 def test_a_server_that_restarts_mid_stream_is_reopened(artifact, left_then_right):
     """The server dies mid-stream and comes back 1.5 s later: one warning line, one line when
     it is back, windows from both connections (the second on from where the wall clock is)."""
