@@ -213,7 +213,7 @@ def _in_a_sweep() -> bool:
 
 def _quiet_other_ranks() -> None:
     """Ranks other than 0 (DDP's other processes, SLURM's other tasks) run the same Hydra job and
-    log to the same file: there, only their warnings and errors (prefixed with their rank)."""
+    log to the same file: there, only their warnings and errors."""
     if rank_zero_only.rank:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
