@@ -127,7 +127,12 @@ start() {
 
 stop_daemons() {
   if [ -f "$conf" ] && pid_alive "$dir/slurmctld.pid"; then
+    # Cancelled jobs get SIGTERM, then SIGKILL after KillWait (30 s): wait for them to go.
     scancel --quiet --full --user="$(id -un)" >/dev/null 2>&1 || true
+    for _ in $(seq 1 80); do
+      [ -z "$(squeue -h 2>/dev/null)" ] && break
+      sleep 0.5
+    done
   fi
   local pidfile pid
   for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
@@ -137,8 +142,6 @@ stop_daemons() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   done
-  # A job step's slurmstepd outlives slurmd: end the ones of this cluster's spool folder.
-  pkill -f "slurmstepd.*$dir" 2>/dev/null || true
   [ "${1:-}" = quiet ] || echo "[slurm_local] stopped ($dir)"
 }
 
