@@ -320,6 +320,8 @@ def test_a_slurm_launch_that_cannot_work_is_one_error_line_before_submission(tmp
         ({"tasks_per_node": 1, "nodes": 1, "gres": "gpu:a100:8"}, {"devices": 8, "accelerator": "auto"},
          {"tasks_per_node": 8}),
         ({"tasks_per_node": 1, "nodes": 1, "gpus_per_task": 1}, {"devices": 1, "accelerator": "gpu"}, {}),
+        # trainer=cpu has no num_nodes: one node, the launcher's as it is
+        ({"tasks_per_node": 1, "nodes": 1}, {"devices": 1, "num_nodes": None, "accelerator": "cpu"}, {}),
     ],
 )  # fmt: skip
 def test_the_launcher_follows_the_trainer_where_left_out(launcher, trainer, expected):

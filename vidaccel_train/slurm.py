@@ -18,7 +18,6 @@ auto-requeue is off (``trainer.plugins`` in ``conf/trainer/default.yaml`` gets a
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import Any
 
@@ -75,7 +74,8 @@ def settle_launcher(launcher: dict[str, Any], trainer: dict[str, Any], given: se
             task per node; fewer GPUs per node than ``trainer.devices``; GPUs asked for a run on
             the CPU.
     """
-    devices, num_nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    # A trainer group without num_nodes (trainer=cpu) runs on one node, as Lightning's default.
+    devices, num_nodes = trainer.get("devices", 1), trainer.get("num_nodes") or 1
     accelerator = str(trainer.get("accelerator") or "auto")
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -113,12 +113,13 @@ def settle_launcher(launcher: dict[str, Any], trainer: dict[str, Any], given: se
             "GPU while Lightning gives rank r of a node its r-th visible GPU; ask for the node's GPUs with "
             f"hydra.launcher.gpus_per_node={devices} instead"
         )
+    # The GPUs a node's tasks see (the plugin types these counts as integers).
     node_gpus = per_node if per_node not in (None, 0) else gres
     if per_task not in (None, 0) and tasks == 1:
         node_gpus = per_task
     if node_gpus is None:
         changed["gpus_per_node"] = devices
-    elif int(re.sub(r"^.*:", "", str(node_gpus))) < devices:
+    elif node_gpus < devices:
         raise ConfigError(
             f"{node_gpus} GPU(s) per node asked of SLURM but trainer.devices={devices}: Lightning would not find "
             f"the other GPUs; ask for hydra.launcher.gpus_per_node={devices} (or lower trainer.devices)"
@@ -185,5 +186,5 @@ class SlurmLaunch(Callback):
                 "SLURM launcher: %s (tasks, nodes and GPUs follow trainer.devices=%s, trainer.num_nodes=%s)",
                 ", ".join(f"{k}={v}" for k, v in changed.items()),
                 trainer.get("devices"),
-                trainer.get("num_nodes", 1),
+                trainer.get("num_nodes") or 1,
             )

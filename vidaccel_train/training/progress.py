@@ -50,16 +50,17 @@ class EpochLog(L.Callback):
             return
         seconds = time.monotonic() - self._started
         epoch, total = trainer.current_epoch + 1, trainer.max_epochs
+        counted = total is not None and total > 0
         metrics = trainer.callback_metrics
-        parts = [f"epoch {epoch}/{total}" if total and total > 0 else f"epoch {epoch}"]
-        shown = []
-        for key, name, digits in (("train/loss_epoch", "train loss", 4), ("val/top1", "val top-1", 3)):
-            if key in metrics:
-                shown.append(f"{name} {float(metrics[key]):.{digits}f}")
+        shown = [
+            f"{name} {float(metrics[key]):.{digits}f}"
+            for key, name, digits in (("train/loss_epoch", "train loss", 4), ("val/top1", "val top-1", 3))
+            if key in metrics
+        ]
         shown.append(f"{seconds:.1f} s")
-        if total and total > 0 and epoch < total:
+        if counted and epoch < total:
             shown.append(f"about {format_duration(seconds * (total - epoch))} left")
-        line = parts[0] + ": " + ", ".join(shown)
+        line = (f"epoch {epoch}/{total}: " if counted else f"epoch {epoch}: ") + ", ".join(shown)
         if trainer.progress_bar_callback is not None and sys.stdout.isatty():
             record = log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None)
             for handler in logging.getLogger().handlers:
